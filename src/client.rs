@@ -1,0 +1,487 @@
+//! The CLI end of the tunnel: tokens, `connect` (local listener or stdio)
+//! and `exec`.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ingress::AUDIT_HEADER;
+use crate::protocol::postgres::codec::{self, Startup};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{reason} (HTTP {status})")]
+    Refused {
+        status: u16,
+        reason: String,
+        audit_id: Option<String>,
+    },
+    #[error("query failed: {message} (SQLSTATE {sqlstate})")]
+    Query {
+        sqlstate: String,
+        message: String,
+        audit_id: Option<String>,
+    },
+    #[error("cannot reach the gateway at {url}: {why}")]
+    Transport { url: String, why: String },
+    #[error("no identity token: pass --token or set CUSTODY_TOKEN; on GCP the metadata server is used, elsewhere `gcloud auth print-identity-token` ({0})")]
+    Token(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    pub fn audit_id(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { audit_id, .. } | ClientError::Query { audit_id, .. } => {
+                audit_id.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// 2 for refusals (authentication, policy), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Refused { status, .. } if (400..500).contains(status) => 2,
+            ClientError::Token(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Where the gateway is and how to prove who we are.
+#[derive(Clone)]
+pub struct Target {
+    pub gateway: String,
+    pub token: String,
+    pub traceparent: Option<String>,
+}
+
+impl Target {
+    pub async fn resolve(
+        gateway: Option<String>,
+        token: Option<String>,
+    ) -> Result<Target, ClientError> {
+        let gateway = gateway
+            .ok_or_else(|| {
+                ClientError::Usage("no gateway: pass --gateway URL or set CUSTODY_GATEWAY".into())
+            })?
+            .trim_end_matches('/')
+            .to_string();
+        if !(gateway.starts_with("http://") || gateway.starts_with("https://")) {
+            return Err(ClientError::Usage(format!(
+                "gateway {gateway:?} must be an http:// or https:// URL"
+            )));
+        }
+        let token = match token.filter(|t| !t.is_empty()) {
+            Some(t) => t,
+            None => google_id_token(&gateway).await?,
+        };
+        Ok(Target {
+            gateway,
+            token,
+            traceparent: std::env::var("TRACEPARENT").ok(),
+        })
+    }
+
+    fn tunnel_url(&self, connection: &str) -> String {
+        let ws = if let Some(rest) = self.gateway.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", self.gateway.trim_start_matches("http://"))
+        };
+        format!("{ws}/v1/tunnel/{connection}")
+    }
+}
+
+/// An ID token for the gateway as audience: metadata server first, then gcloud.
+async fn google_id_token(audience: &str) -> Result<String, ClientError> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| ClientError::Token(e.to_string()))?;
+    let url = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity";
+    if let Ok(resp) = http
+        .get(url)
+        .query(&[("audience", audience), ("format", "full")])
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+    {
+        if resp.status().is_success() {
+            if let Ok(t) = resp.text().await {
+                return Ok(t.trim().to_string());
+            }
+        }
+    }
+    let aud = format!("--audiences={audience}");
+    let mut last = String::from("metadata server not reachable");
+    for args in [
+        vec!["auth", "print-identity-token", aud.as_str()],
+        vec!["auth", "print-identity-token"],
+    ] {
+        match tokio::process::Command::new("gcloud")
+            .args(&args)
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => {
+                return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            }
+            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            Err(e) => last = format!("gcloud: {e}"),
+        }
+    }
+    Err(ClientError::Token(last))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Opens a tunnel; returns the socket and the session's audit id.
+pub async fn open_tunnel(target: &Target, connection: &str) -> Result<(Ws, String), ClientError> {
+    let url = target.tunnel_url(connection);
+    let transport = |why: String| ClientError::Transport {
+        url: url.clone(),
+        why,
+    };
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| transport(e.to_string()))?;
+    let h = req.headers_mut();
+    h.insert(
+        "authorization",
+        format!("Bearer {}", target.token)
+            .parse()
+            .map_err(|_| ClientError::Usage("token has invalid characters".into()))?,
+    );
+    if let Some(tp) = target.traceparent.as_ref().and_then(|t| t.parse().ok()) {
+        h.insert("traceparent", tp);
+    }
+    match tokio_tungstenite::connect_async_with_config(req, None, true).await {
+        Ok((ws, resp)) => {
+            let audit = header_str(resp.headers(), AUDIT_HEADER).unwrap_or_default();
+            Ok((ws, audit))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let audit_id = header_str(resp.headers(), AUDIT_HEADER);
+            let body = resp.body().as_deref().unwrap_or_default();
+            Err(refusal(resp.status().as_u16(), body, audit_id))
+        }
+        Err(e) => Err(transport(e.to_string())),
+    }
+}
+
+fn header_str(h: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn refusal(status: u16, body: &[u8], audit_id: Option<String>) -> ClientError {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let reason = json["reason"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    let audit_id = audit_id.or_else(|| json["audit_id"].as_str().map(str::to_string));
+    ClientError::Refused {
+        status,
+        reason,
+        audit_id,
+    }
+}
+
+/// Copies bytes both ways until the gateway closes; returns its close reason.
+pub async fn pump<R, W>(ws: Ws, mut local_r: R, mut local_w: W) -> Result<String, ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    let up = async {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            buf.reserve(64 * 1024);
+            let n = local_r.read_buf(&mut buf).await?;
+            if n == 0 {
+                let close = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "client closed".into(),
+                };
+                let _ = sink.send(Message::Close(Some(close))).await;
+                // Keep reading the gateway's answer; `down` ends the pump.
+                std::future::pending::<()>().await;
+            }
+            let chunk: Bytes = buf.split().freeze();
+            if sink.send(Message::Binary(chunk)).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), ClientError>(())
+    };
+    let down = async {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Binary(b)) => local_w.write_all(&b).await?,
+                Ok(Message::Close(frame)) => {
+                    let _ = local_w.flush().await;
+                    return Ok(frame.map(|f| f.reason.to_string()).unwrap_or_default());
+                }
+                Ok(_) => {}
+                Err(e) => return Ok(format!("tunnel error: {e}")),
+            }
+            local_w.flush().await?;
+        }
+        Ok::<String, ClientError>("tunnel closed".into())
+    };
+    tokio::select! {
+        r = up => r.map(|_| String::new()),
+        r = down => r,
+    }
+}
+
+/// `custody connect --listen`: one tunnel per accepted local connection.
+pub async fn listen(
+    target: Target,
+    connection: String,
+    listener: TcpListener,
+) -> Result<(), ClientError> {
+    loop {
+        let (sock, peer) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let (target, connection) = (target.clone(), connection.clone());
+        tokio::spawn(async move {
+            match open_tunnel(&target, &connection).await {
+                Ok((ws, audit)) => {
+                    eprintln!("custody: session {audit} opened: {peer} → {connection}");
+                    let (r, w) = sock.into_split();
+                    let why = pump(ws, r, w).await.unwrap_or_else(|e| e.to_string());
+                    let why = if why.is_empty() {
+                        "closed".to_string()
+                    } else {
+                        why
+                    };
+                    eprintln!(
+                        "custody: session {audit} ended: {why}{}",
+                        cloud_run_hint(&why)
+                    );
+                }
+                Err(e) => {
+                    eprintln!(
+                        "custody: {peer} → {connection} refused: {e}{}",
+                        audit_suffix(&e)
+                    );
+                    pg_refuse(sock, &format!("custody: {e}{}", audit_suffix(&e))).await;
+                }
+            }
+        });
+    }
+}
+
+/// `custody connect --stdio`: the tunnel on stdin/stdout (OpenSSH ProxyCommand).
+pub async fn stdio(target: Target, connection: String) -> Result<String, ClientError> {
+    let (ws, audit) = open_tunnel(&target, &connection).await?;
+    eprintln!("custody: session {audit} opened → {connection}");
+    let why = pump(ws, tokio::io::stdin(), tokio::io::stdout()).await?;
+    Ok(why)
+}
+
+fn audit_suffix(e: &ClientError) -> String {
+    e.audit_id()
+        .map(|a| format!(" (audit id {a})"))
+        .unwrap_or_default()
+}
+
+/// Cloud Run ends any request after 60 minutes; say so rather than look broken.
+fn cloud_run_hint(why: &str) -> &'static str {
+    if why.contains("tunnel error") {
+        " (Cloud Run ends a request after at most 60 minutes; reconnect to continue)"
+    } else {
+        ""
+    }
+}
+
+/// A refused tunnel still owes a PostgreSQL client a real error, not a reset:
+/// answer its startup as a server would, with a FATAL ErrorResponse.
+async fn pg_refuse(mut sock: TcpStream, message: &str) {
+    let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match codec::decode_startup(&mut buf) {
+            Ok(Some(Startup::Ssl | Startup::GssEnc)) => {
+                if sock.write_all(b"N").await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Startup::Startup { .. })) => {
+                let mut out = BytesMut::new();
+                codec::error_response(&mut out, "FATAL", "28000", message, None);
+                let _ = sock.write_all(&out).await;
+                return;
+            }
+            Ok(None) => match tokio::time::timeout_at(deadline, sock.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            },
+            _ => return,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// `custody exec`: prints the result to stdout; the audit id goes to stderr.
+pub async fn exec(
+    target: &Target,
+    connection: &str,
+    input: &str,
+    format: Format,
+) -> Result<(), ClientError> {
+    let url = format!("{}/v1/exec/{connection}", target.gateway);
+    let transport = |why: String| ClientError::Transport {
+        url: url.clone(),
+        why,
+    };
+    let http = reqwest::Client::new();
+    let mut req = http
+        .post(&url)
+        .bearer_auth(&target.token)
+        .json(&serde_json::json!({ "input": input }));
+    if format == Format::Csv {
+        req = req.header("accept", "text/csv");
+    }
+    if let Some(tp) = &target.traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let resp = req.send().await.map_err(|e| transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let audit_id = header_str(resp.headers(), AUDIT_HEADER);
+    let body = resp.bytes().await.map_err(|e| transport(e.to_string()))?;
+    if let Some(a) = &audit_id {
+        eprintln!("custody: audit id {a}");
+    }
+    if status == 422 {
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        return Err(ClientError::Query {
+            sqlstate: json["sqlstate"].as_str().unwrap_or_default().to_string(),
+            message: json["reason"].as_str().unwrap_or_default().to_string(),
+            audit_id,
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(refusal(status, &body, audit_id));
+    }
+    let mut stdout = std::io::stdout();
+    use std::io::Write;
+    match format {
+        Format::Csv => stdout.write_all(&body)?,
+        Format::Json => {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            )?;
+        }
+        Format::Table => {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            stdout.write_all(render_table(&v).as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// psql-style aligned output.
+pub fn render_table(v: &serde_json::Value) -> String {
+    let columns: Vec<String> = v["columns"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c.as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let tag = v["command_tag"].as_str().unwrap_or_default();
+    if columns.is_empty() {
+        return format!("{tag}\n");
+    }
+    let rows: Vec<Vec<String>> = v["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    r.as_array()
+                        .map(|cells| {
+                            cells
+                                .iter()
+                                .map(|c| c.as_str().unwrap_or("").to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let width = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .map(|c| c.chars().count())
+            .chain([columns[i].chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..columns.len()).map(width).collect();
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!(" {c:<w$} "))
+            .collect::<Vec<_>>()
+            .join("|")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = String::new();
+    out.push_str(&line(&columns));
+    out.push('\n');
+    out.push_str(
+        &widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+"),
+    );
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r));
+        out.push('\n');
+    }
+    let n = rows.len();
+    let more = if v["truncated"].as_bool() == Some(true) {
+        ", truncated"
+    } else {
+        ""
+    };
+    out.push_str(&format!(
+        "({n} row{}{more})\n",
+        if n == 1 { "" } else { "s" }
+    ));
+    out
+}

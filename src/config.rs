@@ -1,0 +1,488 @@
+//! Typed configuration, validated at load so that a bad file fails with a
+//! line and column instead of a surprise at the first request.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::policy::Member;
+use crate::secrets::SecretRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// One problem found in a config file, located for the person fixing it.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.col, d.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub identity: IdentityConfig,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub connections: Vec<ConnectionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest PostgreSQL message a client may send (bytes); larger ends the session.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Rows returned by one `POST /v1/exec` at most; the answer says when it was cut.
+    #[serde(default = "default_exec_max_rows")]
+    pub exec_max_rows: usize,
+    /// How often the gateway pings an idle tunnel so Google's front end keeps it open.
+    #[serde(default = "default_ping", with = "duration")]
+    pub ping_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_message_bytes: default_max_message(),
+            exec_max_rows: default_exec_max_rows(),
+            ping_interval: default_ping(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_max_message() -> usize {
+    64 << 20
+}
+fn default_exec_max_rows() -> usize {
+    10_000
+}
+fn default_ping() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Clock skew tolerated on exp/nbf/iat.
+    #[serde(default = "default_leeway", with = "duration")]
+    pub leeway: Duration,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub issuer: Spanned<String>,
+    pub jwks_uri: Option<Spanned<String>>,
+    pub groups_claim: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    #[serde(default = "default_store")]
+    pub store: Spanned<String>,
+    /// Events buffered per session before the relay waits for the writer.
+    #[serde(default = "default_queue")]
+    pub queue_events: usize,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            store: default_store(),
+            queue_events: default_queue(),
+        }
+    }
+}
+
+fn default_store() -> Spanned<String> {
+    Spanned::new(0..0, "file:///var/lib/custody".into())
+}
+fn default_queue() -> usize {
+    1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// How long a fetched secret is reused; rotation is picked up after this.
+    #[serde(default = "default_secret_ttl", with = "duration")]
+    pub cache_ttl: Duration,
+    /// Secret Manager API root; plain-http loopback endpoints get no token (tests, emulators).
+    #[serde(default = "default_sm_endpoint")]
+    pub secret_manager_endpoint: String,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            cache_ttl: default_secret_ttl(),
+            secret_manager_endpoint: default_sm_endpoint(),
+        }
+    }
+}
+
+fn default_secret_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_sm_endpoint() -> String {
+    "https://secretmanager.googleapis.com".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Postgres,
+    Ssh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Require,
+    #[default]
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    pub name: Spanned<String>,
+    pub kind: Kind,
+    pub host: String,
+    pub port: Option<u16>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM bundle that signs the upstream's certificate (verify-full); else the web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    pub private_key: Option<Spanned<String>>,
+    pub host_key: Option<String>,
+    pub masking: Option<MaskingConfig>,
+    pub guardrails: Option<GuardrailsConfig>,
+}
+
+/// Parsed now so configs written for the masking issue load; enforced by that feature.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    #[serde(default)]
+    pub exempt: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl ConnectionConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.kind {
+            Kind::Postgres => 5432,
+            Kind::Ssh => 22,
+        })
+    }
+
+    /// Parsed allow list; validation at load guarantees every entry parses.
+    pub fn members(&self) -> Vec<Member> {
+        self.allow
+            .iter()
+            .filter_map(|m| m.get_ref().parse().ok())
+            .collect()
+    }
+
+    pub fn password_ref(&self) -> Option<SecretRef> {
+        self.password
+            .as_ref()
+            .and_then(|p| p.get_ref().parse().ok())
+    }
+}
+
+impl Config {
+    /// Loads and validates a file; `CUSTODY_*`-free, so tests and `config check` share it.
+    pub fn load(path: &str) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: std::ops::Range<usize>, message: String| {
+            let (line, col) = line_col(text, span.start);
+            Diagnostic {
+                file: file.to_string(),
+                line,
+                col,
+                message,
+            }
+        };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            ConfigError::Invalid(vec![at(span, e.message().trim().to_string())])
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(
+                problems.into_iter().map(|(s, m)| at(s, m)).collect(),
+            ))
+        }
+    }
+
+    /// Semantic checks the type system cannot express, each with the span to blame.
+    fn problems(&self) -> Vec<(std::ops::Range<usize>, String)> {
+        let mut out = Vec::new();
+        if self.identity.audiences.is_empty() {
+            out.push((0..0, "identity.audiences is empty: list the gateway's URL (the audience of the ID tokens callers present)".into()));
+        }
+        if self.identity.issuers.is_empty() {
+            out.push((0..0, "identity.issuers is empty: add [[identity.issuers]] with issuer = \"https://accounts.google.com\" or your IdP".into()));
+        }
+        for iss in &self.identity.issuers {
+            if let Err(m) = check_issuer_url(iss.issuer.get_ref()) {
+                out.push((iss.issuer.span(), format!("issuer {m}")));
+            }
+            if let Some(j) = &iss.jwks_uri {
+                if let Err(m) = check_issuer_url(j.get_ref()) {
+                    out.push((j.span(), format!("jwks_uri {m}")));
+                }
+            }
+        }
+        let store = self.recording.store.get_ref();
+        if !(store.starts_with("file://") || store.starts_with("gs://")) {
+            out.push((
+                self.recording.store.span(),
+                format!("recording.store {store:?} must be file://DIR or gs://BUCKET/PREFIX"),
+            ));
+        }
+        let mut names = HashSet::new();
+        for c in &self.connections {
+            let name = c.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                out.push((
+                    c.name.span(),
+                    format!(
+                        "connection name {name:?} may only use letters, digits, '-', '_' and '.'"
+                    ),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                out.push((
+                    c.name.span(),
+                    format!("connection {name:?} is defined twice"),
+                ));
+            }
+            for m in &c.allow {
+                if let Err(e) = m.get_ref().parse::<Member>() {
+                    out.push((m.span(), e.to_string()));
+                }
+            }
+            if let Some(mask) = &c.masking {
+                for m in &mask.exempt {
+                    if let Err(e) = m.get_ref().parse::<Member>() {
+                        out.push((m.span(), e.to_string()));
+                    }
+                }
+            }
+            for secret in [&c.password, &c.private_key].into_iter().flatten() {
+                if let Err(e) = secret.get_ref().parse::<SecretRef>() {
+                    out.push((secret.span(), e.to_string()));
+                }
+            }
+            if c.kind == Kind::Postgres {
+                for (field, v) in [("database", &c.database), ("user", &c.user)] {
+                    if v.is_none() {
+                        out.push((
+                            c.name.span(),
+                            format!("postgres connection {name:?} needs `{field}`"),
+                        ));
+                    }
+                }
+                if c.password.is_none() {
+                    out.push((c.name.span(), format!("postgres connection {name:?} needs `password` (a secret reference: sm://PROJECT/SECRET, env:NAME or file:PATH)")));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().find(|c| c.name() == name)
+    }
+}
+
+/// Plain http is accepted only on loopback, where a developer's local issuer lives.
+pub fn check_issuer_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        if host == "localhost" || host == "[::1]" || host.starts_with("127.") {
+            return Ok(());
+        }
+        return Err(format!(
+            "{url:?} uses plain http on a non-loopback host: use https"
+        ));
+    }
+    Err(format!("{url:?} must be an https:// URL"))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Durations in config read like "30s", "5m", "1h".
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"30s\", \"5m\" or \"1h\""))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[identity]
+audiences = ["http://127.0.0.1:8080"]
+[[identity.issuers]]
+issuer = "http://127.0.0.1:9000"
+[recording]
+store = "file:///tmp/rec"
+"#;
+
+    #[test]
+    fn plain_password_is_refused_with_position() {
+        let text = format!(
+            "{BASE}\n[[connections]]\nname = \"pg\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword = \"hunter2\"\n"
+        );
+        let err = Config::parse("c.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("c.toml:15:12"), "{err}");
+        assert!(err.contains("plain secret"), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the refusal must not echo the secret: {err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_and_bad_member_are_located() {
+        let err = Config::parse("c.toml", &format!("{BASE}\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml:9:1"), "{err}");
+        let text = format!(
+            "{BASE}\n[[connections]]\nname = \"pg\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword = \"env:X\"\nallow = [\"alice@example.com\"]\n"
+        );
+        let err = Config::parse("c.toml", &text).unwrap_err().to_string();
+        assert!(err.contains(":16:10:"), "{err}");
+    }
+
+    #[test]
+    fn issuer_http_only_on_loopback() {
+        assert!(check_issuer_url("http://127.0.0.1:9000").is_ok());
+        assert!(check_issuer_url("http://localhost:9000/x").is_ok());
+        assert!(check_issuer_url("https://accounts.google.com").is_ok());
+        assert!(check_issuer_url("http://idp.example.com").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+    }
+}

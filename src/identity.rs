@@ -1,0 +1,306 @@
+//! OIDC ID token verification against each configured issuer's JWKS.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+
+use crate::config::{IdentityConfig, IssuerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token: send `Authorization: Bearer <OIDC ID token>`")]
+    Missing,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("token algorithm {0} is not accepted (allowed: RS256, ES256)")]
+    Algorithm(String),
+    #[error("token issuer {0:?} is not configured in [[identity.issuers]]")]
+    UnknownIssuer(String),
+    #[error("token key id {0:?} is not in the issuer's JWKS")]
+    UnknownKey(String),
+    #[error("token rejected: {0}")]
+    Invalid(String),
+    #[error("cannot fetch the issuer's keys from {url}: {why}")]
+    Jwks { url: String, why: String },
+}
+
+/// The verified caller.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub email: Option<String>,
+    pub issuer: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl Principal {
+    /// IAM-style name used in logs, recordings and refusals.
+    pub fn member(&self) -> String {
+        match &self.email {
+            Some(e) if e.ends_with(".gserviceaccount.com") => format!("serviceAccount:{e}"),
+            Some(e) => format!("user:{e}"),
+            None => format!("subject:{}", self.subject),
+        }
+    }
+}
+
+struct Issuer {
+    cfg: IssuerConfig,
+    keys: RwLock<Keys>,
+}
+
+#[derive(Default)]
+struct Keys {
+    by_kid: HashMap<String, (Algorithm, DecodingKey)>,
+    fetched: Option<Instant>,
+}
+
+/// Unknown `kid`s trigger at most one JWKS refetch per issuer in this window.
+const REFETCH_EVERY: Duration = Duration::from_secs(10);
+/// Keys are refreshed in the background of requests after this age.
+const KEYS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+pub struct Verifier {
+    issuers: Vec<Issuer>,
+    audiences: Vec<String>,
+    leeway: Duration,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    email: Option<String>,
+    email_verified: Option<serde_json::Value>,
+    iat: Option<i64>,
+    #[serde(flatten)]
+    rest: HashMap<String, serde_json::Value>,
+}
+
+impl Verifier {
+    pub fn new(cfg: &IdentityConfig) -> Verifier {
+        Verifier {
+            issuers: cfg
+                .issuers
+                .iter()
+                .map(|c| Issuer {
+                    cfg: c.clone(),
+                    keys: RwLock::new(Keys::default()),
+                })
+                .collect(),
+            audiences: cfg.audiences.clone(),
+            leeway: cfg.leeway,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Fetches every issuer's keys; readiness depends on it.
+    pub async fn warm(&self) -> Result<(), AuthError> {
+        for iss in &self.issuers {
+            self.refresh(iss).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn ready(&self) -> bool {
+        for iss in &self.issuers {
+            if iss.keys.read().await.fetched.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            if token.split('.').next().is_some_and(header_says_none) {
+                AuthError::Algorithm("none".into())
+            } else {
+                AuthError::Malformed(e.to_string())
+            }
+        })?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Malformed("token header has no kid".into()))?;
+        let iss = unverified_issuer(token)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| *i.cfg.issuer.get_ref() == iss)
+            .ok_or_else(|| AuthError::UnknownIssuer(iss.clone()))?;
+        let (alg, key) = self.key(issuer, &kid).await?;
+        if alg != header.alg {
+            return Err(AuthError::Invalid(format!(
+                "key {kid} is a {alg:?} key but the token says {:?}",
+                header.alg
+            )));
+        }
+        let mut v = Validation::new(alg);
+        v.set_audience(&self.audiences);
+        v.set_issuer(&[iss.as_str()]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = self.leeway.as_secs();
+        v.validate_nbf = true;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        let now = chrono::Utc::now().timestamp();
+        if c.iat
+            .is_some_and(|iat| iat > now + self.leeway.as_secs() as i64)
+        {
+            return Err(AuthError::Invalid(
+                "token issued in the future (iat)".into(),
+            ));
+        }
+        // Google sends a bool, some IdPs a string; an unverified email is not an identity.
+        let verified = match &c.email_verified {
+            None => true,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s == "true",
+            Some(_) => false,
+        };
+        let groups_claim = issuer.cfg.groups_claim.as_deref().unwrap_or("groups");
+        let groups = match c.rest.get(groups_claim) {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|g| g.as_str().map(|s| s.to_ascii_lowercase()))
+                .collect(),
+            Some(serde_json::Value::String(s)) => vec![s.to_ascii_lowercase()],
+            _ => Vec::new(),
+        };
+        Ok(Principal {
+            subject: c.sub,
+            email: c.email.filter(|_| verified).map(|e| e.to_ascii_lowercase()),
+            issuer: c.iss,
+            groups,
+        })
+    }
+
+    async fn key(&self, issuer: &Issuer, kid: &str) -> Result<(Algorithm, DecodingKey), AuthError> {
+        {
+            let keys = issuer.keys.read().await;
+            let stale = keys.fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE);
+            if let (Some(k), false) = (keys.by_kid.get(kid), stale) {
+                return Ok(k.clone());
+            }
+            if keys.fetched.is_some_and(|t| t.elapsed() < REFETCH_EVERY) {
+                return Err(AuthError::UnknownKey(kid.to_string()));
+            }
+        }
+        self.refresh(issuer).await?;
+        issuer
+            .keys
+            .read()
+            .await
+            .by_kid
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| AuthError::UnknownKey(kid.to_string()))
+    }
+
+    async fn refresh(&self, issuer: &Issuer) -> Result<(), AuthError> {
+        let base = issuer.cfg.issuer.get_ref().trim_end_matches('/');
+        let jwks_uri = match &issuer.cfg.jwks_uri {
+            Some(u) => u.get_ref().clone(),
+            None => {
+                let url = format!("{base}/.well-known/openid-configuration");
+                let doc: serde_json::Value = self.get_json(&url).await?;
+                let uri = doc["jwks_uri"].as_str().ok_or_else(|| AuthError::Jwks {
+                    url: url.clone(),
+                    why: "discovery document has no jwks_uri".into(),
+                })?;
+                crate::config::check_issuer_url(uri).map_err(|why| AuthError::Jwks {
+                    url: url.clone(),
+                    why,
+                })?;
+                uri.to_string()
+            }
+        };
+        let set: JwkSet = self.get_json(&jwks_uri).await?;
+        let mut by_kid = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                by_kid.insert(kid, (alg, key));
+            }
+        }
+        *issuer.keys.write().await = Keys {
+            by_kid,
+            fetched: Some(Instant::now()),
+        };
+        Ok(())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, AuthError> {
+        let fail = |why: String| AuthError::Jwks {
+            url: url.to_string(),
+            why,
+        };
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("HTTP {}", resp.status())));
+        }
+        resp.json().await.map_err(|e| fail(e.to_string()))
+    }
+}
+
+fn b64_json(segment: &str) -> Option<serde_json::Value> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn header_says_none(segment: &str) -> bool {
+    b64_json(segment)
+        .and_then(|h| h["alg"].as_str().map(|a| a.eq_ignore_ascii_case("none")))
+        .unwrap_or(false)
+}
+
+/// Picks the issuer before the signature is checked; the claim is verified afterwards.
+fn unverified_issuer(token: &str) -> Result<String, AuthError> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| AuthError::Malformed("not a JWT".into()))?;
+    b64_json(payload)
+        .and_then(|c| c["iss"].as_str().map(str::to_string))
+        .ok_or_else(|| AuthError::Malformed("payload has no iss".into()))
+}
+
+/// Extracts the token from an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
+    let h = header.ok_or(AuthError::Missing)?;
+    let (scheme, token) = h.split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token.trim())
+}

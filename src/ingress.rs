@@ -1,0 +1,414 @@
+//! The HTTP surface: health, connections, tunnel and exec. Every `/v1`
+//! answer carries `x-custody-audit-id`; every refusal is JSON with a reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::identity::{bearer, Principal};
+use crate::policy::{self, PolicyError};
+use crate::protocol::postgres::exec::{self, ExecOutcome};
+use crate::protocol::postgres::relay;
+use crate::recording::{EventBody, Recording};
+use crate::session::Session;
+use crate::{tunnel, Gateway};
+
+pub const AUDIT_HEADER: &str = "x-custody-audit-id";
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/connections", get(connections))
+        .route("/v1/tunnel/{connection}", get(tunnel_handler))
+        .route("/v1/exec/{connection}", post(exec_handler))
+        .with_state(gw)
+}
+
+/// A refusal or failure, rendered once for every endpoint.
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    reason: String,
+    audit_id: String,
+    extra: serde_json::Value,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        error: &'static str,
+        reason: impl Into<String>,
+        audit_id: &str,
+    ) -> ApiError {
+        ApiError {
+            status,
+            error,
+            reason: reason.into(),
+            audit_id: audit_id.to_string(),
+            extra: json!({}),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body =
+            json!({"error": self.error, "reason": self.reason, "audit_id": self.audit_id});
+        if let (Some(b), Some(extra)) = (body.as_object_mut(), self.extra.as_object()) {
+            b.extend(extra.clone());
+        }
+        with_audit(&self.audit_id, (self.status, Json(body)).into_response())
+    }
+}
+
+fn with_audit(audit_id: &str, mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(audit_id) {
+        resp.headers_mut().insert(AUDIT_HEADER, v);
+    }
+    resp
+}
+
+pub fn new_audit_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The client address as Cloud Run's front end reports it.
+fn client_addr(headers: &HeaderMap, peer: SocketAddr) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| peer.to_string())
+}
+
+async fn authenticate(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    audit_id: &str,
+    client: &str,
+) -> Result<Principal, ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let result = match bearer(auth) {
+        Ok(token) => gw.verifier.verify(token).await,
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| {
+        tracing::warn!(target: "custody::audit", audit_id, client, outcome = "unauthenticated", reason = %e, "request refused");
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string(), audit_id)
+    })
+}
+
+/// Authenticates, authorizes and starts the recording: the only way to a Session.
+async fn admit(
+    gw: &Gateway,
+    principal: Principal,
+    client: String,
+    name: &str,
+    mode: &str,
+    audit_id: &str,
+) -> Result<Session, ApiError> {
+    let Some(conn) = gw.connection(name) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_connection",
+            format!("no connection named {name:?}; `GET /v1/connections` lists yours"),
+            audit_id,
+        ));
+    };
+    let permit = policy::authorize(&principal, conn).map_err(|e| {
+        let status = match e {
+            PolicyError::Unenforceable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        };
+        tracing::warn!(target: "custody::audit", audit_id, client = %client, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
+        let reason = e.to_string();
+        let (store, id, who, conn, from) = (gw.store.clone(), audit_id.to_string(), principal.member(), name.to_string(), client.clone());
+        tokio::spawn(async move { record_refusal(store, id, who, conn, from, reason).await });
+        ApiError::new(status, "forbidden", e.to_string(), audit_id)
+    })?;
+    Session::start(&gw.store, gw.config.recording.queue_events, audit_id.to_string(), permit, mode, Some(client))
+        .await
+        .map_err(|e| {
+            tracing::error!(target: "custody::audit", audit_id, error = %e, "session refused: cannot record");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording_unavailable",
+                format!("the session cannot be recorded, so it does not run: {e}"),
+                audit_id,
+            )
+        })
+}
+
+/// Policy refusals leave a record in the store too, replayable by audit id.
+async fn record_refusal(
+    store: Arc<dyn crate::recording::Store>,
+    audit_id: String,
+    principal: String,
+    connection: String,
+    client: String,
+    reason: String,
+) {
+    let first = EventBody::SessionStart {
+        audit_id: audit_id.clone(),
+        principal,
+        groups: Vec::new(),
+        connection,
+        mode: "refused".into(),
+        client_addr: Some(client),
+        granted_by: None,
+    };
+    let done = match Recording::start(&store, &audit_id, first, 1).await {
+        Ok(rec) => rec.finish(EventBody::Refused { reason }).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = done {
+        tracing::error!(target: "custody::audit", audit_id, error = %e, "refusal could not be recorded");
+    }
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    let mut keys = gw.verifier.ready().await;
+    if !keys {
+        keys = gw.verifier.warm().await.is_ok();
+    }
+    let store = gw.store.probe().await;
+    let ok = keys && store.is_ok();
+    let body = json!({
+        "ready": ok,
+        "config": "loaded",
+        "issuer_keys": if keys { "fetched" } else { "not fetched" },
+        "recording_store": match &store { Ok(()) => "writable".to_string(), Err(e) => e.to_string() },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn connections(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let audit_id = new_audit_id();
+    let principal = match authenticate(&gw, &headers, &audit_id, &client_addr(&headers, peer)).await
+    {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let list: Vec<_> = gw
+        .connections
+        .iter()
+        .filter(|c| policy::may_use(&principal, c).is_some())
+        .map(|c| json!({"name": c.name(), "kind": c.kind, "database": c.database}))
+        .collect();
+    with_audit(
+        &audit_id,
+        Json(json!({"principal": principal.member(), "connections": list})).into_response(),
+    )
+}
+
+async fn tunnel_handler(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let audit_id = new_audit_id();
+    let client = client_addr(&headers, peer);
+    // Authenticate before looking at the upgrade, so a bad token is a 401 whatever else is wrong.
+    let principal = match authenticate(&gw, &headers, &audit_id, &client).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "not_a_websocket",
+                format!("{e}; this endpoint is a WebSocket tunnel: use `custody connect`"),
+                &audit_id,
+            )
+            .into_response()
+        }
+    };
+    let session = match admit(&gw, principal, client, &name, "tunnel", &audit_id).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let resp = ws
+        .max_message_size(gw.config.server.max_message_bytes.max(1 << 20))
+        .on_upgrade(move |socket| async move {
+            let (tx, rx) = tunnel::split(socket);
+            relay::serve(&gw, session, tx, rx).await;
+        });
+    with_audit(&audit_id, resp)
+}
+
+#[derive(serde::Deserialize)]
+struct ExecRequest {
+    input: String,
+}
+
+async fn exec_handler(
+    State(gw): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let audit_id = new_audit_id();
+    match exec_inner(&gw, &name, peer, &headers, &body, &audit_id).await {
+        Ok(r) => with_audit(&audit_id, r),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn exec_inner(
+    gw: &Gateway,
+    name: &str,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    audit_id: &str,
+) -> Result<Response, ApiError> {
+    let client = client_addr(headers, peer);
+    let principal = authenticate(gw, headers, audit_id, &client).await?;
+    let session = admit(gw, principal, client, name, "exec", audit_id).await?;
+    let req: ExecRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("body must be JSON {{\"input\": \"SQL\"}}: {e}");
+            session.finish(end_event(&reason, 0, 0)).await;
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                reason,
+                audit_id,
+            ));
+        }
+    };
+    let conn = session.permit.connection.clone();
+    let password = match conn.password_ref() {
+        Some(r) => gw.secrets.get(&r).await.map_err(|e| e.to_string()),
+        None => Err(format!(
+            "connection {} has no password reference",
+            conn.name()
+        )),
+    };
+    let outcome = match password {
+        Ok(pw) => exec::run(
+            &session,
+            &pw,
+            &req.input,
+            gw.config.server.exec_max_rows,
+            gw.config.server.max_message_bytes,
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    let result = match outcome {
+        Ok(ExecOutcome::Done(r)) => {
+            session
+                .finish(end_event("completed", 1, r.rows.len() as u64))
+                .await;
+            if csv {
+                Ok((
+                    [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                    to_csv(&r.columns, &r.rows),
+                )
+                    .into_response())
+            } else {
+                Ok(Json(json!({"audit_id": audit_id, "columns": r.columns, "rows": r.rows, "command_tag": r.command_tag, "truncated": r.truncated})).into_response())
+            }
+        }
+        Ok(ExecOutcome::QueryError { sqlstate, message }) => {
+            session.finish(end_event("query failed", 1, 0)).await;
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "query_failed",
+                message,
+                audit_id,
+            );
+            e.extra = json!({"sqlstate": sqlstate});
+            Err(e)
+        }
+        Err(why) => {
+            let _ = session
+                .tap()
+                .record(EventBody::Error {
+                    message: why.clone(),
+                })
+                .await;
+            session.finish(end_event("upstream failed", 0, 0)).await;
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                why,
+                audit_id,
+            ))
+        }
+    };
+    result
+}
+
+fn end_event(reason: &str, statements: u64, rows: u64) -> EventBody {
+    EventBody::SessionEnd {
+        reason: reason.into(),
+        statements,
+        rows,
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+    }
+}
+
+pub fn to_csv(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
+    fn field(out: &mut String, v: &str) {
+        if v.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            out.push_str(&v.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(v);
+        }
+    }
+    let mut out = String::new();
+    for (i, c) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        field(&mut out, c);
+    }
+    out.push('\n');
+    for row in rows {
+        for (i, v) in row.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            field(&mut out, v.as_deref().unwrap_or(""));
+        }
+        out.push('\n');
+    }
+    out
+}

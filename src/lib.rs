@@ -1,0 +1,85 @@
+//! Custody: an access gateway that proves who is asking (OIDC), fetches the
+//! upstream credential itself, and records every session.
+
+pub mod client;
+pub mod config;
+pub mod devissuer;
+pub mod identity;
+pub mod ingress;
+pub mod policy;
+pub mod protocol;
+pub mod recording;
+pub mod secrets;
+pub mod session;
+pub mod telemetry;
+pub mod tunnel;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use config::{Config, ConnectionConfig};
+use identity::Verifier;
+use recording::Store;
+use secrets::SecretStore;
+use session::CancelRegistry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Recording(#[from] recording::RecordError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a request needs, shared by all of them.
+pub struct Gateway {
+    pub config: Config,
+    pub connections: Vec<Arc<ConnectionConfig>>,
+    pub verifier: Verifier,
+    pub secrets: SecretStore,
+    pub store: Arc<dyn Store>,
+    pub cancels: Arc<CancelRegistry>,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Result<Gateway, ServeError> {
+        let store = recording::open_store(config.recording.store.get_ref())?;
+        Ok(Gateway {
+            connections: config.connections.iter().cloned().map(Arc::new).collect(),
+            verifier: Verifier::new(&config.identity),
+            secrets: SecretStore::new(&config.secrets),
+            store,
+            cancels: Arc::default(),
+            config,
+        })
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&Arc<ConnectionConfig>> {
+        self.connections.iter().find(|c| c.name() == name)
+    }
+}
+
+/// Serves until `shutdown` resolves. Tests call it with a `127.0.0.1:0` listener.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let gw = Arc::new(Gateway::new(config)?);
+    let warm = gw.clone();
+    tokio::spawn(async move {
+        if let Err(e) = warm.verifier.warm().await {
+            tracing::warn!(error = %e, "issuer keys not fetched yet; /readyz reports not ready until they are");
+        }
+    });
+    let app = ingress::router(gw);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    Ok(())
+}

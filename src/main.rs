@@ -1,0 +1,315 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use custody::client::{self, ClientError, Format, Target};
+use custody::config::Config;
+use custody::devissuer::DevIssuer;
+use custody::recording;
+
+/// Custody: OIDC-authenticated, recorded access to PostgreSQL through a gateway.
+///
+/// Run the gateway with `custody serve`; reach a database through it with
+/// `custody connect` (then psql) or `custody exec`. The CLI finds the gateway
+/// in --gateway / CUSTODY_GATEWAY and your identity token in --token /
+/// CUSTODY_TOKEN, else asks the GCP metadata server or gcloud.
+#[derive(Parser)]
+#[command(name = "custody", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct GatewayArgs {
+    /// Gateway URL, e.g. https://custody-abc-uc.a.run.app
+    #[arg(long, env = "CUSTODY_GATEWAY")]
+    gateway: Option<String>,
+    /// OIDC ID token whose audience is the gateway URL
+    #[arg(long, env = "CUSTODY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (listens on 0.0.0.0:$PORT, default 8080)
+    Serve {
+        /// Config file (TOML); see README "Configuration"
+        #[arg(long, env = "CUSTODY_CONFIG")]
+        config: PathBuf,
+        /// Listen address; overrides [server] listen and PORT
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Open a local endpoint that tunnels to CONNECTION through the gateway
+    ///
+    /// Example: custody connect pg-prod --listen 127.0.0.1:6432
+    ///          psql "host=127.0.0.1 port=6432 dbname=app user=me"
+    Connect {
+        connection: String,
+        /// Local address to accept clients on (one tunnel per client)
+        #[arg(long, conflicts_with = "stdio")]
+        listen: Option<String>,
+        /// Use stdin/stdout for one session (OpenSSH ProxyCommand)
+        #[arg(long)]
+        stdio: bool,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Run one statement through the gateway and print the result
+    ///
+    /// Exit codes: 0 success, 1 query or upstream error, 2 refused (auth, policy).
+    Exec {
+        connection: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        #[command(flatten)]
+        gw: GatewayArgs,
+        /// The SQL to run (after --)
+        #[arg(last = true, required = true)]
+        input: Vec<String>,
+    },
+    /// Print a session's recording readably
+    Replay {
+        audit_id: String,
+        /// Recording store: file://DIR
+        #[arg(long, env = "CUSTODY_STORE")]
+        store: String,
+        /// Print the raw JSON Lines instead
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration tools
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Development helpers: a local OIDC issuer and its tokens (loopback only)
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file offline; errors name FILE:LINE:COLUMN
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Serve discovery and JWKS for a local issuer (keys kept in --key-dir)
+    Issuer {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        #[arg(long)]
+        key_dir: PathBuf,
+    },
+    /// Mint an ID token signed by the local issuer's key
+    Token {
+        #[arg(long)]
+        key_dir: PathBuf,
+        /// Issuer URL, as configured in [[identity.issuers]]
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        issuer: String,
+        /// Audience: the gateway URL
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime in seconds
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        /// RS256 or ES256
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("custody: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<ClientError>() {
+            Some(ce) => {
+                let audit = ce
+                    .audit_id()
+                    .map(|a| format!(" (audit id {a})"))
+                    .unwrap_or_default();
+                eprintln!("custody: error: {ce}{audit}");
+                ExitCode::from(ce.exit_code() as u8)
+            }
+            None => {
+                eprintln!("custody: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Connect {
+            connection,
+            listen,
+            stdio,
+            gw,
+        } => {
+            let target = Target::resolve(gw.gateway, gw.token).await?;
+            if stdio {
+                let why = client::stdio(target, connection).await?;
+                if !why.is_empty() && why != "client closed the tunnel" {
+                    eprintln!("custody: session ended: {why}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let addr = listen.unwrap_or_else(|| "127.0.0.1:6432".into());
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            eprintln!(
+                "custody: listening on {} for {connection} via {}",
+                listener.local_addr()?,
+                target.gateway
+            );
+            tokio::select! {
+                r = client::listen(target, connection, listener) => r?,
+                _ = shutdown_signal() => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            connection,
+            format,
+            gw,
+            input,
+        } => {
+            let target = Target::resolve(gw.gateway, gw.token).await?;
+            client::exec(&target, &connection, &input.join(" "), format).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            audit_id,
+            store,
+            json,
+        } => {
+            let store = recording::open_store(&store)?;
+            let bytes = store.read(&audit_id).await?;
+            if json {
+                print!("{}", String::from_utf8_lossy(&bytes));
+            } else {
+                print!(
+                    "{}",
+                    recording::render(&recording::parse(&audit_id, &bytes)?)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let path = file.display().to_string();
+            match Config::load(&path) {
+                Ok(c) => {
+                    println!("{path}: OK ({} connections)", c.connections.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Dev { command } => dev(command).await,
+    }
+}
+
+async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<ExitCode> {
+    custody::telemetry::init();
+    let config = Config::load(&config.display().to_string())?;
+    let addr = match (listen, std::env::var("PORT").ok()) {
+        (Some(l), _) => l,
+        (None, Some(port)) => {
+            let host = config
+                .server
+                .listen
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or("0.0.0.0");
+            format!("{host}:{port}")
+        }
+        (None, None) => config.server.listen.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    eprintln!("custody: listening on http://{local}");
+    tracing::info!(%local, connections = config.connections.len(), "custody serving");
+    custody::run(config, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn dev(cmd: DevCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DevCommand::Issuer { listen, key_dir } => {
+            let listener = tokio::net::TcpListener::bind(&listen).await?;
+            let local = listener.local_addr()?;
+            if !local.ip().is_loopback() {
+                bail!("the development issuer only listens on loopback, not {local}");
+            }
+            let issuer = DevIssuer::load_or_create(&key_dir, &format!("http://{local}"))?;
+            eprintln!("custody: development issuer {} serving JWKS", issuer.issuer);
+            axum::serve(listener, issuer.router()?)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DevCommand::Token {
+            key_dir,
+            issuer,
+            audience,
+            email,
+            groups,
+            ttl,
+            alg,
+        } => {
+            let alg = match alg.as_str() {
+                "RS256" => jsonwebtoken::Algorithm::RS256,
+                "ES256" => jsonwebtoken::Algorithm::ES256,
+                other => bail!("--alg {other}: use RS256 or ES256"),
+            };
+            let iss = DevIssuer::load_or_create(&key_dir, &issuer)?;
+            println!("{}", iss.token(&email, &groups, &audience, ttl, alg)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Who may use which connection. `authorize` is a pure function: the relay
+//! only starts with the `Permit` it returns, so no code path skips the check.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::config::{ConnectionConfig, Kind};
+use crate::identity::Principal;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN or allAuthenticatedUsers")]
+    BadMember(String),
+    #[error("{principal} is not in the allow list of connection {connection}")]
+    NotAllowed {
+        principal: String,
+        connection: String,
+    },
+    #[error("connection {connection} configures {feature}, which this build cannot enforce yet; the gateway refuses rather than run it unprotected")]
+    Unenforceable {
+        connection: String,
+        feature: &'static str,
+    },
+}
+
+/// An IAM-style member from an allow list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Member {
+    User(String),
+    ServiceAccount(String),
+    Group(String),
+    Domain(String),
+    AllAuthenticatedUsers,
+}
+
+impl FromStr for Member {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "allAuthenticatedUsers" {
+            return Ok(Member::AllAuthenticatedUsers);
+        }
+        let bad = || PolicyError::BadMember(s.to_string());
+        let (kind, value) = s.split_once(':').ok_or_else(bad)?;
+        let value = value.trim().to_ascii_lowercase();
+        let is_email = |v: &str| {
+            v.split_once('@')
+                .is_some_and(|(a, d)| !a.is_empty() && d.contains('.'))
+        };
+        match kind {
+            "user" if is_email(&value) => Ok(Member::User(value)),
+            "serviceAccount" if is_email(&value) => Ok(Member::ServiceAccount(value)),
+            "group" if is_email(&value) => Ok(Member::Group(value)),
+            "domain" if value.contains('.') && !value.contains('@') => Ok(Member::Domain(value)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Member::User(v) => write!(f, "user:{v}"),
+            Member::ServiceAccount(v) => write!(f, "serviceAccount:{v}"),
+            Member::Group(v) => write!(f, "group:{v}"),
+            Member::Domain(v) => write!(f, "domain:{v}"),
+            Member::AllAuthenticatedUsers => f.write_str("allAuthenticatedUsers"),
+        }
+    }
+}
+
+impl Member {
+    pub fn matches(&self, p: &Principal) -> bool {
+        let email = p.email.as_deref();
+        match self {
+            Member::User(e) | Member::ServiceAccount(e) => email == Some(e.as_str()),
+            Member::Group(g) => p.groups.iter().any(|x| x.eq_ignore_ascii_case(g)),
+            Member::Domain(d) => email
+                .and_then(|e| e.rsplit_once('@'))
+                .is_some_and(|(_, dom)| dom == d),
+            Member::AllAuthenticatedUsers => true,
+        }
+    }
+}
+
+/// Proof that policy allowed this principal onto this connection.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    pub principal: Principal,
+    pub connection: Arc<ConnectionConfig>,
+    /// The allow-list entry that granted access, for the audit record.
+    pub granted_by: String,
+}
+
+pub fn may_use(principal: &Principal, conn: &ConnectionConfig) -> Option<Member> {
+    conn.members().into_iter().find(|m| m.matches(principal))
+}
+
+pub fn authorize(
+    principal: &Principal,
+    conn: &Arc<ConnectionConfig>,
+) -> Result<Permit, PolicyError> {
+    let Some(member) = may_use(principal, conn) else {
+        return Err(PolicyError::NotAllowed {
+            principal: principal.member(),
+            connection: conn.name().to_string(),
+        });
+    };
+    let unenforceable = if conn.kind == Kind::Ssh {
+        Some("kind = \"ssh\"")
+    } else if conn.masking.is_some() {
+        Some("[connections.masking]")
+    } else if conn.guardrails.is_some() {
+        Some("[connections.guardrails]")
+    } else {
+        None
+    };
+    if let Some(feature) = unenforceable {
+        return Err(PolicyError::Unenforceable {
+            connection: conn.name().to_string(),
+            feature,
+        });
+    }
+    Ok(Permit {
+        principal: principal.clone(),
+        connection: conn.clone(),
+        granted_by: member.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn principal(email: &str, groups: &[&str]) -> Principal {
+        Principal {
+            subject: "123".into(),
+            email: Some(email.into()),
+            issuer: "https://issuer".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn conn(allow: &str) -> Arc<ConnectionConfig> {
+        let text = format!(
+            "[identity]\naudiences=[\"a\"]\n[[identity.issuers]]\nissuer=\"https://i\"\n[[connections]]\nname=\"pg\"\nkind=\"postgres\"\nhost=\"h\"\ndatabase=\"d\"\nuser=\"u\"\npassword=\"env:P\"\nallow=[{allow}]\n"
+        );
+        Arc::new(Config::parse("t", &text).unwrap().connections[0].clone())
+    }
+
+    #[test]
+    fn members_parse_and_match() {
+        let alice = principal("alice@example.com", &["sre@example.com"]);
+        for (m, ok) in [
+            ("user:alice@example.com", true),
+            ("user:Alice@Example.com", true),
+            ("user:bob@example.com", false),
+            ("group:sre@example.com", true),
+            ("group:dba@example.com", false),
+            ("domain:example.com", true),
+            ("domain:other.com", false),
+            ("serviceAccount:alice@example.com", true),
+            ("allAuthenticatedUsers", true),
+        ] {
+            assert_eq!(m.parse::<Member>().unwrap().matches(&alice), ok, "{m}");
+        }
+        for bad in [
+            "alice@example.com",
+            "user:alice",
+            "team:x@y.z",
+            "domain:a@b.c",
+        ] {
+            assert!(bad.parse::<Member>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn authorize_returns_permit_only_for_allowed() {
+        let c = conn("\"group:sre@example.com\"");
+        let p = authorize(&principal("alice@example.com", &["sre@example.com"]), &c).unwrap();
+        assert_eq!(p.granted_by, "group:sre@example.com");
+        let err = authorize(&principal("mallory@example.com", &[]), &c).unwrap_err();
+        assert!(matches!(err, PolicyError::NotAllowed { .. }));
+    }
+}

@@ -1,0 +1,3 @@
+//! Protocols the gateway terminates on both sides.
+
+pub mod postgres;

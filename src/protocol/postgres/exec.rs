@@ -1,0 +1,165 @@
+//! `POST /v1/exec`: one simple-protocol query on a fresh upstream session,
+//! answered as columns and text rows.
+
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::codec::{self, cstr};
+use super::tracker::Tracker;
+use super::{upstream, PgError};
+use crate::secrets::Secret;
+use crate::session::Session;
+
+#[derive(Debug, Serialize, Default)]
+pub struct ExecResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+    pub command_tag: String,
+    /// True when more rows came back than `server.exec_max_rows`.
+    pub truncated: bool,
+}
+
+pub enum ExecOutcome {
+    Done(ExecResult),
+    QueryError { sqlstate: String, message: String },
+}
+
+/// Runs `sql`; the statement and its outcome are recorded on the session.
+pub async fn run(
+    session: &Session,
+    password: &Secret<String>,
+    sql: &str,
+    max_rows: usize,
+    max_message: usize,
+) -> Result<ExecOutcome, PgError> {
+    let conn = &session.permit.connection;
+    let app = format!("custody/{}", session.audit_id);
+    let mut up = upstream::connect(conn, password, &app, &[]).await?;
+    let mut out = BytesMut::new();
+    let mut body = Vec::with_capacity(sql.len() + 1);
+    body.extend_from_slice(sql.replace('\0', "").as_bytes());
+    body.push(0);
+    codec::put_frame(&mut out, b'Q', &body);
+    up.stream.write_all(&out).await?;
+
+    let mut tracker = Tracker::default();
+    tracker.on_query(sql);
+    let mut result = ExecResult::default();
+    let mut error = None;
+    let mut in_rows = false;
+    let mut buf = std::mem::take(&mut up.leftover);
+    loop {
+        let (tag, mut frame) = loop {
+            if buf.len() >= 5 {
+                let len = codec::frame_len(buf[0], [buf[1], buf[2], buf[3], buf[4]], max_message)?;
+                if buf.len() >= 5 + len {
+                    let tag = buf[0];
+                    buf.advance(5);
+                    break (tag, buf.split_to(len));
+                }
+            }
+            if up.stream.read_buf(&mut buf).await? == 0 {
+                return Err(PgError::Protocol("upstream closed during the query".into()));
+            }
+        };
+        match tag {
+            b'T' => {
+                result.columns = row_description(&frame)?;
+                result.rows.clear();
+                result.truncated = false;
+                in_rows = true;
+            }
+            b'D' => {
+                if result.rows.len() < max_rows {
+                    result.rows.push(data_row(&mut frame)?);
+                } else {
+                    result.truncated = true;
+                }
+            }
+            b'C' => {
+                let mut rest: &[u8] = &frame;
+                let tag = cstr(&mut rest)?.to_string();
+                if !in_rows {
+                    result.columns.clear();
+                    result.rows.clear();
+                }
+                in_rows = false;
+                tracker.on_complete(&tag);
+                result.command_tag = tag;
+            }
+            b'E' => {
+                let (code, message) = codec::error_fields(&frame);
+                tracker.on_error(code.clone(), message.clone());
+                error = Some((code, message));
+            }
+            b'Z' => break,
+            // COPY cannot run over exec: answer CopyFail so the server moves on.
+            b'G' => {
+                out.clear();
+                codec::put_frame(
+                    &mut out,
+                    b'f',
+                    b"COPY FROM STDIN is not supported by exec; use custody connect\0",
+                );
+                up.stream.write_all(&out).await?;
+            }
+            _ => {}
+        }
+    }
+    if let Some(ev) = tracker.on_ready() {
+        let _ = session.tap().record(ev).await;
+    }
+    out.clear();
+    codec::put_frame(&mut out, b'X', b"");
+    let _ = up.stream.write_all(&out).await;
+    Ok(match error {
+        Some((sqlstate, message)) => ExecOutcome::QueryError { sqlstate, message },
+        None => ExecOutcome::Done(result),
+    })
+}
+
+fn row_description(frame: &[u8]) -> Result<Vec<String>, PgError> {
+    let short = || PgError::Protocol("short RowDescription".into());
+    let mut rest = frame;
+    if rest.len() < 2 {
+        return Err(short());
+    }
+    let n = rest.get_i16().max(0) as usize;
+    let mut cols = Vec::with_capacity(n.min(1600));
+    for _ in 0..n {
+        cols.push(cstr(&mut rest)?.to_string());
+        if rest.len() < 18 {
+            return Err(short());
+        }
+        rest.advance(18);
+    }
+    Ok(cols)
+}
+
+fn data_row(frame: &mut BytesMut) -> Result<Vec<Option<String>>, PgError> {
+    let short = || PgError::Protocol("short DataRow".into());
+    if frame.len() < 2 {
+        return Err(short());
+    }
+    let n = frame.get_i16().max(0) as usize;
+    let mut row = Vec::with_capacity(n.min(1600));
+    for _ in 0..n {
+        if frame.len() < 4 {
+            return Err(short());
+        }
+        let len = frame.get_i32();
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if frame.len() < len {
+            return Err(short());
+        }
+        row.push(Some(
+            String::from_utf8_lossy(&frame.split_to(len)).into_owned(),
+        ));
+    }
+    Ok(row)
+}

@@ -1,0 +1,46 @@
+//! PostgreSQL: the gateway is a server to the client and a client to the
+//! upstream, relaying raw frames and inspecting only the few it must.
+
+pub mod codec;
+pub mod exec;
+pub mod relay;
+pub mod scanner;
+pub mod tracker;
+pub mod upstream;
+
+use crate::secrets::SecretError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("message {tag:?} of {len} bytes exceeds the limit of {max} bytes (server.max_message_bytes)")]
+    TooLarge { tag: char, len: usize, max: usize },
+    #[error("cannot reach upstream {target}: {why}")]
+    Unreachable { target: String, why: String },
+    #[error("TLS to upstream {target} failed: {why}")]
+    Tls { target: String, why: String },
+    #[error("upstream refused the gateway's login: {message}")]
+    Rejected { code: String, message: String },
+    #[error("upstream authentication failed: {0}")]
+    Auth(String),
+    #[error("cannot fetch the upstream credential: {0}")]
+    Secret(#[from] SecretError),
+    #[error("upstream I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl PgError {
+    /// The SQLSTATE a client sees for this failure.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            PgError::Protocol(_) | PgError::TooLarge { .. } => "08P01",
+            PgError::Rejected { code, .. } if !code.is_empty() => code,
+            PgError::Rejected { .. } | PgError::Auth(_) => "28000",
+            PgError::Unreachable { .. }
+            | PgError::Tls { .. }
+            | PgError::Secret(_)
+            | PgError::Io(_) => "08001",
+        }
+    }
+}

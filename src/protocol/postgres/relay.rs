@@ -1,0 +1,435 @@
+//! One tunnelled PostgreSQL session: answer the client's startup, log in
+//! upstream with the gateway's credential, then relay raw frames both ways,
+//! batching each read into one write and tapping statements to the recorder.
+
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::codec::{self, Startup};
+use super::scanner::{Inspect, Scanner};
+use super::tracker::Tracker;
+use super::{upstream, PgError};
+use crate::recording::EventBody;
+use crate::session::{CancelTarget, Session};
+use crate::tunnel::{self, TunnelRx, TunnelTx};
+use crate::Gateway;
+
+/// Upstream reads are sized to one tunnel message (the tunnel's unit is 64 KiB).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// How a session ended, for the record and the close frame.
+struct End {
+    code: u16,
+    reason: String,
+    /// A PostgreSQL error to send the client first, when the stream allows it.
+    client_error: Option<(String, String)>,
+}
+
+impl End {
+    fn normal(reason: &str) -> End {
+        End {
+            code: tunnel::CLOSE_NORMAL,
+            reason: reason.into(),
+            client_error: None,
+        }
+    }
+    fn failed(code: u16, sqlstate: &str, reason: String) -> End {
+        End {
+            code,
+            reason: reason.clone(),
+            client_error: Some((sqlstate.into(), reason)),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    from_client: u64,
+    to_client: u64,
+}
+
+pub async fn serve(gw: &Gateway, session: Session, mut tx: TunnelTx, mut rx: TunnelRx) {
+    let mut counters = Counters::default();
+    let tracker = Mutex::new(Tracker::default());
+    let end = run(gw, &session, &mut tx, &mut rx, &tracker, &mut counters).await;
+    if let Some((code, msg)) = &end.client_error {
+        let mut out = BytesMut::new();
+        codec::error_response(
+            &mut out,
+            "FATAL",
+            code,
+            &format!("custody: {msg}"),
+            Some(&format!("audit id {}", session.audit_id)),
+        );
+        let _ = tx.send(out.freeze()).await;
+    }
+    tx.close(end.code, &end.reason).await;
+    let (statements, rows) = tracker
+        .lock()
+        .map(|t| (t.statements, t.rows))
+        .unwrap_or_default();
+    session
+        .finish(EventBody::SessionEnd {
+            reason: end.reason,
+            statements,
+            rows,
+            bytes_from_client: counters.from_client,
+            bytes_to_client: counters.to_client,
+        })
+        .await;
+}
+
+async fn run(
+    gw: &Gateway,
+    session: &Session,
+    tx: &mut TunnelTx,
+    rx: &mut TunnelRx,
+    tracker: &Mutex<Tracker>,
+    counters: &mut Counters,
+) -> End {
+    let conn = &session.permit.connection;
+    // Startup phase: answer SSL/GSSENC with 'N' (the tunnel is already TLS on
+    // Cloud Run), serve cancels, and take the client's parameters.
+    let mut pending = BytesMut::new();
+    let (minor, params) = loop {
+        match codec::decode_startup(&mut pending) {
+            Ok(Some(Startup::Ssl | Startup::GssEnc)) => {
+                if tx.send(Bytes::from_static(b"N")).await.is_err() {
+                    return End::normal("client went away during startup");
+                }
+            }
+            Ok(Some(Startup::Cancel { pid, key })) => return cancel(gw, session, pid, key).await,
+            Ok(Some(Startup::Startup { minor, params })) => break (minor, params),
+            Ok(None) => match rx.recv().await {
+                Ok(Some(b)) => {
+                    counters.from_client += b.len() as u64;
+                    if pending.len() + b.len() > codec::MAX_STARTUP {
+                        return End::failed(
+                            tunnel::CLOSE_PROTOCOL,
+                            "08P01",
+                            "startup packet too large".into(),
+                        );
+                    }
+                    pending.extend_from_slice(&b);
+                }
+                Ok(None) => return End::normal("client closed before startup"),
+                Err(e) => return End::failed(tunnel::CLOSE_PROTOCOL, "08P01", e.to_string()),
+            },
+            Err(e) => {
+                return End::failed(
+                    tunnel::CLOSE_PROTOCOL,
+                    "08P01",
+                    format!("invalid startup from client: {e}"),
+                )
+            }
+        }
+    };
+
+    let password = match conn.password_ref() {
+        Some(r) => match gw.secrets.get(&r).await {
+            Ok(p) => p,
+            Err(e) => {
+                return End::failed(
+                    tunnel::CLOSE_ERROR,
+                    "08001",
+                    format!("connection {}: {e}", conn.name()),
+                )
+            }
+        },
+        None => {
+            return End::failed(
+                tunnel::CLOSE_ERROR,
+                "08001",
+                format!("connection {} has no password reference", conn.name()),
+            )
+        }
+    };
+    let app = format!("custody/{}", session.audit_id);
+    let up = match upstream::connect(conn, &password, &app, &params).await {
+        Ok(up) => up,
+        Err(e) => {
+            let _ = session
+                .tap()
+                .record(EventBody::Error {
+                    message: e.to_string(),
+                })
+                .await;
+            return End::failed(tunnel::CLOSE_ERROR, e.sqlstate(), e.to_string());
+        }
+    };
+    drop(password);
+
+    let cancel_key = gw.cancels.register(CancelTarget {
+        connection: conn.clone(),
+        pid: up.pid,
+        key: up.key,
+        principal: session.permit.principal.member(),
+        audit_id: session.audit_id.clone(),
+    });
+    let mut hello = BytesMut::new();
+    if minor > 0 {
+        let unsupported: Vec<&str> = params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        codec::negotiate_protocol_version(&mut hello, &unsupported);
+    }
+    codec::auth_ok(&mut hello);
+    for (k, v) in &up.params {
+        codec::parameter_status(&mut hello, k, v);
+    }
+    codec::backend_key_data(&mut hello, cancel_key.pid, cancel_key.key);
+    codec::ready_for_query(&mut hello, b'I');
+    counters.to_client += hello.len() as u64;
+    if tx.send(hello.freeze()).await.is_err() {
+        return End::normal("client went away during startup");
+    }
+
+    let upstream::Upstream {
+        stream, leftover, ..
+    } = up;
+    let (mut up_r, mut up_w) = tokio::io::split(stream);
+    let max = gw.config.server.max_message_bytes;
+    let mut client_scan = Scanner::new(max);
+    let mut server_scan = Scanner::new(usize::MAX >> 1);
+    let Counters {
+        from_client,
+        to_client,
+    } = counters;
+
+    let client_to_upstream = async {
+        let mut hook = ClientHook {
+            tracker,
+            terminated: false,
+        };
+        let mut out = BytesMut::with_capacity(READ_CHUNK);
+        if !pending.is_empty() {
+            client_scan.feed(&pending, &mut hook, &mut out)?;
+        }
+        loop {
+            if !out.is_empty() {
+                up_w.write_all(&out).await?;
+                out.clear();
+            }
+            if hook.terminated {
+                return Ok::<_, RelayEnd>(End::normal("client terminated the session"));
+            }
+            let chunk = match rx.recv().await {
+                Ok(Some(b)) => b,
+                Ok(None) => return Ok(End::normal("client closed the tunnel")),
+                Err(e) => return Err(RelayEnd::Client(e.to_string())),
+            };
+            *from_client += chunk.len() as u64;
+            client_scan.feed(&chunk, &mut hook, &mut out)?;
+        }
+    };
+
+    let upstream_to_client = async {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        buf.extend_from_slice(&leftover);
+        let mut out = BytesMut::with_capacity(READ_CHUNK);
+        let mut done = Vec::new();
+        let every = gw.config.server.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            if buf.is_empty() {
+                buf.reserve(READ_CHUNK);
+                tokio::select! {
+                    n = up_r.read_buf(&mut buf) => {
+                        if n? == 0 {
+                            return Ok::<_, RelayEnd>(End::normal("upstream closed the connection"));
+                        }
+                    }
+                    _ = ping.tick() => {
+                        tx.ping().await.map_err(|e| RelayEnd::Client(e.to_string()))?;
+                        continue;
+                    }
+                }
+            }
+            let mut hook = ServerHook {
+                tracker,
+                done: &mut done,
+            };
+            server_scan
+                .feed(&buf, &mut hook, &mut out)
+                .map_err(RelayEnd::Upstream)?;
+            buf.clear();
+            *to_client += out.len() as u64;
+            tx.send(out.split().freeze())
+                .await
+                .map_err(|e| RelayEnd::Client(e.to_string()))?;
+            for ev in done.drain(..) {
+                session
+                    .tap()
+                    .record(ev)
+                    .await
+                    .map_err(|e| RelayEnd::Recording(e.to_string()))?;
+            }
+        }
+    };
+
+    let result = tokio::select! {
+        r = client_to_upstream => r,
+        r = upstream_to_client => r,
+        why = session.tap().failure() => Err(RelayEnd::Recording(why)),
+    };
+    drop(cancel_key);
+    match result {
+        Ok(end) => end,
+        Err(RelayEnd::Client(why)) => End {
+            code: tunnel::CLOSE_PROTOCOL,
+            reason: format!("client tunnel error: {why}"),
+            client_error: None,
+        },
+        Err(RelayEnd::ClientProtocol(e)) => End::failed(
+            tunnel::CLOSE_PROTOCOL,
+            e.sqlstate(),
+            format!("malformed message from client: {e}"),
+        ),
+        Err(RelayEnd::Upstream(e)) => End::failed(
+            tunnel::CLOSE_ERROR,
+            "08006",
+            format!("upstream connection lost: {e}"),
+        )
+        .only_if(server_scan.at_boundary()),
+        Err(RelayEnd::Recording(why)) => End::failed(
+            tunnel::CLOSE_ERROR,
+            "58000",
+            format!("session ended because recording failed: {why}"),
+        )
+        .only_if(server_scan.at_boundary()),
+    }
+}
+
+impl End {
+    /// Drops the client-facing error when the stream is mid-frame, where an
+    /// injected frame would corrupt what the client sees; the close says why.
+    fn only_if(mut self, at_boundary: bool) -> End {
+        if !at_boundary {
+            self.client_error = None;
+        }
+        self
+    }
+}
+
+enum RelayEnd {
+    Client(String),
+    ClientProtocol(PgError),
+    Upstream(PgError),
+    Recording(String),
+}
+
+impl From<PgError> for RelayEnd {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Io(_) => RelayEnd::Upstream(e),
+            other => RelayEnd::ClientProtocol(other),
+        }
+    }
+}
+
+impl From<std::io::Error> for RelayEnd {
+    fn from(e: std::io::Error) -> Self {
+        RelayEnd::Upstream(PgError::Io(e))
+    }
+}
+
+/// Client → upstream: sees statements as they are sent.
+struct ClientHook<'a> {
+    tracker: &'a Mutex<Tracker>,
+    terminated: bool,
+}
+
+impl Inspect for ClientHook<'_> {
+    fn wants(&self, tag: u8) -> bool {
+        matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'C' | b'S' | b'X')
+    }
+
+    fn frame_seen(&mut self, tag: u8, body: &[u8]) -> Result<(), PgError> {
+        let mut t = self
+            .tracker
+            .lock()
+            .map_err(|_| PgError::Protocol("tracker poisoned".into()))?;
+        match tag {
+            b'Q' => t.on_query(codec::query_sql(body)?),
+            b'P' => {
+                let (name, sql) = codec::parse_msg(body)?;
+                t.on_parse(name, sql);
+            }
+            b'B' => {
+                let (portal, stmt) = codec::bind_msg(body)?;
+                t.on_bind(portal, stmt);
+            }
+            b'E' => t.on_execute(codec::execute_portal(body)?),
+            b'C' => {
+                let (kind, name) = codec::close_msg(body)?;
+                t.on_close(kind, name);
+            }
+            b'S' => t.on_sync(),
+            b'X' => self.terminated = true,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Upstream → client: pairs outcomes with statements.
+struct ServerHook<'a> {
+    tracker: &'a Mutex<Tracker>,
+    done: &'a mut Vec<EventBody>,
+}
+
+impl Inspect for ServerHook<'_> {
+    fn wants(&self, tag: u8) -> bool {
+        matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
+    }
+
+    fn frame_seen(&mut self, tag: u8, body: &[u8]) -> Result<(), PgError> {
+        let mut t = self
+            .tracker
+            .lock()
+            .map_err(|_| PgError::Protocol("tracker poisoned".into()))?;
+        let ev = match tag {
+            b'C' => {
+                let mut rest = body;
+                t.on_complete(codec::cstr(&mut rest)?)
+            }
+            b'I' | b's' => t.on_complete(""),
+            b'E' => {
+                let (code, message) = codec::error_fields(body);
+                t.on_error(code, message)
+            }
+            b'Z' => t.on_ready(),
+            _ => None,
+        };
+        self.done.extend(ev);
+        Ok(())
+    }
+}
+
+/// A CancelRequest arrives on its own tunnel; forward it if the key is ours
+/// and the caller is the principal who owns the session being cancelled.
+async fn cancel(gw: &Gateway, session: &Session, pid: i32, key: i32) -> End {
+    let me = session.permit.principal.member();
+    let outcome = match gw.cancels.lookup(pid, key) {
+        None => "refused: unknown cancel key (the session ended or lives on another instance)"
+            .to_string(),
+        Some(t) if t.principal != me || t.connection.name() != session.permit.connection.name() => {
+            "refused: the cancel key belongs to another principal or connection".to_string()
+        }
+        Some(t) => match upstream::cancel(&t.connection, t.pid, t.key).await {
+            Ok(()) => format!("forwarded to the upstream of session {}", t.audit_id),
+            Err(e) => format!("failed: {e}"),
+        },
+    };
+    let _ = session
+        .tap()
+        .record(EventBody::Cancel {
+            outcome: outcome.clone(),
+        })
+        .await;
+    End::normal(&format!("cancel request {outcome}"))
+}

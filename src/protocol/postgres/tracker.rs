@@ -1,0 +1,209 @@
+//! Pairs what the client asked (Query, Parse/Bind/Execute) with what the
+//! server answered (CommandComplete, ErrorResponse, ReadyForQuery), so each
+//! statement becomes one audit event with its outcome. No I/O.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use crate::recording::{EventBody, StatementError};
+
+use super::codec::tag_rows;
+
+/// Named prepared statements kept per session at most; PostgreSQL holds them too.
+const MAX_NAMED: usize = 10_000;
+
+enum Pending {
+    Simple(Stmt),
+    Exec(Stmt),
+    Sync,
+}
+
+struct Stmt {
+    sql: String,
+    start: Instant,
+    tags: Vec<String>,
+    rows: u64,
+    error: Option<StatementError>,
+}
+
+impl Stmt {
+    fn new(sql: String) -> Stmt {
+        Stmt {
+            sql,
+            start: Instant::now(),
+            tags: Vec::new(),
+            rows: 0,
+            error: None,
+        }
+    }
+
+    fn done(self, protocol: &str) -> EventBody {
+        EventBody::Statement {
+            sql: self.sql,
+            protocol: protocol.into(),
+            tags: self.tags,
+            rows: self.rows,
+            error: self.error,
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Tracker {
+    prepared: HashMap<String, String>,
+    portals: HashMap<String, String>,
+    pending: VecDeque<Pending>,
+    pub statements: u64,
+    pub rows: u64,
+}
+
+impl Tracker {
+    pub fn on_query(&mut self, sql: &str) {
+        self.pending
+            .push_back(Pending::Simple(Stmt::new(sql.to_string())));
+    }
+
+    pub fn on_parse(&mut self, name: &str, sql: &str) {
+        if self.prepared.len() < MAX_NAMED || name.is_empty() || self.prepared.contains_key(name) {
+            self.prepared.insert(name.to_string(), sql.to_string());
+        }
+    }
+
+    pub fn on_bind(&mut self, portal: &str, stmt: &str) {
+        let sql = self.prepared.get(stmt).cloned().unwrap_or_default();
+        if self.portals.len() < MAX_NAMED || portal.is_empty() {
+            self.portals.insert(portal.to_string(), sql);
+        }
+    }
+
+    pub fn on_execute(&mut self, portal: &str) {
+        let sql = self.portals.get(portal).cloned().unwrap_or_default();
+        self.pending.push_back(Pending::Exec(Stmt::new(sql)));
+    }
+
+    pub fn on_close(&mut self, kind: u8, name: &str) {
+        match kind {
+            b'S' => self.prepared.remove(name),
+            _ => self.portals.remove(name),
+        };
+    }
+
+    pub fn on_sync(&mut self) {
+        self.pending.push_back(Pending::Sync);
+    }
+
+    /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended.
+    pub fn on_complete(&mut self, tag: &str) -> Option<EventBody> {
+        let rows = tag_rows(tag);
+        match self.pending.front_mut()? {
+            Pending::Simple(s) => {
+                s.rows += rows;
+                s.tags.push(tag.to_string());
+                None
+            }
+            Pending::Exec(_) => {
+                let Some(Pending::Exec(mut s)) = self.pending.pop_front() else {
+                    return None;
+                };
+                s.rows += rows;
+                s.tags.push(tag.to_string());
+                Some(self.finish(s, "extended"))
+            }
+            Pending::Sync => None,
+        }
+    }
+
+    pub fn on_error(&mut self, code: String, message: String) -> Option<EventBody> {
+        let error = Some(StatementError { code, message });
+        match self.pending.front_mut() {
+            Some(Pending::Simple(s)) => {
+                s.error = error;
+                None
+            }
+            Some(Pending::Exec(_)) => {
+                let Some(Pending::Exec(mut s)) = self.pending.pop_front() else {
+                    return None;
+                };
+                s.error = error;
+                // The server skips everything up to the next Sync.
+                while matches!(self.pending.front(), Some(Pending::Exec(_))) {
+                    self.pending.pop_front();
+                }
+                Some(self.finish(s, "extended"))
+            }
+            // An error before any Execute (Parse/Bind failed): record it on its own.
+            Some(Pending::Sync) | None => {
+                let mut s = Stmt::new(String::new());
+                s.error = error;
+                Some(s.done("extended"))
+            }
+        }
+    }
+
+    pub fn on_ready(&mut self) -> Option<EventBody> {
+        match self.pending.pop_front()? {
+            Pending::Simple(s) => Some(self.finish(s, "simple")),
+            Pending::Sync => None,
+            // Unreachable in a well-formed exchange; keep the record rather than drop it.
+            Pending::Exec(s) => Some(self.finish(s, "extended")),
+        }
+    }
+
+    fn finish(&mut self, s: Stmt, protocol: &str) -> EventBody {
+        self.statements += 1;
+        self.rows += s.rows;
+        s.done(protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql_of(e: &EventBody) -> (&str, u64, bool) {
+        match e {
+            EventBody::Statement {
+                sql, rows, error, ..
+            } => (sql.as_str(), *rows, error.is_some()),
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn simple_multi_statement_is_one_event() {
+        let mut t = Tracker::default();
+        t.on_query("insert into t values (1); select * from t");
+        assert!(t.on_complete("INSERT 0 1").is_none());
+        assert!(t.on_complete("SELECT 4").is_none());
+        let e = t.on_ready().unwrap();
+        assert_eq!(
+            sql_of(&e),
+            ("insert into t values (1); select * from t", 5, false)
+        );
+        assert_eq!((t.statements, t.rows), (1, 5));
+    }
+
+    #[test]
+    fn extended_error_skips_to_sync() {
+        let mut t = Tracker::default();
+        t.on_parse("s1", "select $1");
+        t.on_bind("", "s1");
+        t.on_execute("");
+        t.on_parse("", "select 1/0");
+        t.on_bind("", "");
+        t.on_execute("");
+        t.on_execute("");
+        t.on_sync();
+        assert_eq!(
+            sql_of(&t.on_complete("SELECT 1").unwrap()),
+            ("select $1", 1, false)
+        );
+        let e = t
+            .on_error("22012".into(), "division by zero".into())
+            .unwrap();
+        assert_eq!(sql_of(&e), ("select 1/0", 0, true));
+        assert!(t.on_ready().is_none());
+        assert!(t.pending.is_empty());
+    }
+}

@@ -1,0 +1,312 @@
+//! The gateway as a PostgreSQL client: TCP, optional TLS, login with the
+//! credential from the secret store, and the cancel side channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::frontend;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::codec::{self, cstr};
+use super::PgError;
+use crate::config::{ConnectionConfig, TlsMode};
+use crate::secrets::Secret;
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames during login are small; anything bigger is not PostgreSQL.
+const MAX_LOGIN_FRAME: usize = 1 << 20;
+
+/// Startup parameters a client may set on the upstream session. Everything
+/// else (user, database, replication, options) is the gateway's decision.
+const PASSTHROUGH_PARAMS: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "datestyle",
+    "TimeZone",
+    "timezone",
+    "extra_float_digits",
+    "IntervalStyle",
+    "intervalstyle",
+    "search_path",
+];
+
+pub struct Upstream {
+    pub stream: Box<dyn Io>,
+    /// Bytes read past ReadyForQuery (none in practice, kept to lose nothing).
+    pub leftover: BytesMut,
+    pub params: Vec<(String, String)>,
+    pub pid: i32,
+    pub key: i32,
+}
+
+fn target(conn: &ConnectionConfig) -> String {
+    format!("{} ({}:{})", conn.name(), conn.host, conn.port())
+}
+
+/// TCP plus the TLS negotiation the connection's `tls` mode asks for.
+pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError> {
+    let addr = (conn.host.as_str(), conn.port());
+    let unreachable = |why: String| PgError::Unreachable {
+        target: target(conn),
+        why,
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable("connect timed out after 10s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    tcp.set_nodelay(true)?;
+    if conn.tls == TlsMode::Disable {
+        return Ok(Box::new(tcp));
+    }
+    let mut tcp = tcp;
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    let answer = tcp.read_u8().await?;
+    let tls_err = |why: String| PgError::Tls {
+        target: target(conn),
+        why,
+    };
+    if answer != b'S' {
+        return Err(tls_err(format!(
+            "the server does not offer TLS but tls = {:?}; enable ssl on the server or set tls = \"disable\"",
+            conn.tls
+        )));
+    }
+    let config = client_config(conn).map_err(tls_err)?;
+    let name = ServerName::try_from(conn.host.clone()).map_err(|e| tls_err(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| tls_err(e.to_string()))?;
+    Ok(Box::new(tls))
+}
+
+fn client_config(conn: &ConnectionConfig) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    if conn.tls == TlsMode::Require {
+        // `require` means encrypted but unauthenticated, as in libpq.
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &conn.ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Reads one tagged frame during login.
+async fn read_frame(
+    stream: &mut Box<dyn Io>,
+    buf: &mut BytesMut,
+) -> Result<(u8, BytesMut), PgError> {
+    loop {
+        if buf.len() >= 5 {
+            let len = codec::frame_len(buf[0], [buf[1], buf[2], buf[3], buf[4]], MAX_LOGIN_FRAME)?;
+            if buf.len() >= 5 + len {
+                let tag = buf[0];
+                buf.advance(5);
+                return Ok((tag, buf.split_to(len)));
+            }
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(PgError::Protocol(
+                "upstream closed the connection during login".into(),
+            ));
+        }
+    }
+}
+
+pub async fn connect(
+    conn: &ConnectionConfig,
+    password: &Secret<String>,
+    application_name: &str,
+    client_params: &[(String, String)],
+) -> Result<Upstream, PgError> {
+    let mut stream = open_stream(conn).await?;
+    let user = conn.user.as_deref().unwrap_or_default();
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", user),
+        ("database", conn.database.as_deref().unwrap_or_default()),
+        ("application_name", application_name),
+    ];
+    for (k, v) in client_params {
+        if PASSTHROUGH_PARAMS.contains(&k.as_str()) {
+            params.push((k, v));
+        }
+    }
+    let mut out = BytesMut::new();
+    codec::startup_message(&mut out, &params);
+    stream.write_all(&out).await?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scram: Option<ScramSha256> = None;
+    let mut up = Upstream {
+        stream,
+        leftover: BytesMut::new(),
+        params: Vec::new(),
+        pid: 0,
+        key: 0,
+    };
+    loop {
+        let (tag, mut body) = read_frame(&mut up.stream, &mut buf).await?;
+        out.clear();
+        match tag {
+            b'R' => {
+                if body.len() < 4 {
+                    return Err(PgError::Protocol("short authentication request".into()));
+                }
+                match body.get_i32() {
+                    0 => {}
+                    3 => frontend::password_message(password.expose().as_bytes(), &mut out)?,
+                    5 if body.len() >= 4 => {
+                        let salt = [body[0], body[1], body[2], body[3]];
+                        let hash = md5_hash(user.as_bytes(), password.expose().as_bytes(), salt);
+                        frontend::password_message(hash.as_bytes(), &mut out)?;
+                    }
+                    10 => {
+                        let mut rest: &[u8] = &body;
+                        let mut offered = Vec::new();
+                        while let Ok(m) = cstr(&mut rest) {
+                            if m.is_empty() {
+                                break;
+                            }
+                            offered.push(m.to_string());
+                        }
+                        if !offered.iter().any(|m| m == SCRAM_SHA_256) {
+                            return Err(PgError::Auth(format!(
+                                "server offers only {offered:?}; the gateway supports SCRAM-SHA-256, md5 and password"
+                            )));
+                        }
+                        let s = ScramSha256::new(
+                            password.expose().as_bytes(),
+                            ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| PgError::Auth("SASL continue without start".into()))?;
+                        s.update(&body).map_err(|e| PgError::Auth(e.to_string()))?;
+                        frontend::sasl_response(s.message(), &mut out)?;
+                    }
+                    12 => {
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| PgError::Auth("SASL final without start".into()))?;
+                        s.finish(&body).map_err(|e| {
+                            PgError::Auth(format!("server signature check failed: {e}"))
+                        })?;
+                    }
+                    n => {
+                        return Err(PgError::Auth(format!(
+                            "unsupported authentication method {n} requested by the server"
+                        )))
+                    }
+                }
+                if !out.is_empty() {
+                    up.stream.write_all(&out).await?;
+                }
+            }
+            b'E' => {
+                let (code, message) = codec::error_fields(&body);
+                return Err(PgError::Rejected { code, message });
+            }
+            b'S' => {
+                let mut rest: &[u8] = &body;
+                let name = cstr(&mut rest)?.to_string();
+                let value = cstr(&mut rest)?.to_string();
+                up.params.push((name, value));
+            }
+            b'K' if body.len() >= 8 => {
+                up.pid = body.get_i32();
+                up.key = body.get_i32();
+            }
+            b'Z' => {
+                up.leftover = buf;
+                return Ok(up);
+            }
+            // NoticeResponse and NegotiateProtocolVersion during login are informational.
+            _ => {}
+        }
+    }
+}
+
+/// Sends a CancelRequest for the upstream backend; PostgreSQL answers by closing.
+pub async fn cancel(conn: &ConnectionConfig, pid: i32, key: i32) -> Result<(), PgError> {
+    let mut stream = open_stream(conn).await?;
+    stream.write_all(&codec::cancel_request(pid, key)).await?;
+    stream.flush().await?;
+    let mut sink = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! A session: the permit that allowed it, its audit id and its recording.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::config::ConnectionConfig;
+use crate::policy::Permit;
+use crate::recording::{EventBody, RecordError, Recording, Store, Tap};
+
+pub struct Session {
+    pub audit_id: String,
+    pub permit: Permit,
+    pub client_addr: Option<String>,
+    recording: Recording,
+}
+
+impl Session {
+    /// Starts the recording first: a session that cannot be recorded does not run.
+    pub async fn start(
+        store: &Arc<dyn Store>,
+        queue: usize,
+        audit_id: String,
+        permit: Permit,
+        mode: &str,
+        client_addr: Option<String>,
+    ) -> Result<Session, RecordError> {
+        let first = EventBody::SessionStart {
+            audit_id: audit_id.clone(),
+            principal: permit.principal.member(),
+            groups: permit.principal.groups.clone(),
+            connection: permit.connection.name().to_string(),
+            mode: mode.to_string(),
+            client_addr: client_addr.clone(),
+            granted_by: Some(permit.granted_by.clone()),
+        };
+        let recording = Recording::start(store, &audit_id, first, queue).await?;
+        tracing::info!(
+            target: "custody::audit",
+            audit_id = %audit_id,
+            principal = %permit.principal.member(),
+            connection = %permit.connection.name(),
+            mode,
+            "session started"
+        );
+        Ok(Session {
+            audit_id,
+            permit,
+            client_addr,
+            recording,
+        })
+    }
+
+    pub fn tap(&self) -> &Tap {
+        &self.recording.tap
+    }
+
+    pub async fn finish(self, end: EventBody) {
+        if let EventBody::SessionEnd {
+            reason,
+            statements,
+            rows,
+            ..
+        } = &end
+        {
+            tracing::info!(target: "custody::audit", audit_id = %self.audit_id, reason = %reason, statements, rows, "session ended");
+        }
+        if let Err(e) = self.recording.finish(end).await {
+            tracing::error!(target: "custody::audit", audit_id = %self.audit_id, error = %e, "recording could not be completed");
+        }
+    }
+}
+
+/// Where a client's CancelRequest must go. Keys are the ones the gateway
+/// handed the client; the upstream's own key never leaves the gateway.
+#[derive(Clone)]
+pub struct CancelTarget {
+    pub connection: Arc<ConnectionConfig>,
+    pub pid: i32,
+    pub key: i32,
+    pub principal: String,
+    pub audit_id: String,
+}
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+}
+
+/// Removes its entry when the session ends.
+pub struct CancelKey {
+    registry: Arc<CancelRegistry>,
+    pub pid: i32,
+    pub key: i32,
+}
+
+impl Drop for CancelKey {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.registry.map.lock() {
+            m.remove(&(self.pid, self.key));
+        }
+    }
+}
+
+impl CancelRegistry {
+    pub fn register(self: &Arc<Self>, target: CancelTarget) -> CancelKey {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let (pid, key) = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
+            if let std::collections::hash_map::Entry::Vacant(v) = map.entry((pid, key)) {
+                v.insert(target);
+                return CancelKey {
+                    registry: self.clone(),
+                    pid,
+                    key,
+                };
+            }
+        }
+    }
+
+    pub fn lookup(&self, pid: i32, key: i32) -> Option<CancelTarget> {
+        self.map.lock().ok()?.get(&(pid, key)).cloned()
+    }
+}
