@@ -1,0 +1,47 @@
+# The gateway's identity and everything it is allowed to do.
+#
+#   project     roles/cloudtrace.agent, roles/logging.logWriter (nothing else)
+#   secrets     roles/secretmanager.secretAccessor on each listed secret (secrets.tf)
+#   bucket      roles/storage.objectCreator + roles/storage.objectViewer (bucket.tf):
+#               it can write new recordings and read them back, never delete or
+#               overwrite one
+#
+# No project-wide Secret Manager or Storage role, no service account user or
+# token creator role: the gateway holds no keys and impersonates nobody.
+
+resource "google_service_account" "gateway" {
+  project      = var.project_id
+  account_id   = var.name
+  display_name = "Custody gateway"
+  description  = "Runs the Custody access gateway on Cloud Run (managed by Terraform)."
+}
+
+locals {
+  gateway_member = "serviceAccount:${google_service_account.gateway.email}"
+
+  gateway_project_roles = toset([
+    "roles/cloudtrace.agent",
+    "roles/logging.logWriter",
+  ])
+}
+
+resource "google_project_iam_member" "gateway" {
+  for_each = local.gateway_project_roles
+
+  project = var.project_id
+  role    = each.value
+  member  = local.gateway_member
+}
+
+# Cloud Run IAM in front of Custody: only these members get past Google's front
+# end with a Google-signed ID token. Optional: with invoker_iam_disabled the
+# gateway's own OIDC verification is the only check.
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  for_each = var.invoker_iam_disabled ? toset([]) : toset(var.invokers)
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.gateway.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}

@@ -1,0 +1,198 @@
+# Custody on Cloud Run: one service, one dedicated service account, one
+# recordings bucket, the config in Secret Manager. Nothing here grants more
+# than the gateway needs; see iam.tf, bucket.tf and secrets.tf.
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+locals {
+  labels = merge({ "app" = "custody", "managed-by" = "terraform" }, var.labels)
+
+  # Cloud Run's deterministic URL (https://SERVICE-PROJECT_NUMBER.REGION.run.app).
+  # It is known before the service exists, so a config can name it as an
+  # OIDC audience without a dependency cycle.
+  gateway_url = "https://${var.name}-${data.google_project.this.number}.${var.region}.run.app"
+
+  env = merge({ OTEL_SERVICE_NAME = var.name }, var.env)
+
+  vpc_access_enabled = var.vpc_subnetwork != null || var.vpc_connector != null
+
+  # Every sm://PROJECT/SECRET the config names must be a secret the gateway is
+  # granted below; otherwise the first session would fail at run time.
+  config_secret_refs = toset([
+    for m in regexall("sm://([^/\"'#\\s]+)/([^/\"'#\\s]+)", var.config_toml) : "${m[0]}/${m[1]}"
+  ])
+  granted_secret_refs = toset(concat(
+    [for s in local.upstream_secrets : "${s.project}/${s.secret}"],
+    [for k in var.signing_keys : "${var.project_id}/${var.name}-${k}"],
+  ))
+  ungranted_secret_refs = setsubtract(local.config_secret_refs, local.granted_secret_refs)
+
+  # recording.store must be this module's bucket: the gateway can write nowhere else,
+  # and a file:// store on Cloud Run would vanish with the instance.
+  config_stores = [
+    for m in regexall("(?m)^\\s*store\\s*=\\s*[\"']([^\"']*)[\"']", var.config_toml) : m[0]
+  ]
+  foreign_stores = [
+    for s in local.config_stores : s
+    if s != "gs://${google_storage_bucket.recordings.name}" && !startswith(s, "gs://${google_storage_bucket.recordings.name}/")
+  ]
+}
+
+resource "google_cloud_run_v2_service" "gateway" {
+  project              = var.project_id
+  name                 = var.name
+  location             = var.region
+  description          = "Custody access gateway"
+  ingress              = var.ingress
+  invoker_iam_disabled = var.invoker_iam_disabled
+  deletion_protection  = var.deletion_protection
+  labels               = local.labels
+
+  template {
+    service_account                  = google_service_account.gateway.email
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+    max_instance_request_concurrency = var.concurrency
+    # A tunnel is one request; Cloud Run's ceiling is 60 minutes.
+    timeout = "3600s"
+    labels  = local.labels
+
+    scaling {
+      min_instance_count = var.min_instances
+      max_instance_count = var.max_instances
+    }
+
+    dynamic "vpc_access" {
+      for_each = local.vpc_access_enabled ? [1] : []
+      content {
+        connector = var.vpc_connector
+        egress    = var.vpc_egress
+
+        dynamic "network_interfaces" {
+          for_each = var.vpc_subnetwork == null ? [] : [1]
+          content {
+            network    = var.vpc_network
+            subnetwork = var.vpc_subnetwork
+            tags       = var.vpc_network_tags
+          }
+        }
+      }
+    }
+
+    containers {
+      name  = "custody"
+      image = var.image
+
+      ports {
+        name           = "http1"
+        container_port = var.port
+      }
+
+      env {
+        name  = "CUSTODY_CONFIG"
+        value = "/etc/custody/custody.toml"
+      }
+
+      dynamic "env" {
+        for_each = local.env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      resources {
+        limits = {
+          cpu    = var.cpu
+          memory = var.memory
+        }
+        # CPU always allocated: recordings flush and sessions drain after
+        # responses are sent.
+        cpu_idle          = false
+        startup_cpu_boost = true
+      }
+
+      # Ready means config loaded, secrets and the recording store reachable.
+      startup_probe {
+        initial_delay_seconds = 0
+        period_seconds        = 2
+        timeout_seconds       = 2
+        failure_threshold     = 30
+        http_get {
+          path = "/readyz"
+        }
+      }
+
+      liveness_probe {
+        period_seconds    = 15
+        timeout_seconds   = 3
+        failure_threshold = 3
+        http_get {
+          path = "/healthz"
+        }
+      }
+
+      # The image's CUSTODY_CONFIG default points here too.
+      volume_mounts {
+        name       = "config"
+        mount_path = "/etc/custody"
+      }
+    }
+
+    volumes {
+      name = "config"
+      secret {
+        secret = google_secret_manager_secret.config.secret_id
+        items {
+          # Pinned: a config change rolls out as a new revision.
+          version = google_secret_manager_secret_version.config.version
+          path    = "custody.toml"
+        }
+      }
+    }
+  }
+
+  traffic {
+    type    = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+    percent = 100
+  }
+
+  lifecycle {
+    # Cloud Build rolls out new images with `gcloud run deploy`; Terraform owns
+    # everything else and must not roll the image back.
+    ignore_changes = [
+      template[0].containers[0].image,
+      client,
+      client_version,
+    ]
+
+    precondition {
+      condition     = var.min_instances <= var.max_instances
+      error_message = "min_instances must not exceed max_instances."
+    }
+
+    precondition {
+      condition     = !(var.vpc_subnetwork != null && var.vpc_connector != null)
+      error_message = "Set vpc_subnetwork (Direct VPC egress) or vpc_connector, not both."
+    }
+
+    precondition {
+      condition     = length(local.ungranted_secret_refs) == 0
+      error_message = "config_toml references secrets the gateway is not granted: ${join(", ", sort(tolist(local.ungranted_secret_refs)))}. Add them to upstream_secret_ids."
+    }
+
+    precondition {
+      condition     = length(local.config_stores) > 0 && length(local.foreign_stores) == 0
+      error_message = "config_toml's recording.store must be gs://${google_storage_bucket.recordings.name}/PREFIX (the bucket this module creates)."
+    }
+  }
+
+  depends_on = [
+    google_secret_manager_secret_iam_member.config,
+    google_secret_manager_secret_iam_member.signing_key,
+    google_secret_manager_secret_iam_member.upstream,
+    google_storage_bucket_iam_member.recordings,
+    google_project_iam_member.gateway,
+  ]
+}

@@ -1,0 +1,39 @@
+output "url" {
+  description = "The service's URL as Cloud Run reports it."
+  value       = google_cloud_run_v2_service.gateway.uri
+}
+
+output "gateway_url" {
+  description = "Deterministic URL (https://NAME-PROJECT_NUMBER.REGION.run.app): use it as CUSTODY_GATEWAY and as the OIDC audience in the config."
+  value       = local.gateway_url
+}
+
+output "service_name" {
+  description = "Cloud Run service name (for gcloud run deploy)."
+  value       = google_cloud_run_v2_service.gateway.name
+}
+
+output "service_account_email" {
+  description = "The gateway's service account."
+  value       = google_service_account.gateway.email
+}
+
+output "recordings_bucket" {
+  description = "Name of the recordings bucket."
+  value       = google_storage_bucket.recordings.name
+}
+
+output "recordings_store" {
+  description = "recording.store value for the config (gs://BUCKET/recordings)."
+  value       = "gs://${google_storage_bucket.recordings.name}/recordings"
+}
+
+output "config_secret_id" {
+  description = "Secret Manager secret holding custody.toml."
+  value       = google_secret_manager_secret.config.id
+}
+
+output "signing_key_secret_ids" {
+  description = "Signing key secrets by key name; add their versions out of band."
+  value       = { for k, s in google_secret_manager_secret.signing_key : k => s.id }
+}

@@ -1,0 +1,90 @@
+# Secret Manager: the gateway's config, its signing keys, and read access to
+# the upstream credentials the config references. Access is granted per
+# secret with google_secret_manager_secret_iam_member, never on the project.
+
+locals {
+  # "NAME" or "projects/PROJECT/secrets/NAME" -> { project, secret }
+  upstream_secrets = {
+    for s in var.upstream_secret_ids : s => {
+      project = length(split("/", s)) == 4 ? split("/", s)[1] : var.project_id
+      secret  = element(split("/", s), length(split("/", s)) - 1)
+    }
+  }
+}
+
+# --- config ------------------------------------------------------------------
+
+# The config holds references (sm://, env:, file:), never secret values, so its
+# text in Terraform state reveals no credential. It is a secret so it can be
+# mounted as a file and versioned with the revisions that use it.
+resource "google_secret_manager_secret" "config" {
+  project   = var.project_id
+  secret_id = "${var.name}-config"
+  labels    = local.labels
+
+  replication {
+    auto {
+      dynamic "customer_managed_encryption" {
+        for_each = var.secret_kms_key_name == null ? [] : [var.secret_kms_key_name]
+        content {
+          kms_key_name = customer_managed_encryption.value
+        }
+      }
+    }
+  }
+}
+
+resource "google_secret_manager_secret_version" "config" {
+  secret      = google_secret_manager_secret.config.id
+  secret_data = var.config_toml
+}
+
+resource "google_secret_manager_secret_iam_member" "config" {
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.config.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.gateway_member
+}
+
+# --- signing keys --------------------------------------------------------------
+
+# Created empty. Add the key material out of band, so it never enters state:
+#   openssl genpkey -algorithm ed25519 | gcloud secrets versions add NAME-signing-key --data-file=-
+resource "google_secret_manager_secret" "signing_key" {
+  for_each = toset(var.signing_keys)
+
+  project   = var.project_id
+  secret_id = "${var.name}-${each.value}"
+  labels    = local.labels
+
+  replication {
+    auto {
+      dynamic "customer_managed_encryption" {
+        for_each = var.secret_kms_key_name == null ? [] : [var.secret_kms_key_name]
+        content {
+          kms_key_name = customer_managed_encryption.value
+        }
+      }
+    }
+  }
+}
+
+resource "google_secret_manager_secret_iam_member" "signing_key" {
+  for_each = google_secret_manager_secret.signing_key
+
+  project   = var.project_id
+  secret_id = each.value.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.gateway_member
+}
+
+# --- upstream credentials --------------------------------------------------------
+
+resource "google_secret_manager_secret_iam_member" "upstream" {
+  for_each = local.upstream_secrets
+
+  project   = each.value.project
+  secret_id = each.value.secret
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.gateway_member
+}
