@@ -1,0 +1,549 @@
+//! The test harness: real PostgreSQL (initdb, scram-sha-256, TLS), a real
+//! OIDC issuer serving JWKS over HTTP, and the real `custody` binary.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use custody::devissuer::DevIssuer;
+
+pub const AUDIENCE: &str = "https://custody.test";
+pub const PG_PASSWORD: &str = "app-Pa55-5f3c9e1d";
+pub const PASSWORD_ENV: &str = "CUSTODY_TEST_PG_PASSWORD";
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs as the postgres user when we are root (initdb refuses root).
+fn pg_cmd(bin: &str) -> Command {
+    let path = format!("{PG_BIN}/{bin}");
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+/// Starts `cmd` under a shell that kills it once this test process exits,
+/// so no server outlives the test binary.
+fn spawn_tied(cmd: &str, log: &Path) -> Child {
+    let script = format!(
+        "{cmd} >>'{}' 2>&1 & child=$!; while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; kill $child 2>/dev/null; wait",
+        log.display(),
+        std::process::id()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .spawn()
+        .expect("spawn")
+}
+
+pub struct Pg {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub ca_file: PathBuf,
+    _child: Child,
+}
+
+static PG: OnceLock<Pg> = OnceLock::new();
+
+/// One PostgreSQL per test binary, with TLS on and a demo schema.
+pub fn pg() -> &'static Pg {
+    PG.get_or_init(start_pg)
+}
+
+fn start_pg() -> Pg {
+    let dir = tempfile::Builder::new()
+        .prefix("custody-pg-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let data = dir.join("data");
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+    }
+    let pwfile = dir.join("pw");
+    std::fs::write(&pwfile, "postgres-super-pw\n").unwrap();
+    let st = pg_cmd("initdb")
+        .args([
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=scram-sha-256",
+            "--pwfile",
+        ])
+        .arg(&pwfile)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "initdb failed");
+
+    // TLS material signed by a test CA, so verify-full is exercised for real.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "custody test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(data.join("server.crt"), cert.pem()).unwrap();
+    std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let conf = format!(
+        "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nmax_connections = 300\nfsync = off\nshared_buffers = 64MB\n",
+        dir.display()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+    }
+    Command::new("chmod")
+        .arg("600")
+        .arg(data.join("server.key"))
+        .status()
+        .unwrap();
+    let runner = if is_root() {
+        "runuser -u postgres -- "
+    } else {
+        ""
+    };
+    let child = spawn_tied(
+        &format!("{runner}{PG_BIN}/postgres -D '{}'", data.display()),
+        &dir.join("pg.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = psql_super(port, &dir, "select 1").is_ok();
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not start; see {}",
+            dir.join("pg.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    psql_super(
+        port,
+        &dir,
+        &format!("create role app login password '{PG_PASSWORD}'"),
+    )
+    .unwrap();
+    psql_super(port, &dir, "create database app owner app").unwrap();
+    Pg {
+        port,
+        dir,
+        ca_file,
+        _child: child,
+    }
+}
+
+fn psql_super(port: u16, dir: &Path, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(dir)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", "postgres-super-pw")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into())
+    }
+}
+
+impl Pg {
+    /// Runs SQL as the superuser (setup and assertions, never through the gateway).
+    pub fn admin(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", "postgres-super-pw")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into()
+    }
+
+    /// A direct connection string as `app`, for comparisons.
+    pub fn direct_url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password={PG_PASSWORD} dbname=app sslmode=disable",
+            self.port
+        )
+    }
+}
+
+/// The local OIDC issuer: real RSA and EC keys, JWKS over HTTP.
+pub struct Issuer {
+    pub url: String,
+    pub dev: DevIssuer,
+}
+
+static ISSUER: OnceLock<Arc<Issuer>> = OnceLock::new();
+
+pub fn issuer() -> Arc<Issuer> {
+    ISSUER
+        .get_or_init(|| {
+            let listener = StdListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let dev = DevIssuer::generate(&url).unwrap();
+            let router = dev.router().unwrap();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    listener.set_nonblocking(true).unwrap();
+                    let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                    axum::serve(l, router).await.unwrap();
+                });
+            });
+            Arc::new(Issuer { url, dev })
+        })
+        .clone()
+}
+
+pub fn token(email: &str) -> String {
+    token_with(email, &[])
+}
+
+pub fn token_with(email: &str, groups: &[&str]) -> String {
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    issuer()
+        .dev
+        .token(
+            email,
+            &groups,
+            AUDIENCE,
+            600,
+            jsonwebtoken::Algorithm::RS256,
+        )
+        .unwrap()
+}
+
+/// A config with one postgres connection `pg` (tls disabled) and whatever else is given.
+pub fn config(store: &Path, extra: &str) -> String {
+    let pg = pg();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+ping_interval = "5s"
+max_message_bytes = 1048576
+
+[identity]
+audiences = ["{AUDIENCE}"]
+
+[[identity.issuers]]
+issuer = "{issuer}"
+
+[recording]
+store = "file://{store}"
+
+[[connections]]
+name = "pg"
+kind = "postgres"
+host = "127.0.0.1"
+port = {port}
+database = "app"
+user = "app"
+password = "env:{PASSWORD_ENV}"
+tls = "disable"
+allow = ["group:sre@example.com", "user:alice@example.com"]
+{extra}
+"#,
+        issuer = issuer().url,
+        store = store.display(),
+        port = pg.port,
+    )
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_custody")
+}
+
+/// A child process whose stderr is collected; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Spawns and waits for a stderr line containing `ready`; returns the rest of that line.
+    pub fn spawn(mut cmd: Command, ready: &str) -> (Proc, String) {
+        cmd.stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn custody");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (log2, ready) = (log.clone(), ready.to_string());
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split_once(&ready).map(|(_, r)| r.to_string()) {
+                    if let Some(t) = tx.take() {
+                        let _ = t.send(rest);
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let rest = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "process did not become ready; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
+        (Proc { child, log }, rest)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` (bounded), for lines printed asynchronously.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = self.log();
+            if l.contains(needle) || Instant::now() > deadline {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Gateway {
+    pub proc: Proc,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub store: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts `custody serve` with `config(store, extra)`.
+    pub fn start(extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("recordings");
+        Gateway::start_with(dir, &config(&store, extra), store)
+    }
+
+    pub fn start_with(dir: tempfile::TempDir, config_text: &str, store: PathBuf) -> Gateway {
+        let cfg = dir.path().join("custody.toml");
+        std::fs::write(&cfg, config_text).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--config"]).arg(&cfg);
+        cmd.env(PASSWORD_ENV, PG_PASSWORD).env(
+            "CUSTODY_LOG",
+            "debug,hyper=info,h2=info,tower=info,reqwest=info",
+        );
+        cmd.env_remove("PORT");
+        let (proc, rest) = Proc::spawn(cmd, "listening on http://");
+        let addr: SocketAddr = rest.trim().parse().unwrap();
+        let url = format!("http://{addr}");
+        // Ready means the issuer's keys are fetched and the store is writable.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !http_ok(&format!("{url}/readyz")) {
+            assert!(
+                Instant::now() < deadline,
+                "gateway never ready:\n{}",
+                proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Gateway {
+            proc,
+            url,
+            addr,
+            store,
+            dir,
+        }
+    }
+
+    /// `custody connect CONNECTION --listen 127.0.0.1:0` as `token`'s owner.
+    pub fn connect(&self, connection: &str, token: &str) -> (Proc, SocketAddr) {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "connect",
+            connection,
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            &self.url,
+        ]);
+        cmd.env("CUSTODY_TOKEN", token);
+        let (proc, rest) = Proc::spawn(cmd, "listening on ");
+        let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+        (proc, addr)
+    }
+
+    /// Every recording in the store, concatenated.
+    pub fn recordings(&self) -> String {
+        let mut all = String::new();
+        if let Ok(rd) = std::fs::read_dir(&self.store) {
+            for e in rd.flatten() {
+                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    pub fn recording(&self, audit_id: &str) -> String {
+        std::fs::read_to_string(self.store.join(format!("{audit_id}.jsonl"))).unwrap_or_default()
+    }
+}
+
+/// A blocking GET that works inside or outside a runtime; true on 2xx.
+pub fn http_ok(url: &str) -> bool {
+    http_get(url).is_some_and(|(status, _)| (200..300).contains(&status))
+}
+
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// tokio-postgres through a local `custody connect` endpoint.
+pub async fn pg_client(addr: SocketAddr) -> tokio_postgres::Client {
+    let url = format!(
+        "host={} port={} user=whoever dbname=app sslmode=disable",
+        addr.ip(),
+        addr.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect through custody");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Runs psql against a local endpoint; returns (success, stdout, stderr).
+pub fn psql(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let conninfo = format!(
+        "host={} port={} dbname=app user=anything",
+        addr.ip(),
+        addr.port()
+    );
+    let mut cmd = Command::new("psql");
+    cmd.arg("-X").arg(conninfo).args(args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env_remove("PGPASSWORD");
+    let mut child = cmd.spawn().expect("psql");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
