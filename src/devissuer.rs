@@ -94,7 +94,18 @@ impl DevIssuer {
         claims: &serde_json::Value,
         alg: Algorithm,
     ) -> Result<String, DevIssuerError> {
-        let (key, kid) = self.key(alg)?;
+        let (_, kid) = self.key(alg)?;
+        self.sign_with_kid(claims, alg, kid)
+    }
+
+    /// Signs with this issuer's key for `alg` but names `kid` in the header.
+    pub fn sign_with_kid(
+        &self,
+        claims: &serde_json::Value,
+        alg: Algorithm,
+        kid: &str,
+    ) -> Result<String, DevIssuerError> {
+        let (key, _) = self.key(alg)?;
         let mut header = Header::new(alg);
         header.kid = Some(kid.to_string());
         Ok(jsonwebtoken::encode(&header, claims, &key)?)

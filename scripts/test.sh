@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one test command: installs what a fresh Debian machine lacks, then runs
+# every check and test against real components (PostgreSQL, psql, the
+# custody binary, an OIDC issuer with real keys). Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
+command -v psql >/dev/null || need_apt+=(postgresql-client-15)
+command -v runuser >/dev/null || need_apt+=(util-linux)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Debian's postgresql package starts a cluster on 5432; the tests start their own.
+id postgres >/dev/null 2>&1 || { echo "the postgres user is missing (install postgresql-15)"; exit 1; }
+
+log "format"
+cargo fmt --check
+
+log "clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+log "tests (unit and integration, real PostgreSQL and psql)"
+cargo test --all-targets --locked
+
+log "release build and /healthz smoke check (the Dockerfile's build step)"
+cargo build --release --locked
+scripts/smoke.sh target/release/custody
+
+if [ -x scripts/test-terraform.sh ]; then
+  log "terraform module checks"
+  scripts/test-terraform.sh
+fi
+
+log "all checks passed"
