@@ -14,7 +14,7 @@ pub trait Inspect {
     fn wants(&self, tag: u8) -> bool;
     /// Handles one whole wanted frame; must write what the peer should get.
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
-        let _ = self.frame_seen(tag, body)?;
+        self.frame_seen(tag, body)?;
         put_frame(out, tag, body);
         Ok(())
     }
