@@ -80,11 +80,13 @@ class CloudBuildTest(unittest.TestCase):
 
     def test_steps_in_order(self):
         ids = re.findall(r"^  - id: ([\w-]+)$", self.text, re.M)
-        self.assertEqual(ids, ["test", "terraform-checks", "terraform-fmt", "build", "smoke", "push", "deploy"])
+        self.assertEqual(ids, ["test", "terraform-fmt", "build", "smoke", "push", "deploy"])
 
     def test_runs_the_project_tests(self):
         self.assertIn("bash scripts/test.sh", self.text)
-        self.assertIn("bash scripts/test-terraform.sh", self.text)
+        self.assertIn('args: ["fmt", "-check", "-recursive", "terraform"]', self.text)
+        # scripts/test.sh runs the Terraform checks too.
+        self.assertIn("scripts/test-terraform.sh", read("scripts/test.sh"))
 
     def test_pushes_to_artifact_registry_and_deploys_by_digest(self):
         self.assertIn("-docker.pkg.dev/${PROJECT_ID}/", self.text)
