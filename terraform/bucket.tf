@@ -13,7 +13,7 @@ resource "google_storage_bucket" "recordings" {
   force_destroy               = false
 
   versioning {
-    enabled = true
+    enabled = var.recordings_versioning
   }
 
   # Bucket Lock: objects can be neither deleted nor replaced before they are

@@ -158,6 +158,12 @@ variable "recordings_retention_locked" {
   default     = false
 }
 
+variable "recordings_versioning" {
+  description = "Object Versioning on the recordings bucket. Cloud Storage once refused versioning together with a retention policy; if it refuses it for you, set false: the retention policy alone already forbids deleting or replacing a recording early."
+  type        = bool
+  default     = true
+}
+
 variable "recordings_soft_delete_days" {
   description = "Soft delete window for the bucket: objects deleted after their retention stay restorable this many days. 0 disables soft delete; otherwise 7-90."
   type        = number

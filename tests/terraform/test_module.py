@@ -195,7 +195,8 @@ class BucketTest(unittest.TestCase):
         self.assertIs(self.bucket["uniform_bucket_level_access"], True)
 
     def test_versioning(self):
-        self.assertIs(block(self.bucket, "versioning")["enabled"], True)
+        self.assertEqual(block(self.bucket, "versioning")["enabled"], "${var.recordings_versioning}")
+        self.assertIs(MODULE["variable"]["recordings_versioning"]["default"], True)
 
     def test_retention_policy(self):
         policy = block(self.bucket, "retention_policy")
