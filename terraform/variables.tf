@@ -295,7 +295,7 @@ variable "ingress" {
 }
 
 variable "invoker_iam_disabled" {
-  description = "false (default): Cloud Run IAM checks a Google-signed ID token before a request reaches Custody, and only var.invokers may call. true: Cloud Run lets every request through and Custody's own OIDC check is the only gate (needed for non-Google issuers)."
+  description = "false (default): Cloud Run IAM checks a Google-signed ID token before a request reaches Custody, and only var.invokers may call. Cloud Run strips the signature of the token it checks, so clients send it in X-Serverless-Authorization (checked by Cloud Run) and Authorization (passed through untouched, verified by Custody). true: Cloud Run lets every request through and Custody's own OIDC check is the only gate (needed for non-Google issuers)."
   type        = bool
   default     = false
 }
