@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# Loopback benchmark of the Custody data path against plain TCP forwarders.
+#
+# Usage: scripts/bench.sh pg        PostgreSQL: pgbench direct, via socat->socat, via custody
+#        scripts/bench.sh ssh       (not implemented yet, issue 4)
+#        scripts/bench.sh --help
+#
+# Environment:
+#   BENCH_SECONDS  duration of each pgbench run (default 15)
+#   BENCH_CLIENTS  pgbench clients, -c (default 8)
+#   BENCH_THREADS  pgbench threads, -j (default 2)
+#   BENCH_SCALE    pgbench -i scale factor (default 10)
+#   BENCH_OUT      if set, the result table is appended to this file
+#   BENCH_KEEP     if set to 1, keep the temporary directories (logs) after the run
+#   BENCH_NO_BUILD if set to 1, use target/release/custody as it is (no rebuild check)
+#
+# Everything runs on 127.0.0.1 on free ports: a throwaway PostgreSQL 15
+# (scram-sha-256, fsync=off), the development OIDC issuer, `custody serve`,
+# `custody connect`, and two chained socat forwarders (the same topology as
+# CLI + gateway, without the gateway's work). Everything it starts is stopped
+# on exit, also on failure or Ctrl-C.
+set -euo pipefail
+
+usage() {
+  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+case "${1:-}" in
+  pg) ;;
+  ssh)
+    echo "scripts/bench.sh ssh: not implemented yet (issue 4)" >&2
+    exit 2
+    ;;
+  -h | --help | help)
+    usage
+    exit 0
+    ;;
+  "")
+    usage
+    exit 2
+    ;;
+  *)
+    echo "scripts/bench.sh: unknown benchmark '$1'" >&2
+    usage >&2
+    exit 2
+    ;;
+esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-15}
+CLIENTS=${BENCH_CLIENTS:-8}
+THREADS=${BENCH_THREADS:-2}
+SCALE=${BENCH_SCALE:-10}
+PGBIN=/usr/lib/postgresql/15/bin
+BIN=$root/target/release/custody
+
+log() { echo "bench: $*" >&2; }
+die() {
+  echo "bench: error: $*" >&2
+  exit 1
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+command -v socat >/dev/null 2>&1 || need_pkgs+=(socat)
+for b in initdb pg_ctl postgres pgbench psql; do
+  if [ ! -x "$PGBIN/$b" ]; then
+    need_pkgs+=(postgresql)
+    break
+  fi
+done
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y "${need_pkgs[@]}" >/dev/null ||
+    { as_root apt-get update >/dev/null && as_root apt-get install -y "${need_pkgs[@]}" >/dev/null; }
+fi
+[ -x "$PGBIN/pgbench" ] || die "PostgreSQL 15 binaries not found in $PGBIN"
+
+# Release binary, rebuilt when any source is newer than it.
+stale=""
+if [ ! -x "$BIN" ]; then
+  stale="missing"
+elif [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  for p in src Cargo.toml Cargo.lock build.rs; do
+    [ -e "$p" ] || continue
+    if [ -n "$(find "$p" -newer "$BIN" -print -quit)" ]; then
+      stale="older than $p"
+      break
+    fi
+  done
+fi
+if [ -n "$stale" ]; then
+  log "building target/release/custody ($stale)"
+  cargo build --release --quiet
+fi
+
+# ---------------------------------------------------------------- cleanup
+pids=()       # processes we started, stopped in reverse order
+bench_pid=""  # the pgbench run in progress, if any
+pg_data=""    # data directory of our PostgreSQL, stopped with pg_ctl
+tmp=$(mktemp -d -t custody-bench.XXXXXX)
+pgroot=$(mktemp -d -t custody-bench-pg.XXXXXX)
+
+cleanup() {
+  local rc=$?
+  set +e
+  local i pid
+  if [ -n "$bench_pid" ]; then
+    kill -TERM "$bench_pid" 2>/dev/null
+    wait "$bench_pid" 2>/dev/null
+  fi
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid=${pids[$i]}
+    # socat forks one child per connection; stop those children too.
+    pkill -TERM -P "$pid" 2>/dev/null
+    kill -TERM "$pid" 2>/dev/null
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  if [ -n "$pg_data" ] && [ -f "$pg_data/postmaster.pid" ]; then
+    run_pg "$PGBIN/pg_ctl" -D "$pg_data" -m immediate -w stop >/dev/null 2>&1
+  fi
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    log "kept $tmp and $pgroot"
+  else
+    rm -rf "$tmp" "$pgroot"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Run a PostgreSQL server binary as the postgres user when we are root
+# (initdb refuses root).
+run_pg() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for DESCRIPTION LOGFILE PID COMMAND...: retry COMMAND for up to 30 s.
+wait_for() {
+  local what=$1 logf=$2 pid=$3
+  shift 3
+  for _ in $(seq 1 300); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench: $what exited; its log:" >&2
+      tail -n 30 "$logf" >&2
+      die "$what did not start"
+    fi
+    sleep 0.1
+  done
+  echo "bench: $what not ready after 30 s; its log:" >&2
+  tail -n 30 "$logf" >&2
+  die "$what did not become ready"
+}
+
+# Cumulative CPU seconds (user+sys, including reaped children) of a process.
+cpu_seconds() {
+  local pid=$1 hz
+  hz=$(getconf CLK_TCK)
+  [ -r "/proc/$pid/stat" ] || { echo 0; return; }
+  # Fields after the ")" of comm: utime=12 stime=13 cutime=14 cstime=15 (1-based from state=1)
+  sed 's/^.*) //' "/proc/$pid/stat" | awk -v hz="$hz" '{ printf "%.2f", ($12 + $13 + $14 + $15) / hz }'
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+PG_PASSWORD="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+SUPER_PASSWORD="super-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+pg_port=$(free_port)
+pg_data=$pgroot/data
+if [ "$(id -u)" -eq 0 ]; then chown postgres: "$pgroot"; fi
+printf '%s\n' "$SUPER_PASSWORD" >"$pgroot/pwfile"
+if [ "$(id -u)" -eq 0 ]; then chown postgres: "$pgroot/pwfile"; fi
+chmod 600 "$pgroot/pwfile"
+
+log "starting PostgreSQL 15 on 127.0.0.1:$pg_port"
+run_pg "$PGBIN/initdb" -D "$pg_data" -U postgres --auth=scram-sha-256 \
+  --pwfile="$pgroot/pwfile" --no-sync >"$tmp/initdb.log" 2>&1 ||
+  { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
+run_pg "$PGBIN/pg_ctl" -D "$pg_data" -l "$pgroot/postgres.log" -w -t 60 \
+  -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories=$pgroot -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100" \
+  start >/dev/null ||
+  { tail -n 30 "$pgroot/postgres.log" >&2; die "PostgreSQL did not start"; }
+
+PGPASSWORD=$SUPER_PASSWORD "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres <<SQL
+CREATE ROLE app LOGIN PASSWORD '$PG_PASSWORD';
+CREATE DATABASE app OWNER app;
+SQL
+
+export PGHOST=127.0.0.1 PGUSER=app PGDATABASE=app
+direct_env=(env "PGPASSWORD=$PG_PASSWORD")
+
+log "pgbench -i -s $SCALE"
+"${direct_env[@]}" "$PGBIN/pgbench" -i -q -s "$SCALE" -p "$pg_port" >"$tmp/pgbench-init.log" 2>&1 ||
+  { cat "$tmp/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ---------------------------------------------------------------- socat chain
+sock_b=$(free_port)
+sock_a=$(free_port)
+socat TCP-LISTEN:"$sock_b",bind=127.0.0.1,fork,reuseaddr,nodelay TCP:127.0.0.1:"$pg_port",nodelay \
+  2>"$tmp/socat-b.log" &
+socat_b_pid=$!
+pids+=("$socat_b_pid")
+socat TCP-LISTEN:"$sock_a",bind=127.0.0.1,fork,reuseaddr,nodelay TCP:127.0.0.1:"$sock_b",nodelay \
+  2>"$tmp/socat-a.log" &
+socat_a_pid=$!
+pids+=("$socat_a_pid")
+
+# ---------------------------------------------------------------- OIDC issuer
+iss_port=$(free_port)
+issuer=http://127.0.0.1:$iss_port
+mkdir -p "$tmp/keys"
+log "starting the development OIDC issuer on $issuer"
+"$BIN" dev issuer --listen "127.0.0.1:$iss_port" --key-dir "$tmp/keys" >"$tmp/issuer.log" 2>&1 &
+iss_pid=$!
+pids+=("$iss_pid")
+wait_for "custody dev issuer" "$tmp/issuer.log" "$iss_pid" \
+  curl -fsS "$issuer/.well-known/openid-configuration"
+
+# ---------------------------------------------------------------- gateway
+gw_port=$(free_port)
+gateway=http://127.0.0.1:$gw_port
+mkdir -p "$tmp/recordings"
+cat >"$tmp/custody.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+
+[identity]
+audiences = ["$gateway"]
+
+[[identity.issuers]]
+issuer = "$issuer"
+
+[recording]
+store = "file://$tmp/recordings"
+
+[[connections]]
+name = "pg"
+kind = "postgres"
+host = "127.0.0.1"
+port = $pg_port
+database = "app"
+user = "app"
+password = "env:BENCH_PG_PASSWORD"
+tls = "disable"
+allow = ["user:bench@example.com"]
+TOML
+
+token=$("$BIN" dev token --key-dir "$tmp/keys" --issuer "$issuer" --audience "$gateway" \
+  --email bench@example.com 2>"$tmp/token.log") ||
+  { cat "$tmp/token.log" >&2; die "custody dev token failed"; }
+
+log "starting custody serve on $gateway"
+CUSTODY_LOG=warn BENCH_PG_PASSWORD=$PG_PASSWORD \
+  "$BIN" serve --config "$tmp/custody.toml" --listen "127.0.0.1:$gw_port" >"$tmp/serve.log" 2>&1 &
+serve_pid=$!
+pids+=("$serve_pid")
+wait_for "custody serve" "$tmp/serve.log" "$serve_pid" curl -fsS "$gateway/readyz"
+
+lport=$(free_port)
+log "starting custody connect pg on 127.0.0.1:$lport"
+CUSTODY_TOKEN=$token CUSTODY_LOG=warn \
+  "$BIN" connect pg --listen "127.0.0.1:$lport" --gateway "$gateway" >"$tmp/connect.log" 2>&1 &
+connect_pid=$!
+pids+=("$connect_pid")
+
+# The custody path needs no password: the gateway logs in upstream.
+nopw_env=(env -u PGPASSWORD)
+
+# Every path must answer a query before we measure anything.
+probe() { # probe PORT ENV...
+  local port=$1
+  shift
+  [ "$("$@" "$PGBIN/psql" -X -At -p "$port" -c 'select 42' 2>/dev/null)" = 42 ]
+}
+wait_for "custody connect" "$tmp/connect.log" "$connect_pid" probe "$lport" "${nopw_env[@]}"
+wait_for "socat chain" "$tmp/socat-a.log" "$socat_a_pid" probe "$sock_a" "${direct_env[@]}"
+probe "$pg_port" "${direct_env[@]}" || die "direct connection to PostgreSQL failed"
+
+# ---------------------------------------------------------------- runs
+results=$tmp/results.tsv # script target tps latency_ms relay_cpu_s
+: >"$results"
+failures=0
+
+# Reset what pgbench's own vacuum step would (directly, not through the path
+# under test), so each TPC-B run starts from the same state.
+reset_tpcb() {
+  "${direct_env[@]}" "$PGBIN/psql" -X -q -p "$pg_port" \
+    -c 'vacuum pgbench_branches' -c 'vacuum pgbench_tellers' -c 'truncate pgbench_history' \
+    >/dev/null 2>&1 || true
+}
+
+# run_one LABEL TARGET PORT ENVARRAY-NAME CPU-PIDS -- PGBENCH-ARGS...
+run_one() {
+  local label=$1 target=$2 port=$3 envname=$4 cpupids=$5
+  shift 6
+  local -n envref=$envname
+  local out="$tmp/pgbench-$label-$target.log" cpu0=0 cpu1=0 p
+  [ "$label" = tpcb ] && reset_tpcb
+  for p in $cpupids; do cpu0=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
+  log "$label via $target: pgbench $* (${SECONDS_PER_RUN}s)"
+  local rc=0
+  # In the background plus wait, so a signal reaches our trap at once.
+  "${envref[@]}" "$PGBIN/pgbench" -p "$port" -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n "$@" \
+    >"$out" 2>&1 &
+  bench_pid=$!
+  wait "$bench_pid" || rc=$?
+  bench_pid=""
+  sleep 0.3 # let per-connection socat children exit and be reaped
+  for p in $cpupids; do cpu1=$(awk -v a="$cpu1" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
+  local tps lat cpu="-"
+  tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$out")
+  lat=$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$out")
+  [ -n "$cpupids" ] && cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}')
+  if [ "$rc" -ne 0 ] || [ -z "$tps" ]; then
+    failures=$((failures + 1))
+    echo "bench: pgbench $label via $target failed (exit $rc); output:" >&2
+    tail -n 15 "$out" >&2
+    tps=${tps:-FAIL}
+    lat=${lat:--}
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$target" "$tps" "${lat:--}" "$cpu" >>"$results"
+}
+
+chain_cpu="$socat_a_pid $socat_b_pid"
+custody_cpu="$connect_pid $serve_pid"
+sessions_before=$(grep -c 'opened' "$tmp/connect.log" || true)
+
+for script in select tpcb select-ext; do
+  case $script in
+    select) args=(-S) ;;
+    tpcb) args=() ;;
+    select-ext) args=(-S -M extended) ;;
+  esac
+  run_one "$script" direct "$pg_port" direct_env "" -- "${args[@]}"
+  run_one "$script" socat-chain "$sock_a" direct_env "$chain_cpu" -- "${args[@]}"
+  run_one "$script" custody "$lport" nopw_env "$custody_cpu" -- "${args[@]}"
+done
+
+sessions_after=$(grep -c 'opened' "$tmp/connect.log" || true)
+
+# ---------------------------------------------------------------- report
+table=$tmp/table.txt
+{
+  echo "custody bench pg: $(date -u +%Y-%m-%dT%H:%M:%SZ), HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?'), binary built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN -n, scale $SCALE, loopback; relay cpu = CPU seconds of the forwarders (socat a+b or custody connect+serve) during the run"
+  printf '%-11s %-12s %12s %12s %14s\n' script target tps latency_ms relay_cpu_s
+  while IFS=$'\t' read -r s t tps lat cpu; do
+    [[ $tps =~ ^[0-9.]+$ ]] && tps=$(printf '%.0f' "$tps")
+    printf '%-11s %-12s %12s %12s %14s\n' "$s" "$t" "$tps" "$lat" "$cpu"
+  done <"$results"
+  echo
+  printf '%-11s %22s %18s\n' script custody/socat-chain custody/direct
+  for s in select tpcb select-ext; do
+    awk -F'\t' -v s="$s" '
+      $1 == s { tps[$2] = $3 }
+      function ratio(a, b) { return (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) ? sprintf("%.2f", a / b) : "-" }
+      END { printf "%-11s %22s %18s\n", s, ratio(tps["custody"], tps["socat-chain"]), ratio(tps["custody"], tps["direct"]) }
+    ' "$results"
+  done
+  echo "custody connect sessions opened during the runs: $((sessions_after - sessions_before))"
+} >"$table"
+
+echo
+cat "$table"
+if [ -n "${BENCH_OUT:-}" ]; then
+  {
+    cat "$table"
+    echo
+  } >>"$BENCH_OUT"
+  log "appended to $BENCH_OUT"
+fi
+
+# Surface anything the gateway complained about (CUSTODY_LOG=warn).
+if [ -s "$tmp/serve.log" ] && grep -qiv 'listening on' "$tmp/serve.log"; then
+  echo
+  echo "bench: custody serve logged (last 10 lines):" >&2
+  grep -iv 'listening on' "$tmp/serve.log" | tail -n 10 >&2
+fi
+
+[ "$failures" -eq 0 ] || die "$failures pgbench run(s) failed"
