@@ -110,9 +110,13 @@ async fn google_id_token(audience: &str) -> Result<String, ClientError> {
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| ClientError::Token(e.to_string()))?;
-    let url = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity";
+    // GCE_METADATA_HOST is how Google's own libraries let the metadata server move.
+    let host =
+        std::env::var("GCE_METADATA_HOST").unwrap_or_else(|_| "metadata.google.internal".into());
+    let url =
+        format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/identity");
     if let Ok(resp) = http
-        .get(url)
+        .get(&url)
         .query(&[("audience", audience), ("format", "full")])
         .header("Metadata-Flavor", "Google")
         .send()
@@ -363,6 +367,10 @@ pub async fn exec(
     let mut req = http
         .post(&url)
         .bearer_auth(&target.token)
+        .header(
+            "x-serverless-authorization",
+            format!("Bearer {}", target.token),
+        )
         .json(&serde_json::json!({ "input": input }));
     if format == Format::Csv {
         req = req.header("accept", "text/csv");

@@ -75,6 +75,11 @@ pub async fn run(
         }
     });
     let app = ingress::router(gw);
+    use axum::serve::ListenerExt;
+    // Tunnels are request/response traffic: never wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -133,7 +133,15 @@ enum DevCommand {
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Runtime::new() {
+    // The gateway spreads sessions over every core; the CLI's sessions are
+    // cheap byte pumps, cheaper still without cross-thread wakeups.
+    let rt = match cli.command {
+        Command::Serve { .. } => tokio::runtime::Runtime::new(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("custody: cannot start runtime: {e}");

@@ -217,3 +217,93 @@ fn examples_config_passes_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A metadata server stand-in: answers the identity endpoint only with the
+/// Metadata-Flavor header, minting a token for the audience it is asked for.
+fn metadata_server(gateway_url: &str) -> String {
+    let expected = gateway_url.to_string();
+    use axum::extract::Query;
+    use axum::http::HeaderMap;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let app = axum::Router::new().route(
+        "/computeMetadata/v1/instance/service-accounts/default/identity",
+        axum::routing::get(
+            move |headers: HeaderMap,
+                  Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                if headers.get("metadata-flavor").map(|v| v.as_bytes()) != Some(b"Google") {
+                    return (axum::http::StatusCode::FORBIDDEN, String::new());
+                }
+                // The CLI must ask for the gateway URL as audience; the test gateway
+                // is configured with AUDIENCE, so that is what the token carries.
+                if q.get("audience") != Some(&expected) {
+                    return (axum::http::StatusCode::BAD_REQUEST, String::new());
+                }
+                let tok = issuer()
+                    .dev
+                    .token(
+                        "alice@example.com",
+                        &[],
+                        AUDIENCE,
+                        600,
+                        jsonwebtoken::Algorithm::ES256,
+                    )
+                    .unwrap();
+                (axum::http::StatusCode::OK, tok)
+            },
+        ),
+    );
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
+                .await
+                .unwrap();
+        });
+    });
+    host
+}
+
+#[test]
+fn token_from_metadata_server_or_a_clear_error() {
+    let gw = Gateway::start("");
+    let host = metadata_server(&gw.url);
+    let out = Command::new(bin())
+        .args([
+            "exec",
+            "pg",
+            "--gateway",
+            &gw.url,
+            "--",
+            "select 'via metadata' as s",
+        ])
+        .env_remove("CUSTODY_TOKEN")
+        .env("GCE_METADATA_HOST", &host)
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via metadata"));
+
+    let out = Command::new(bin())
+        .args(["exec", "pg", "--gateway", &gw.url, "--", "select 1"])
+        .env_remove("CUSTODY_TOKEN")
+        .env("GCE_METADATA_HOST", format!("127.0.0.1:{}", free_port()))
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no identity token") && err.contains("--token"),
+        "{err}"
+    );
+}

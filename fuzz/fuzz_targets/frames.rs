@@ -39,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
         ok = scanner.feed(&data[cut..], &mut SeeAll, &mut out).is_ok();
     }
     if ok {
-        // Nothing inspected is rewritten, so the output is the input.
-        assert_eq!(&out[..], data);
+        // Nothing inspected is rewritten, so the output is the input, less
+        // whatever frame is still incomplete.
+        assert!(data.starts_with(&out));
+        if scanner.at_boundary() {
+            assert_eq!(&out[..], data);
+        }
     }
 });
