@@ -222,8 +222,21 @@ pub struct MaskingConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GuardrailsConfig {
+    /// Rule names (see `policy::guardrails::RULES`) whose statements are refused.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// Rule names refused with "approval required" until the approval flow exists.
+    #[serde(default)]
+    pub require_approval: Vec<String>,
+    /// Only reads (SELECT, SHOW, EXPLAIN without ANALYZE of writes, COPY TO, ...).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Regexes matched against the normalized statement (lowercase, single spaces).
+    #[serde(default)]
+    pub deny_patterns: Vec<String>,
+    /// Let statements sqlparser cannot parse through (checked by patterns only).
+    #[serde(default)]
+    pub allow_unparsed: bool,
 }
 
 impl ConnectionConfig {
@@ -344,6 +357,11 @@ impl Config {
                     if let Err(e) = m.get_ref().parse::<Member>() {
                         out.push((m.span(), e.to_string()));
                     }
+                }
+            }
+            if let Some(g) = &c.guardrails {
+                if let Err(e) = crate::policy::guardrails::Guardrails::new(g) {
+                    out.push((c.name.span(), format!("connection {name:?}: {e}")));
                 }
             }
             for secret in [&c.password, &c.private_key].into_iter().flatten() {

@@ -305,6 +305,19 @@ async fn exec_inner(
         }
     };
     let conn = session.permit.connection.clone();
+    if let Some(rails) = gw.rails.get(conn.name()) {
+        if let Some((event, message)) =
+            crate::protocol::postgres::hooks::refusal(rails, &req.input, "exec", audit_id)
+        {
+            let _ = session.tap().record(event).await;
+            session
+                .finish(end_event("refused by guardrail", 0, 0))
+                .await;
+            let mut e = ApiError::new(StatusCode::FORBIDDEN, "guardrail", message, audit_id);
+            e.extra = json!({"sqlstate": "42501"});
+            return Err(e);
+        }
+    }
     let password = match conn.password_ref() {
         Some(r) => gw.secrets.get(&r).await.map_err(|e| e.to_string()),
         None => Err(format!(

@@ -14,12 +14,14 @@ pub mod session;
 pub mod telemetry;
 pub mod tunnel;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use config::{Config, ConnectionConfig};
 use identity::Verifier;
+use policy::guardrails::Guardrails;
 use recording::Store;
 use secrets::SecretStore;
 use session::CancelRegistry;
@@ -30,6 +32,11 @@ pub enum ServeError {
     Recording(#[from] recording::RecordError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("connection {connection}: {source}")]
+    Guardrails {
+        connection: String,
+        source: policy::guardrails::GuardrailError,
+    },
 }
 
 /// Everything a request needs, shared by all of them.
@@ -40,12 +47,25 @@ pub struct Gateway {
     pub secrets: SecretStore,
     pub store: Arc<dyn Store>,
     pub cancels: Arc<CancelRegistry>,
+    /// Compiled guardrails per connection name.
+    pub rails: HashMap<String, Arc<Guardrails>>,
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, ServeError> {
         let store = recording::open_store(config.recording.store.get_ref())?;
+        let mut rails = HashMap::new();
+        for c in &config.connections {
+            if let Some(g) = &c.guardrails {
+                let compiled = Guardrails::new(g).map_err(|source| ServeError::Guardrails {
+                    connection: c.name().to_string(),
+                    source,
+                })?;
+                rails.insert(c.name().to_string(), Arc::new(compiled));
+            }
+        }
         Ok(Gateway {
+            rails,
             connections: config.connections.iter().cloned().map(Arc::new).collect(),
             verifier: Verifier::new(&config.identity),
             secrets: SecretStore::new(&config.secrets),

@@ -66,6 +66,13 @@ pub enum EventBody {
     Cancel {
         outcome: String,
     },
+    /// A statement guardrails refused; it never reached the upstream.
+    Guardrail {
+        sql: String,
+        protocol: String,
+        rule: String,
+        outcome: String,
+    },
     Refused {
         reason: String,
     },
@@ -372,6 +379,17 @@ pub fn render(events: &[Event]) -> String {
                 )
             }
             EventBody::Cancel { outcome } => writeln!(out, "{ts}  cancel request: {outcome}"),
+            EventBody::Guardrail {
+                sql,
+                protocol,
+                rule,
+                outcome,
+            } => writeln!(
+                out,
+                "{ts}  [{protocol}] {}\n{:25}→ BLOCKED by guardrail {rule} ({outcome})",
+                sql.trim(),
+                ""
+            ),
             EventBody::Refused { reason } => writeln!(out, "{ts}  REFUSED: {reason}"),
             EventBody::Error { message } => writeln!(out, "{ts}  error: {message}"),
             EventBody::SessionEnd {

@@ -8,7 +8,6 @@ use futures_util::{SinkExt, StreamExt};
 use support::*;
 
 fn setup() -> Gateway {
-    pg().admin("create table if not exists items (id int primary key, name text); grant all on items to app;");
     Gateway::start("")
 }
 

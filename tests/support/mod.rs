@@ -36,7 +36,8 @@ fn pg_cmd(bin: &str) -> Command {
     let path = format!("{PG_BIN}/{bin}");
     if is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", &path]);
+        // The postgres user may not be able to enter the caller's directory.
+        c.current_dir("/").args(["-u", "postgres", "--", &path]);
         c
     } else {
         Command::new(path)
@@ -52,6 +53,7 @@ fn spawn_tied(cmd: &str, log: &Path) -> Child {
         std::process::id()
     );
     Command::new("sh")
+        .current_dir("/")
         .args(["-c", &script])
         .spawn()
         .expect("spawn")

@@ -107,7 +107,7 @@ pub async fn run(
             _ => {}
         }
     }
-    if let Some(ev) = tracker.on_ready() {
+    if let Some(ev) = tracker.on_ready(b'I').0 {
         let _ = session.tap().record(ev).await;
     }
     out.clear();

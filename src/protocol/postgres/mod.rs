@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod exec;
+pub mod hooks;
 pub mod relay;
 pub mod scanner;
 pub mod tracker;

@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec::{self, Startup};
-use super::scanner::{Inspect, Scanner};
+use super::hooks::{self, ClientHook, ServerHook};
+use super::scanner::Scanner;
 use super::tracker::Tracker;
 use super::{upstream, PgError};
 use crate::recording::EventBody;
@@ -200,11 +201,12 @@ async fn run(
         to_client,
     } = counters;
 
+    let rails = gw.rails.get(conn.name()).map(|r| r.as_ref());
+    // Wakes the upstream side when a refusal is queued while it is idle.
+    let refusals = tokio::sync::Notify::new();
+
     let client_to_upstream = async {
-        let mut hook = ClientHook {
-            tracker,
-            terminated: false,
-        };
+        let mut hook = ClientHook::new(tracker, rails, &session.audit_id);
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         if !pending.is_empty() {
             client_scan.feed(&pending, &mut hook, &mut out)?;
@@ -213,6 +215,16 @@ async fn run(
             if !out.is_empty() {
                 up_w.write_all(&out).await?;
                 out.clear();
+            }
+            for ev in hook.events.drain(..) {
+                session
+                    .tap()
+                    .record(ev)
+                    .await
+                    .map_err(|e| RelayEnd::Recording(e.to_string()))?;
+            }
+            if std::mem::take(&mut hook.blocked) {
+                refusals.notify_one();
             }
             if hook.terminated {
                 return Ok::<_, RelayEnd>(End::normal("client terminated the session"));
@@ -245,6 +257,17 @@ async fn run(
                     }
                     _ = ping.tick() => {
                         tx.ping().await.map_err(|e| RelayEnd::Client(e.to_string()))?;
+                        continue;
+                    }
+                    _ = refusals.notified() => {
+                        // Mid-frame, the refusal waits for the frame's end (the hook drains it).
+                        if server_scan.at_boundary() {
+                            hooks::drain_blocked(tracker, &mut out).map_err(RelayEnd::Upstream)?;
+                            if !out.is_empty() {
+                                *to_client += out.len() as u64;
+                                tx.send(out.split().freeze()).await.map_err(|e| RelayEnd::Client(e.to_string()))?;
+                            }
+                        }
                         continue;
                     }
                 }
@@ -334,79 +357,6 @@ impl From<PgError> for RelayEnd {
 impl From<std::io::Error> for RelayEnd {
     fn from(e: std::io::Error) -> Self {
         RelayEnd::Upstream(PgError::Io(e))
-    }
-}
-
-/// Client → upstream: sees statements as they are sent.
-struct ClientHook<'a> {
-    tracker: &'a Mutex<Tracker>,
-    terminated: bool,
-}
-
-impl Inspect for ClientHook<'_> {
-    fn wants(&self, tag: u8) -> bool {
-        matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'C' | b'S' | b'X')
-    }
-
-    fn frame_seen(&mut self, tag: u8, body: &[u8]) -> Result<(), PgError> {
-        let mut t = self
-            .tracker
-            .lock()
-            .map_err(|_| PgError::Protocol("tracker poisoned".into()))?;
-        match tag {
-            b'Q' => t.on_query(codec::query_sql(body)?),
-            b'P' => {
-                let (name, sql) = codec::parse_msg(body)?;
-                t.on_parse(name, sql);
-            }
-            b'B' => {
-                let (portal, stmt) = codec::bind_msg(body)?;
-                t.on_bind(portal, stmt);
-            }
-            b'E' => t.on_execute(codec::execute_portal(body)?),
-            b'C' => {
-                let (kind, name) = codec::close_msg(body)?;
-                t.on_close(kind, name);
-            }
-            b'S' => t.on_sync(),
-            b'X' => self.terminated = true,
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-/// Upstream → client: pairs outcomes with statements.
-struct ServerHook<'a> {
-    tracker: &'a Mutex<Tracker>,
-    done: &'a mut Vec<EventBody>,
-}
-
-impl Inspect for ServerHook<'_> {
-    fn wants(&self, tag: u8) -> bool {
-        matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
-    }
-
-    fn frame_seen(&mut self, tag: u8, body: &[u8]) -> Result<(), PgError> {
-        let mut t = self
-            .tracker
-            .lock()
-            .map_err(|_| PgError::Protocol("tracker poisoned".into()))?;
-        let ev = match tag {
-            b'C' => {
-                let mut rest = body;
-                t.on_complete(codec::cstr(&mut rest)?)
-            }
-            b'I' | b's' => t.on_complete(""),
-            b'E' => {
-                let (code, message) = codec::error_fields(body);
-                t.on_error(code, message)
-            }
-            b'Z' => t.on_ready(),
-            _ => None,
-        };
-        self.done.extend(ev);
-        Ok(())
     }
 }
 

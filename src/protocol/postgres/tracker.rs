@@ -5,6 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::recording::{EventBody, StatementError};
 
 use super::codec::tag_rows;
@@ -15,7 +17,11 @@ const MAX_NAMED: usize = 10_000;
 enum Pending {
     Simple(Stmt),
     Exec(Stmt),
-    Sync,
+    /// A Sync sent upstream; the bytes, if any, go to the client just before
+    /// its ReadyForQuery (a guardrail refusal inside a pipeline).
+    Sync(Option<Bytes>),
+    /// A refusal the gateway answers itself once everything before it is answered.
+    Blocked(Bytes),
 }
 
 struct Stmt {
@@ -49,16 +55,51 @@ impl Stmt {
     }
 }
 
-#[derive(Default)]
 pub struct Tracker {
     prepared: HashMap<String, String>,
     portals: HashMap<String, String>,
     pending: VecDeque<Pending>,
     pub statements: u64,
     pub rows: u64,
+    /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
+    pub status: u8,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            prepared: HashMap::new(),
+            portals: HashMap::new(),
+            pending: VecDeque::new(),
+            statements: 0,
+            rows: 0,
+            status: b'I',
+        }
+    }
 }
 
 impl Tracker {
+    /// Queues a refusal answered by the gateway (ErrorResponse + ReadyForQuery).
+    pub fn push_blocked(&mut self, bytes: Bytes) {
+        self.pending.push_back(Pending::Blocked(bytes));
+    }
+
+    /// A refusal whose turn has come: everything sent before it is answered.
+    pub fn take_blocked(&mut self) -> Option<Bytes> {
+        match self.pending.front() {
+            Some(Pending::Blocked(_)) => match self.pending.pop_front() {
+                Some(Pending::Blocked(b)) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A Sync that also carries a refusal for its pipeline segment.
+    pub fn on_sync_with(&mut self, inject: Bytes) {
+        self.pending.push_back(Pending::Sync(Some(inject)));
+    }
+
     pub fn on_query(&mut self, sql: &str) {
         self.pending
             .push_back(Pending::Simple(Stmt::new(sql.to_string())));
@@ -90,7 +131,7 @@ impl Tracker {
     }
 
     pub fn on_sync(&mut self) {
-        self.pending.push_back(Pending::Sync);
+        self.pending.push_back(Pending::Sync(None));
     }
 
     /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended.
@@ -110,7 +151,7 @@ impl Tracker {
                 s.tags.push(tag.to_string());
                 Some(self.finish(s, "extended"))
             }
-            Pending::Sync => None,
+            Pending::Sync(_) | Pending::Blocked(_) => None,
         }
     }
 
@@ -133,7 +174,7 @@ impl Tracker {
                 Some(self.finish(s, "extended"))
             }
             // An error before any Execute (Parse/Bind failed): record it on its own.
-            Some(Pending::Sync) | None => {
+            Some(Pending::Sync(_) | Pending::Blocked(_)) | None => {
                 let mut s = Stmt::new(String::new());
                 s.error = error;
                 Some(s.done("extended"))
@@ -141,12 +182,21 @@ impl Tracker {
         }
     }
 
-    pub fn on_ready(&mut self) -> Option<EventBody> {
-        match self.pending.pop_front()? {
-            Pending::Simple(s) => Some(self.finish(s, "simple")),
-            Pending::Sync => None,
+    /// ReadyForQuery: returns the finished statement, if any, and bytes the
+    /// client must get before this ReadyForQuery.
+    pub fn on_ready(&mut self, status: u8) -> (Option<EventBody>, Option<Bytes>) {
+        self.status = status;
+        match self.pending.pop_front() {
+            Some(Pending::Simple(s)) => (Some(self.finish(s, "simple")), None),
+            Some(Pending::Sync(inject)) => (None, inject),
             // Unreachable in a well-formed exchange; keep the record rather than drop it.
-            Pending::Exec(s) => Some(self.finish(s, "extended")),
+            Some(Pending::Exec(s)) => (Some(self.finish(s, "extended")), None),
+            Some(Pending::Blocked(b)) => {
+                // Cannot be at the front here (drained eagerly); keep order anyway.
+                self.pending.push_front(Pending::Blocked(b));
+                (None, None)
+            }
+            None => (None, None),
         }
     }
 
@@ -176,7 +226,7 @@ mod tests {
         t.on_query("insert into t values (1); select * from t");
         assert!(t.on_complete("INSERT 0 1").is_none());
         assert!(t.on_complete("SELECT 4").is_none());
-        let e = t.on_ready().unwrap();
+        let e = t.on_ready(b'I').0.unwrap();
         assert_eq!(
             sql_of(&e),
             ("insert into t values (1); select * from t", 5, false)
@@ -203,7 +253,7 @@ mod tests {
             .on_error("22012".into(), "division by zero".into())
             .unwrap();
         assert_eq!(sql_of(&e), ("select 1/0", 0, true));
-        assert!(t.on_ready().is_none());
+        assert!(t.on_ready(b'I').0.is_none());
         assert!(t.pending.is_empty());
     }
 }

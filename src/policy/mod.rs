@@ -1,6 +1,8 @@
 //! Who may use which connection. `authorize` is a pure function: the relay
 //! only starts with the `Permit` it returns, so no code path skips the check.
 
+pub mod guardrails;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -111,8 +113,6 @@ pub fn authorize(
         Some("kind = \"ssh\"")
     } else if conn.masking.is_some() {
         Some("[connections.masking]")
-    } else if conn.guardrails.is_some() {
-        Some("[connections.guardrails]")
     } else {
         None
     };
