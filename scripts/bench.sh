@@ -217,6 +217,15 @@ log "pgbench -i -s $SCALE"
 "${direct_env[@]}" "$PGBIN/pgbench" -i -q -s "$SCALE" -p "$pg_port" >"$tmp/pgbench-init.log" 2>&1 ||
   { cat "$tmp/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
+# Rows with emails, card numbers and phone numbers for the masked run.
+"${direct_env[@]}" "$PGBIN/psql" -X -q -p "$pg_port" -c "create table pii (id int primary key, email text, card text, note text);
+  insert into pii select i, 'user' || i || '@example.com', '4111-1111-1111-1111',
+    'call (415) 555-0' || lpad((i % 1000)::text, 3, '0') || ' after 5pm' from generate_series(1, 10000) i;" >/dev/null
+cat >"$tmp/masked.sql" <<'SQL'
+\set id random(1, 9990)
+select id, email, card, note from pii where id between :id and :id + 9;
+SQL
+
 # ---------------------------------------------------------------- socat chain
 sock_b=$(free_port)
 sock_a=$(free_port)
@@ -267,6 +276,21 @@ user = "app"
 password = "env:BENCH_PG_PASSWORD"
 tls = "disable"
 allow = ["user:bench@example.com"]
+
+[[connections]]
+name = "pg-masked"
+kind = "postgres"
+host = "127.0.0.1"
+port = $pg_port
+database = "app"
+user = "app"
+password = "env:BENCH_PG_PASSWORD"
+tls = "disable"
+allow = ["user:bench@example.com"]
+
+[connections.masking]
+detectors = ["email", "credit_card", "phone"]
+columns = { "pii.card" = "partial" }
 TOML
 
 token=$("$BIN" dev token --key-dir "$tmp/keys" --issuer "$issuer" --audience "$gateway" \
@@ -287,6 +311,13 @@ CUSTODY_TOKEN=$token CUSTODY_LOG=warn \
 connect_pid=$!
 pids+=("$connect_pid")
 
+mport=$(free_port)
+log "starting custody connect pg-masked on 127.0.0.1:$mport"
+CUSTODY_TOKEN=$token CUSTODY_LOG=warn \
+  "$BIN" connect pg-masked --listen "127.0.0.1:$mport" --gateway "$gateway" >"$tmp/connect-masked.log" 2>&1 &
+masked_pid=$!
+pids+=("$masked_pid")
+
 # The custody path needs no password: the gateway logs in upstream.
 nopw_env=(env -u PGPASSWORD)
 
@@ -298,6 +329,7 @@ probe() { # probe PORT ENV...
 }
 wait_for "custody connect" "$tmp/connect.log" "$connect_pid" probe "$lport" "${nopw_env[@]}"
 wait_for "socat chain" "$tmp/socat-a.log" "$socat_a_pid" probe "$sock_a" "${direct_env[@]}"
+wait_for "custody connect (masked)" "$tmp/connect-masked.log" "$masked_pid" probe "$mport" "${nopw_env[@]}"
 probe "$pg_port" "${direct_env[@]}" || die "direct connection to PostgreSQL failed"
 
 # ---------------------------------------------------------------- runs
@@ -349,15 +381,18 @@ chain_cpu="$socat_a_pid $socat_b_pid"
 custody_cpu="$connect_pid $serve_pid"
 sessions_before=$(grep -c 'opened' "$tmp/connect.log" || true)
 
-for script in select tpcb select-ext; do
+for script in select tpcb select-ext masked; do
+  port=$lport
   case $script in
     select) args=(-S) ;;
     tpcb) args=() ;;
     select-ext) args=(-S -M extended) ;;
+    # 10 rows of emails, cards and phones per query, through a masking connection.
+    masked) args=(-f "$tmp/masked.sql") port=$mport ;;
   esac
   run_one "$script" direct "$pg_port" direct_env "" -- "${args[@]}"
   run_one "$script" socat-chain "$sock_a" direct_env "$chain_cpu" -- "${args[@]}"
-  run_one "$script" custody "$lport" nopw_env "$custody_cpu" -- "${args[@]}"
+  run_one "$script" custody "$port" nopw_env "$custody_cpu $masked_pid" -- "${args[@]}"
 done
 
 sessions_after=$(grep -c 'opened' "$tmp/connect.log" || true)
@@ -374,7 +409,7 @@ table=$tmp/table.txt
   done <"$results"
   echo
   printf '%-11s %22s %18s\n' script custody/socat-chain custody/direct
-  for s in select tpcb select-ext; do
+  for s in select tpcb select-ext masked; do
     awk -F'\t' -v s="$s" '
       $1 == s { tps[$2] = $3 }
       function ratio(a, b) { return (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) ? sprintf("%.2f", a / b) : "-" }

@@ -207,16 +207,48 @@ pub struct ConnectionConfig {
     pub guardrails: Option<GuardrailsConfig>,
 }
 
-/// Parsed now so configs written for the masking issue load; enforced by that feature.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MaskingConfig {
+    /// Built-in detectors applied to every text value: email, credit_card, us_ssn,
+    /// iban, phone, ip_address, gcp_api_key, private_key, jwt, aws_access_key.
     #[serde(default)]
     pub detectors: Vec<String>,
+    /// Extra detectors: name -> regex; matches become `[NAME]`.
+    #[serde(default)]
+    pub custom: BTreeMap<String, String>,
+    /// Strategy for detector matches: redact (default), partial, hash, null.
+    pub detector_strategy: Option<String>,
+    /// Column rules: "schema.table.column" | "table.column" | "column" glob -> strategy.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+    /// HMAC key for the hash strategy (a secret reference).
+    pub hash_key: Option<Spanned<String>>,
+    /// Principals who see clear values.
     #[serde(default)]
     pub exempt: Vec<Spanned<String>>,
+}
+
+impl MaskingConfig {
+    pub fn engine_config<'a>(
+        &'a self,
+        hash_key: Option<&'a [u8]>,
+    ) -> crate::mask::EngineConfig<'a> {
+        crate::mask::EngineConfig {
+            detectors: &self.detectors,
+            custom: &self.custom,
+            columns: &self.columns,
+            detector_strategy: self.detector_strategy.as_deref(),
+            hash_key,
+        }
+    }
+
+    pub fn exempt_members(&self) -> Vec<Member> {
+        self.exempt
+            .iter()
+            .filter_map(|m| m.get_ref().parse().ok())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -364,7 +396,17 @@ impl Config {
                     out.push((c.name.span(), format!("connection {name:?}: {e}")));
                 }
             }
-            for secret in [&c.password, &c.private_key].into_iter().flatten() {
+            if let Some(m) = &c.masking {
+                let key = m.hash_key.as_ref().map(|_| b"config-check".as_slice());
+                if let Err(e) = crate::mask::Engine::new(&m.engine_config(key)) {
+                    out.push((c.name.span(), format!("connection {name:?} masking: {e}")));
+                }
+            }
+            let hash_key = c.masking.as_ref().and_then(|m| m.hash_key.as_ref());
+            for secret in [c.password.as_ref(), c.private_key.as_ref(), hash_key]
+                .into_iter()
+                .flatten()
+            {
                 if let Err(e) = secret.get_ref().parse::<SecretRef>() {
                     out.push((secret.span(), e.to_string()));
                 }

@@ -326,15 +326,9 @@ async fn exec_inner(
         )),
     };
     let outcome = match password {
-        Ok(pw) => exec::run(
-            &session,
-            &pw,
-            &req.input,
-            gw.config.server.exec_max_rows,
-            gw.config.server.max_message_bytes,
-        )
-        .await
-        .map_err(|e| e.to_string()),
+        Ok(pw) => exec::run(gw, &session, &pw, &req.input)
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     let csv = headers

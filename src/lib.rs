@@ -6,6 +6,7 @@ pub mod config;
 pub mod devissuer;
 pub mod identity;
 pub mod ingress;
+pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod recording;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use config::{Config, ConnectionConfig};
 use identity::Verifier;
 use policy::guardrails::Guardrails;
+use protocol::postgres::catalog::Catalog;
 use recording::Store;
 use secrets::SecretStore;
 use session::CancelRegistry;
@@ -49,7 +51,14 @@ pub struct Gateway {
     pub cancels: Arc<CancelRegistry>,
     /// Compiled guardrails per connection name.
     pub rails: HashMap<String, Arc<Guardrails>>,
+    /// Masking engines per connection, built on first use (the hash key is a secret).
+    masks: HashMap<String, tokio::sync::OnceCell<Arc<mask::Engine>>>,
+    /// Catalog lookups per connection, reused for CATALOG_TTL.
+    catalogs: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<Catalog>)>>,
 }
+
+/// How long a connection's column-rule catalog is reused before it is read again.
+const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Gateway {
     pub fn new(config: Config) -> Result<Gateway, ServeError> {
@@ -64,8 +73,16 @@ impl Gateway {
                 rails.insert(c.name().to_string(), Arc::new(compiled));
             }
         }
+        let masks = config
+            .connections
+            .iter()
+            .filter(|c| c.masking.is_some())
+            .map(|c| (c.name().to_string(), tokio::sync::OnceCell::new()))
+            .collect();
         Ok(Gateway {
             rails,
+            masks,
+            catalogs: std::sync::Mutex::default(),
             connections: config.connections.iter().cloned().map(Arc::new).collect(),
             verifier: Verifier::new(&config.identity),
             secrets: SecretStore::new(&config.secrets),
@@ -77,6 +94,72 @@ impl Gateway {
 
     pub fn connection(&self, name: &str) -> Option<&Arc<ConnectionConfig>> {
         self.connections.iter().find(|c| c.name() == name)
+    }
+
+    /// The masking engine for this principal on this connection: None when
+    /// the connection has no masking or the principal is exempt.
+    pub async fn masking_for(
+        &self,
+        conn: &ConnectionConfig,
+        principal: &identity::Principal,
+    ) -> Result<Option<Arc<mask::Engine>>, String> {
+        let (Some(cfg), Some(cell)) = (&conn.masking, self.masks.get(conn.name())) else {
+            return Ok(None);
+        };
+        if cfg.exempt_members().iter().any(|m| m.matches(principal)) {
+            return Ok(None);
+        }
+        let engine = cell
+            .get_or_try_init(|| async {
+                let key = match cfg
+                    .hash_key
+                    .as_ref()
+                    .map(|k| k.get_ref().parse::<secrets::SecretRef>())
+                {
+                    Some(Ok(r)) => Some(
+                        self.secrets
+                            .get(&r)
+                            .await
+                            .map_err(|e| format!("masking hash key: {e}"))?,
+                    ),
+                    Some(Err(e)) => return Err(format!("masking hash key: {e}")),
+                    None => None,
+                };
+                let key_bytes = key.as_ref().map(|k| k.expose().as_bytes());
+                mask::Engine::new(&cfg.engine_config(key_bytes))
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        Ok(Some(engine.clone()))
+    }
+
+    /// Column-rule catalog for a connection, read on `stream` when stale.
+    pub async fn catalog(
+        &self,
+        conn: &ConnectionConfig,
+        engine: &mask::Engine,
+        stream: &mut Box<dyn protocol::postgres::upstream::Io>,
+        buf: &mut bytes::BytesMut,
+    ) -> Result<Arc<Catalog>, protocol::postgres::PgError> {
+        if !engine.has_column_rules() {
+            return Ok(Arc::default());
+        }
+        if let Ok(cache) = self.catalogs.lock() {
+            if let Some((at, c)) = cache.get(conn.name()) {
+                if at.elapsed() < CATALOG_TTL {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        let fresh = Arc::new(protocol::postgres::catalog::load(stream, buf, engine).await?);
+        if let Ok(mut cache) = self.catalogs.lock() {
+            cache.insert(
+                conn.name().to_string(),
+                (std::time::Instant::now(), fresh.clone()),
+            );
+        }
+        Ok(fresh)
     }
 }
 

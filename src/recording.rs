@@ -62,6 +62,9 @@ pub enum EventBody {
         rows: u64,
         error: Option<StatementError>,
         duration_ms: f64,
+        /// Values masked on the way to the client, per detector or column rule.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        masked: std::collections::BTreeMap<String, u64>,
     },
     Cancel {
         outcome: String,
@@ -366,11 +369,16 @@ pub fn render(events: &[Event]) -> String {
                 rows,
                 error,
                 duration_ms,
+                masked,
             } => {
-                let outcome = match error {
+                let mut outcome = match error {
                     Some(e) => format!("ERROR {} {}", e.code, e.message),
                     None => format!("{} ({rows} rows)", tags.join(", ")),
                 };
+                if !masked.is_empty() {
+                    let m: Vec<String> = masked.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    outcome.push_str(&format!(" masked {}", m.join(" ")));
+                }
                 writeln!(
                     out,
                     "{ts}  [{protocol}] {}\n{:25}→ {outcome}  {duration_ms:.1} ms",

@@ -111,8 +111,6 @@ pub fn authorize(
     };
     let unenforceable = if conn.kind == Kind::Ssh {
         Some("kind = \"ssh\"")
-    } else if conn.masking.is_some() {
-        Some("[connections.masking]")
     } else {
         None
     };

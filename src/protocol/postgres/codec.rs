@@ -232,6 +232,49 @@ pub fn bind_msg(mut body: &[u8]) -> Result<(&str, &str), PgError> {
     Ok((portal, stmt))
 }
 
+/// Bind ('B') body → its result-format codes (after parameters).
+pub fn bind_result_formats(body: &[u8]) -> Result<Vec<i16>, PgError> {
+    let short = || PgError::Protocol("malformed Bind message".into());
+    let mut rest = body;
+    cstr(&mut rest)?;
+    cstr(&mut rest)?;
+    let take_i16 = |r: &mut &[u8]| -> Result<i16, PgError> {
+        if r.len() < 2 {
+            return Err(short());
+        }
+        let v = i16::from_be_bytes([r[0], r[1]]);
+        *r = &r[2..];
+        Ok(v)
+    };
+    let nfmt = take_i16(&mut rest)?.max(0) as usize;
+    if rest.len() < nfmt * 2 {
+        return Err(short());
+    }
+    rest = &rest[nfmt * 2..];
+    let nparams = take_i16(&mut rest)?.max(0);
+    for _ in 0..nparams {
+        if rest.len() < 4 {
+            return Err(short());
+        }
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        if len > 0 {
+            let len = len as usize;
+            if rest.len() < len {
+                return Err(short());
+            }
+            rest = &rest[len..];
+        }
+    }
+    let nres = take_i16(&mut rest)?.max(0) as usize;
+    (0..nres).map(|_| take_i16(&mut rest)).collect()
+}
+
+/// Describe ('D', client side) body → (b'S' | b'P', name).
+pub fn describe_msg(body: &[u8]) -> Result<(u8, &str), PgError> {
+    close_msg(body)
+}
+
 /// Execute ('E') body → portal.
 pub fn execute_portal(mut body: &[u8]) -> Result<&str, PgError> {
     cstr(&mut body)

@@ -6,10 +6,14 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec::{self, cstr};
+use super::hooks::{self, MaskCtx};
+use super::masking::{self, ColMask};
 use super::tracker::Tracker;
 use super::{upstream, PgError};
+use crate::mask::Counts;
 use crate::secrets::Secret;
 use crate::session::Session;
+use crate::Gateway;
 
 #[derive(Debug, Serialize, Default)]
 pub struct ExecResult {
@@ -27,15 +31,35 @@ pub enum ExecOutcome {
 
 /// Runs `sql`; the statement and its outcome are recorded on the session.
 pub async fn run(
+    gw: &Gateway,
     session: &Session,
     password: &Secret<String>,
     sql: &str,
-    max_rows: usize,
-    max_message: usize,
 ) -> Result<ExecOutcome, PgError> {
+    let (max_rows, max_message) = (
+        gw.config.server.exec_max_rows,
+        gw.config.server.max_message_bytes,
+    );
     let conn = &session.permit.connection;
     let app = format!("custody/{}", session.audit_id);
     let mut up = upstream::connect(conn, password, &app, &[]).await?;
+    let engine = gw
+        .masking_for(conn, &session.permit.principal)
+        .await
+        .map_err(|e| PgError::Protocol(format!("masking: {e}")))?;
+    let catalog = match &engine {
+        Some(e) => {
+            gw.catalog(conn, e, &mut up.stream, &mut up.leftover)
+                .await?
+        }
+        None => Default::default(),
+    };
+    let mask = engine.as_deref().map(|engine| MaskCtx {
+        engine,
+        catalog: &catalog,
+    });
+    let mut masks: Vec<ColMask> = Vec::new();
+    let mut counts = Counts::default();
     let mut out = BytesMut::new();
     let mut body = Vec::with_capacity(sql.len() + 1);
     body.extend_from_slice(sql.replace('\0', "").as_bytes());
@@ -65,14 +89,36 @@ pub async fn run(
         };
         match tag {
             b'T' => {
-                result.columns = row_description(&frame)?;
+                let cols = masking::row_description(&frame)?;
+                if let Some(m) = mask {
+                    masks = masking::resolve(&cols, m.engine, m.catalog);
+                }
+                result.columns = cols.into_iter().map(|c| c.name).collect();
                 result.rows.clear();
                 result.truncated = false;
                 in_rows = true;
             }
             b'D' => {
                 if result.rows.len() < max_rows {
-                    result.rows.push(data_row(&mut frame)?);
+                    let mut row = data_row(&mut frame)?;
+                    if let Some(m) = mask {
+                        for (i, v) in row.iter_mut().enumerate() {
+                            let Some(text) = v.as_deref() else { continue };
+                            match masking::mask_one(
+                                text.as_bytes(),
+                                masks.get(i),
+                                m.engine,
+                                &mut counts,
+                            ) {
+                                None => {}
+                                Some(None) => *v = None,
+                                Some(Some(b)) => {
+                                    *v = Some(String::from_utf8_lossy(&b).into_owned())
+                                }
+                            }
+                        }
+                    }
+                    result.rows.push(row);
                 } else {
                     result.truncated = true;
                 }
@@ -89,7 +135,10 @@ pub async fn run(
                 result.command_tag = tag;
             }
             b'E' => {
-                let (code, message) = codec::error_fields(&frame);
+                let (code, mut message) = codec::error_fields(&frame);
+                if let Some(m) = mask {
+                    message = masking::text(m.engine, &message, &mut counts);
+                }
                 tracker.on_error(code.clone(), message.clone());
                 error = Some((code, message));
             }
@@ -107,7 +156,9 @@ pub async fn run(
             _ => {}
         }
     }
-    if let Some(ev) = tracker.on_ready(b'I').0 {
+    tracker.add_masked(&counts);
+    if let Some(mut ev) = tracker.on_ready(b'I').0 {
+        hooks::scrub(mask, &mut ev);
         let _ = session.tap().record(ev).await;
     }
     out.clear();
@@ -117,24 +168,6 @@ pub async fn run(
         Some((sqlstate, message)) => ExecOutcome::QueryError { sqlstate, message },
         None => ExecOutcome::Done(result),
     })
-}
-
-fn row_description(frame: &[u8]) -> Result<Vec<String>, PgError> {
-    let short = || PgError::Protocol("short RowDescription".into());
-    let mut rest = frame;
-    if rest.len() < 2 {
-        return Err(short());
-    }
-    let n = rest.get_i16().max(0) as usize;
-    let mut cols = Vec::with_capacity(n.min(1600));
-    for _ in 0..n {
-        cols.push(cstr(&mut rest)?.to_string());
-        if rest.len() < 18 {
-            return Err(short());
-        }
-        rest.advance(18);
-    }
-    Ok(cols)
 }
 
 fn data_row(frame: &mut BytesMut) -> Result<Vec<Option<String>>, PgError> {

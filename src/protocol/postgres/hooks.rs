@@ -7,12 +7,22 @@ use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
 
+use super::catalog::Catalog;
 use super::codec::{self, put_frame};
+use super::masking::{self, CopyPlan};
 use super::scanner::Inspect;
 use super::tracker::Tracker;
 use super::PgError;
+use crate::mask::{Counts, Engine};
 use crate::policy::guardrails::{Guardrails, Verdict};
 use crate::recording::EventBody;
+
+/// What masking needs in the relay: the engine and the column-rule catalog.
+#[derive(Clone, Copy)]
+pub struct MaskCtx<'a> {
+    pub engine: &'a Engine,
+    pub catalog: &'a Catalog,
+}
 
 fn lock(t: &Mutex<Tracker>) -> Result<std::sync::MutexGuard<'_, Tracker>, PgError> {
     t.lock()
@@ -22,6 +32,7 @@ fn lock(t: &Mutex<Tracker>) -> Result<std::sync::MutexGuard<'_, Tracker>, PgErro
 pub struct ClientHook<'a> {
     pub tracker: &'a Mutex<Tracker>,
     pub rails: Option<&'a Guardrails>,
+    pub mask: Option<MaskCtx<'a>>,
     pub audit_id: &'a str,
     pub terminated: bool,
     /// A refusal was queued: the upstream side must look at the queue.
@@ -38,11 +49,13 @@ impl<'a> ClientHook<'a> {
     pub fn new(
         tracker: &'a Mutex<Tracker>,
         rails: Option<&'a Guardrails>,
+        mask: Option<MaskCtx<'a>>,
         audit_id: &'a str,
     ) -> Self {
         ClientHook {
             tracker,
             rails,
+            mask,
             audit_id,
             terminated: false,
             blocked: false,
@@ -54,7 +67,10 @@ impl<'a> ClientHook<'a> {
 
     /// The ErrorResponse for a refused statement, or None when it may run.
     fn refuse(&mut self, sql: &str, protocol: &str) -> Option<BytesMut> {
-        let (event, message) = refusal(self.rails?, sql, protocol, self.audit_id)?;
+        let (event, message) = match self.copy_refusal(sql) {
+            Some(r) => r,
+            None => refusal(self.rails?, sql, protocol, self.audit_id)?,
+        };
         let mut err = BytesMut::new();
         codec::error_response(&mut err, "ERROR", "42501", &message, None);
         self.events.push(event);
@@ -90,6 +106,29 @@ pub fn refusal(
         outcome: outcome.into(),
     };
     Some((event, message))
+}
+
+impl ClientHook<'_> {
+    /// A COPY out that column rules cannot cover is refused rather than leaked.
+    fn copy_refusal(&self, sql: &str) -> Option<(EventBody, String)> {
+        let m = self.mask?;
+        if !m.engine.has_column_rules() {
+            return None;
+        }
+        let CopyPlan::Refuse(why) = masking::copy_plan(sql, m.engine, m.catalog) else {
+            return None;
+        };
+        let event = EventBody::Guardrail {
+            sql: masking::text(m.engine, sql, &mut Counts::default()),
+            protocol: "simple".into(),
+            rule: "masking".into(),
+            outcome: "denied".into(),
+        };
+        Some((
+            event,
+            format!("custody: {why} (audit id {})", self.audit_id),
+        ))
+    }
 }
 
 impl Inspect for ClientHook<'_> {
@@ -131,7 +170,13 @@ impl Inspect for ClientHook<'_> {
                     self.blocked = true;
                     return Ok(());
                 }
-                lock(self.tracker)?.on_query(sql);
+                let mut t = lock(self.tracker)?;
+                t.on_query(sql);
+                if let Some(m) = self.mask.filter(|m| m.engine.has_column_rules()) {
+                    if let CopyPlan::Rules(rules) = masking::copy_plan(sql, m.engine, m.catalog) {
+                        t.set_copy_rules(rules);
+                    }
+                }
             }
             b'P' => {
                 let (name, sql) = codec::parse_msg(body)?;
@@ -154,9 +199,17 @@ impl Inspect for ClientHook<'_> {
             }
             b'B' => {
                 let (portal, stmt) = codec::bind_msg(body)?;
-                lock(self.tracker)?.on_bind(portal, stmt);
+                let formats = match self.mask {
+                    Some(_) => Some(codec::bind_result_formats(body)?),
+                    None => None,
+                };
+                lock(self.tracker)?.on_bind(portal, stmt, formats);
             }
             b'E' => lock(self.tracker)?.on_execute(codec::execute_portal(body)?),
+            b'D' if self.mask.is_some() => {
+                let (kind, name) = codec::describe_msg(body)?;
+                lock(self.tracker)?.on_describe(kind, name);
+            }
             b'C' => {
                 let (kind, name) = codec::close_msg(body)?;
                 lock(self.tracker)?.on_close(kind, name);
@@ -182,15 +235,58 @@ impl Inspect for ClientHook<'_> {
 pub struct ServerHook<'a> {
     pub tracker: &'a Mutex<Tracker>,
     pub done: &'a mut Vec<EventBody>,
+    pub mask: Option<MaskCtx<'a>>,
 }
 
 impl Inspect for ServerHook<'_> {
     fn wants(&self, tag: u8) -> bool {
         matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
+            || (self.mask.is_some() && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N'))
     }
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
         let mut t = lock(self.tracker)?;
+        if let Some(m) = self.mask {
+            let mut counts = Counts::default();
+            let written = match tag {
+                b'T' => {
+                    let cols = masking::row_description(body)?;
+                    if let Some(cols) = t.on_row_description(cols) {
+                        t.active = Some(masking::resolve(&cols, m.engine, m.catalog));
+                    }
+                    false
+                }
+                b'n' => {
+                    t.on_no_data();
+                    false
+                }
+                b'D' => {
+                    if t.active.is_none() {
+                        // Extended protocol: rows come without a RowDescription;
+                        // an empty mask list means "never described" (detectors only).
+                        let cols = t.exec_columns().unwrap_or_default();
+                        t.active = Some(masking::resolve(&cols, m.engine, m.catalog));
+                    }
+                    masking::data_row(body, t.active.as_deref(), m.engine, &mut counts, out)?;
+                    true
+                }
+                b'd' => {
+                    masking::copy_row(body, t.copy_rules(), m.engine, &mut counts, out);
+                    true
+                }
+                b'N' | b'E' => {
+                    masking::notice(tag, body, m.engine, &mut counts, out);
+                    tag == b'N'
+                }
+                _ => false,
+            };
+            if !counts.is_empty() {
+                t.add_masked(&counts);
+            }
+            if written {
+                return Ok(());
+            }
+        }
         let ev = match tag {
             b'C' => {
                 let mut rest = body;
@@ -199,6 +295,10 @@ impl Inspect for ServerHook<'_> {
             b'I' | b's' => t.on_complete(""),
             b'E' => {
                 let (code, message) = codec::error_fields(body);
+                let message = match self.mask {
+                    Some(m) => masking::text(m.engine, &message, &mut Counts::default()),
+                    None => message,
+                };
                 t.on_error(code, message)
             }
             b'Z' => {
@@ -211,7 +311,10 @@ impl Inspect for ServerHook<'_> {
             _ => None,
         };
         self.done.extend(ev);
-        put_frame(out, tag, body);
+        // A masked ErrorResponse was already written above.
+        if !(tag == b'E' && self.mask.is_some()) {
+            put_frame(out, tag, body);
+        }
         while let Some(b) = t.take_blocked() {
             out.extend_from_slice(&b);
         }
@@ -226,4 +329,21 @@ pub fn drain_blocked(tracker: &Mutex<Tracker>, out: &mut BytesMut) -> Result<(),
         out.extend_from_slice(&b);
     }
     Ok(())
+}
+
+/// Recordings hold only masked values: SQL text and error messages of an
+/// event pass through the detectors before they are written.
+pub fn scrub(mask: Option<MaskCtx>, ev: &mut EventBody) {
+    let Some(m) = mask else { return };
+    let mut counts = Counts::default();
+    match ev {
+        EventBody::Statement { sql, error, .. } => {
+            *sql = masking::text(m.engine, sql, &mut counts);
+            if let Some(e) = error {
+                e.message = masking::text(m.engine, &e.message, &mut counts);
+            }
+        }
+        EventBody::Guardrail { sql, .. } => *sql = masking::text(m.engine, sql, &mut counts),
+        _ => {}
+    }
 }

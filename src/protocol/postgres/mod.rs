@@ -1,9 +1,11 @@
 //! PostgreSQL: the gateway is a server to the client and a client to the
 //! upstream, relaying raw frames and inspecting only the few it must.
 
+pub mod catalog;
 pub mod codec;
 pub mod exec;
 pub mod hooks;
+pub mod masking;
 pub mod relay;
 pub mod scanner;
 pub mod tracker;

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec::{self, Startup};
-use super::hooks::{self, ClientHook, ServerHook};
+use super::hooks::{self, ClientHook, MaskCtx, ServerHook};
 use super::scanner::Scanner;
 use super::tracker::Tracker;
 use super::{upstream, PgError};
@@ -161,6 +161,28 @@ async fn run(
         }
     };
     drop(password);
+    let mut up = up;
+    let engine = match gw.masking_for(conn, &session.permit.principal).await {
+        Ok(e) => e,
+        Err(e) => {
+            return End::failed(
+                tunnel::CLOSE_ERROR,
+                "08001",
+                format!("masking for {}: {e}", conn.name()),
+            )
+        }
+    };
+    let catalog = match &engine {
+        Some(e) => match gw.catalog(conn, e, &mut up.stream, &mut up.leftover).await {
+            Ok(c) => c,
+            Err(e) => return End::failed(tunnel::CLOSE_ERROR, e.sqlstate(), e.to_string()),
+        },
+        None => Default::default(),
+    };
+    let mask = engine.as_deref().map(|engine| MaskCtx {
+        engine,
+        catalog: &catalog,
+    });
 
     let cancel_key = gw.cancels.register(CancelTarget {
         connection: conn.clone(),
@@ -206,7 +228,7 @@ async fn run(
     let refusals = tokio::sync::Notify::new();
 
     let client_to_upstream = async {
-        let mut hook = ClientHook::new(tracker, rails, &session.audit_id);
+        let mut hook = ClientHook::new(tracker, rails, mask, &session.audit_id);
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         if !pending.is_empty() {
             client_scan.feed(&pending, &mut hook, &mut out)?;
@@ -216,7 +238,8 @@ async fn run(
                 up_w.write_all(&out).await?;
                 out.clear();
             }
-            for ev in hook.events.drain(..) {
+            for mut ev in hook.events.drain(..) {
+                hooks::scrub(mask, &mut ev);
                 session
                     .tap()
                     .record(ev)
@@ -275,6 +298,7 @@ async fn run(
             let mut hook = ServerHook {
                 tracker,
                 done: &mut done,
+                mask,
             };
             server_scan
                 .feed(&buf, &mut hook, &mut out)
@@ -284,7 +308,8 @@ async fn run(
             tx.send(out.split().freeze())
                 .await
                 .map_err(|e| RelayEnd::Client(e.to_string()))?;
-            for ev in done.drain(..) {
+            for mut ev in done.drain(..) {
+                hooks::scrub(mask, &mut ev);
                 session
                     .tap()
                     .record(ev)

@@ -3,13 +3,17 @@
 //! statement becomes one audit event with its outcome. No I/O.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::mask::Counts;
 use crate::recording::{EventBody, StatementError};
 
+use super::catalog::Rule;
 use super::codec::tag_rows;
+use super::masking::{with_formats, Col, ColMask};
 
 /// Named prepared statements kept per session at most; PostgreSQL holds them too.
 const MAX_NAMED: usize = 10_000;
@@ -22,24 +26,38 @@ enum Pending {
     Sync(Option<Bytes>),
     /// A refusal the gateway answers itself once everything before it is answered.
     Blocked(Bytes),
+    /// A Describe awaiting its RowDescription or NoData (tracked only when masking).
+    Describe(Described),
+}
+
+enum Described {
+    Statement(String),
+    Portal(String),
 }
 
 struct Stmt {
     sql: String,
+    portal: String,
     start: Instant,
     tags: Vec<String>,
     rows: u64,
     error: Option<StatementError>,
+    masked: Counts,
+    /// Column rules by position for a `COPY ... TO STDOUT` in this query.
+    copy_rules: Option<Vec<Rule>>,
 }
 
 impl Stmt {
     fn new(sql: String) -> Stmt {
         Stmt {
             sql,
+            portal: String::new(),
             start: Instant::now(),
             tags: Vec::new(),
             rows: 0,
             error: None,
+            masked: Counts::default(),
+            copy_rules: None,
         }
     }
 
@@ -51,6 +69,7 @@ impl Stmt {
             rows: self.rows,
             error: self.error,
             duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            masked: self.masked.0,
         }
     }
 }
@@ -59,6 +78,13 @@ pub struct Tracker {
     prepared: HashMap<String, String>,
     portals: HashMap<String, String>,
     pending: VecDeque<Pending>,
+    /// Result columns of prepared statements and portals, from Describe.
+    stmt_desc: HashMap<String, Arc<Vec<Col>>>,
+    portal_desc: HashMap<String, Arc<Vec<Col>>>,
+    /// Portal → (statement, result formats) from Bind.
+    binds: HashMap<String, (String, Vec<i16>)>,
+    /// Masks for the rows now streaming, set at their RowDescription or first DataRow.
+    pub active: Option<Vec<ColMask>>,
     pub statements: u64,
     pub rows: u64,
     /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
@@ -71,6 +97,10 @@ impl Default for Tracker {
             prepared: HashMap::new(),
             portals: HashMap::new(),
             pending: VecDeque::new(),
+            stmt_desc: HashMap::new(),
+            portal_desc: HashMap::new(),
+            binds: HashMap::new(),
+            active: None,
             statements: 0,
             rows: 0,
             status: b'I',
@@ -111,23 +141,111 @@ impl Tracker {
         }
     }
 
-    pub fn on_bind(&mut self, portal: &str, stmt: &str) {
+    /// Bind; `formats` are its result-format codes (parsed only when masking).
+    pub fn on_bind(&mut self, portal: &str, stmt: &str, formats: Option<Vec<i16>>) {
         let sql = self.prepared.get(stmt).cloned().unwrap_or_default();
         if self.portals.len() < MAX_NAMED || portal.is_empty() {
             self.portals.insert(portal.to_string(), sql);
+            if let Some(f) = formats {
+                self.portal_desc.remove(portal);
+                self.binds.insert(portal.to_string(), (stmt.to_string(), f));
+            }
         }
     }
 
     pub fn on_execute(&mut self, portal: &str) {
         let sql = self.portals.get(portal).cloned().unwrap_or_default();
-        self.pending.push_back(Pending::Exec(Stmt::new(sql)));
+        let mut stmt = Stmt::new(sql);
+        stmt.portal = portal.to_string();
+        self.pending.push_back(Pending::Exec(stmt));
+    }
+
+    pub fn on_describe(&mut self, kind: u8, name: &str) {
+        let d = match kind {
+            b'S' => Described::Statement(name.to_string()),
+            _ => Described::Portal(name.to_string()),
+        };
+        self.pending.push_back(Pending::Describe(d));
     }
 
     pub fn on_close(&mut self, kind: u8, name: &str) {
-        match kind {
-            b'S' => self.prepared.remove(name),
-            _ => self.portals.remove(name),
+        if kind == b'S' {
+            self.prepared.remove(name);
+            self.stmt_desc.remove(name);
+        } else {
+            self.portals.remove(name);
+            self.portal_desc.remove(name);
+            self.binds.remove(name);
+        }
+    }
+
+    /// Attaches COPY column rules to the query just queued.
+    pub fn set_copy_rules(&mut self, rules: Vec<Rule>) {
+        if let Some(Pending::Simple(s)) = self.pending.back_mut() {
+            s.copy_rules = Some(rules);
+        }
+    }
+
+    /// RowDescription: answers a Describe (stored, returns None) or starts
+    /// a simple query's rows (returns the columns to mask them by).
+    pub fn on_row_description(&mut self, cols: Vec<Col>) -> Option<Vec<Col>> {
+        match self.pending.front() {
+            Some(Pending::Describe(_)) => {
+                if let Some(Pending::Describe(d)) = self.pending.pop_front() {
+                    match d {
+                        Described::Statement(n)
+                            if self.stmt_desc.len() < MAX_NAMED || n.is_empty() =>
+                        {
+                            self.stmt_desc.insert(n, Arc::new(cols));
+                        }
+                        Described::Portal(n)
+                            if self.portal_desc.len() < MAX_NAMED || n.is_empty() =>
+                        {
+                            self.portal_desc.insert(n, Arc::new(cols));
+                        }
+                        _ => {}
+                    }
+                }
+                None
+            }
+            _ => Some(cols),
+        }
+    }
+
+    /// NoData answers a Describe.
+    pub fn on_no_data(&mut self) {
+        if matches!(self.pending.front(), Some(Pending::Describe(_))) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// Columns of the Execute now returning rows, from its Describe or its
+    /// statement's Describe and Bind's formats. None when never described.
+    pub fn exec_columns(&self) -> Option<Vec<Col>> {
+        let Some(Pending::Exec(s)) = self.pending.front() else {
+            return None;
         };
+        if let Some(cols) = self.portal_desc.get(&s.portal) {
+            return Some(cols.as_ref().clone());
+        }
+        let (stmt, formats) = self.binds.get(&s.portal)?;
+        self.stmt_desc
+            .get(stmt)
+            .map(|cols| with_formats(cols, formats))
+    }
+
+    pub fn copy_rules(&self) -> Option<&[Rule]> {
+        match self.pending.front() {
+            Some(Pending::Simple(s)) => s.copy_rules.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Adds masking counts to the statement now answering.
+    pub fn add_masked(&mut self, counts: &Counts) {
+        if let Some(Pending::Simple(s) | Pending::Exec(s)) = self.pending.front_mut() {
+            s.masked.merge(counts);
+        }
     }
 
     pub fn on_sync(&mut self) {
@@ -136,6 +254,7 @@ impl Tracker {
 
     /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended.
     pub fn on_complete(&mut self, tag: &str) -> Option<EventBody> {
+        self.active = None;
         let rows = tag_rows(tag);
         match self.pending.front_mut()? {
             Pending::Simple(s) => {
@@ -151,11 +270,12 @@ impl Tracker {
                 s.tags.push(tag.to_string());
                 Some(self.finish(s, "extended"))
             }
-            Pending::Sync(_) | Pending::Blocked(_) => None,
+            Pending::Sync(_) | Pending::Blocked(_) | Pending::Describe(_) => None,
         }
     }
 
     pub fn on_error(&mut self, code: String, message: String) -> Option<EventBody> {
+        self.active = None;
         let error = Some(StatementError { code, message });
         match self.pending.front_mut() {
             Some(Pending::Simple(s)) => {
@@ -167,11 +287,14 @@ impl Tracker {
                     return None;
                 };
                 s.error = error;
-                // The server skips everything up to the next Sync.
-                while matches!(self.pending.front(), Some(Pending::Exec(_))) {
-                    self.pending.pop_front();
-                }
+                self.skip_to_sync();
                 Some(self.finish(s, "extended"))
+            }
+            Some(Pending::Describe(_)) => {
+                self.skip_to_sync();
+                let mut s = Stmt::new(String::new());
+                s.error = error;
+                Some(s.done("extended"))
             }
             // An error before any Execute (Parse/Bind failed): record it on its own.
             Some(Pending::Sync(_) | Pending::Blocked(_)) | None => {
@@ -186,6 +309,7 @@ impl Tracker {
     /// client must get before this ReadyForQuery.
     pub fn on_ready(&mut self, status: u8) -> (Option<EventBody>, Option<Bytes>) {
         self.status = status;
+        self.active = None;
         match self.pending.pop_front() {
             Some(Pending::Simple(s)) => (Some(self.finish(s, "simple")), None),
             Some(Pending::Sync(inject)) => (None, inject),
@@ -196,7 +320,19 @@ impl Tracker {
                 self.pending.push_front(Pending::Blocked(b));
                 (None, None)
             }
+            // A Describe left unanswered cannot outlive its Sync.
+            Some(Pending::Describe(_)) => self.on_ready(status),
             None => (None, None),
+        }
+    }
+
+    /// After an error the server skips every message up to the next Sync.
+    fn skip_to_sync(&mut self) {
+        while matches!(
+            self.pending.front(),
+            Some(Pending::Exec(_) | Pending::Describe(_))
+        ) {
+            self.pending.pop_front();
         }
     }
 
@@ -238,10 +374,10 @@ mod tests {
     fn extended_error_skips_to_sync() {
         let mut t = Tracker::default();
         t.on_parse("s1", "select $1");
-        t.on_bind("", "s1");
+        t.on_bind("", "s1", None);
         t.on_execute("");
         t.on_parse("", "select 1/0");
-        t.on_bind("", "");
+        t.on_bind("", "", None);
         t.on_execute("");
         t.on_execute("");
         t.on_sync();

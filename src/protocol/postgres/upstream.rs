@@ -162,14 +162,15 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// Reads one tagged frame during login.
-async fn read_frame(
+/// Reads one tagged frame of at most `max` bytes from the upstream.
+pub async fn read_frame(
     stream: &mut Box<dyn Io>,
     buf: &mut BytesMut,
+    max: usize,
 ) -> Result<(u8, BytesMut), PgError> {
     loop {
         if buf.len() >= 5 {
-            let len = codec::frame_len(buf[0], [buf[1], buf[2], buf[3], buf[4]], MAX_LOGIN_FRAME)?;
+            let len = codec::frame_len(buf[0], [buf[1], buf[2], buf[3], buf[4]], max)?;
             if buf.len() >= 5 + len {
                 let tag = buf[0];
                 buf.advance(5);
@@ -216,7 +217,7 @@ pub async fn connect(
         key: 0,
     };
     loop {
-        let (tag, mut body) = read_frame(&mut up.stream, &mut buf).await?;
+        let (tag, mut body) = read_frame(&mut up.stream, &mut buf, MAX_LOGIN_FRAME).await?;
         out.clear();
         match tag {
             b'R' => {

@@ -1,0 +1,166 @@
+//! Which upstream columns the masking rules cover. RowDescription names a
+//! column by (table OID, attribute number); this map, read from the catalog
+//! on the session's own upstream connection before the client's first byte,
+//! turns that into the rule for `schema.table.column`.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::codec::{self, put_frame};
+use super::upstream::{read_frame, Io};
+use super::PgError;
+use crate::mask::{Engine, Strategy};
+
+pub type Rule = Option<(Strategy, String)>;
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// (table OID, attnum) → rule, only for columns a rule covers.
+    pub columns: HashMap<(u32, i16), (Strategy, String)>,
+    /// (schema, table) → rule per column position, for `COPY table TO STDOUT`.
+    pub tables: HashMap<(String, String), Vec<Rule>>,
+}
+
+impl Catalog {
+    pub fn rule(&self, table_oid: u32, attnum: i16) -> Option<&(Strategy, String)> {
+        self.columns.get(&(table_oid, attnum))
+    }
+}
+
+/// Glob (`*`, `?`) to an ILIKE pattern literal, quotes doubled.
+fn like(glob: &str) -> String {
+    let mut out = String::new();
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn query(engine: &Engine) -> String {
+    let names: Vec<String> = engine
+        .column_patterns()
+        .iter()
+        .map(|p| like(p.rsplit('.').next().unwrap_or(p)))
+        .collect();
+    let filter = if names.iter().any(|n| n == "%") {
+        String::new()
+    } else {
+        let list: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+        format!(
+            " and a.attrelid in (select attrelid from pg_attribute where attnum > 0 and attname ilike any (array[{}]))",
+            list.join(", ")
+        )
+    };
+    format!(
+        "select a.attrelid::int8, a.attnum, n.nspname, c.relname, a.attname \
+         from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace \
+         where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f') \
+         and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'{filter} \
+         order by a.attrelid, a.attnum"
+    )
+}
+
+/// Runs the catalog query on an idle, logged-in upstream connection.
+pub async fn load(
+    stream: &mut Box<dyn Io>,
+    buf: &mut BytesMut,
+    engine: &Engine,
+) -> Result<Catalog, PgError> {
+    let sql = query(engine);
+    let mut out = BytesMut::new();
+    let mut body = sql.into_bytes();
+    body.push(0);
+    put_frame(&mut out, b'Q', &body);
+    stream.write_all(&out).await?;
+    let mut cat = Catalog::default();
+    let mut error = None;
+    loop {
+        let (tag, mut frame) = read_frame(stream, buf, 1 << 20).await?;
+        match tag {
+            b'D' => {
+                let row = text_row(&mut frame)?;
+                let (Some(oid), Some(attnum), Some(schema), Some(table), Some(col)) = (
+                    row[0].as_deref(),
+                    row[1].as_deref(),
+                    row[2].clone(),
+                    row[3].clone(),
+                    row[4].as_deref(),
+                ) else {
+                    continue;
+                };
+                let (Ok(oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>()) else {
+                    continue;
+                };
+                let rule = engine
+                    .column_rule(Some((&schema, &table)), col)
+                    .map(|(s, p)| (s, p.to_string()));
+                if let Some(r) = &rule {
+                    cat.columns.insert((oid, attnum), r.clone());
+                }
+                cat.tables.entry((schema, table)).or_default().push(rule);
+            }
+            b'E' => error = Some(codec::error_fields(&frame).1),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(e) => Err(PgError::Protocol(format!(
+            "catalog lookup for masking failed: {e}"
+        ))),
+        None => Ok(cat),
+    }
+}
+
+/// A text-format DataRow with exactly five columns.
+fn text_row(frame: &mut BytesMut) -> Result<Vec<Option<String>>, PgError> {
+    let short = || PgError::Protocol("short DataRow in catalog lookup".into());
+    if frame.len() < 2 {
+        return Err(short());
+    }
+    let n = frame.get_i16();
+    if n != 5 {
+        return Err(short());
+    }
+    let mut row = Vec::with_capacity(5);
+    for _ in 0..5 {
+        if frame.len() < 4 {
+            return Err(short());
+        }
+        let len = frame.get_i32();
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if frame.len() < len {
+            return Err(short());
+        }
+        let v = frame.split_to(len);
+        row.push(Some(String::from_utf8_lossy(&v).into_owned()));
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like;
+
+    #[test]
+    fn globs_become_like_patterns() {
+        assert_eq!(like("ssn"), "ssn");
+        assert_eq!(like("e*_x?"), "e%\\_x_");
+        assert_eq!(like("o'brien"), "o''brien");
+    }
+}

@@ -1,0 +1,559 @@
+//! Masking applied to PostgreSQL frames: pure functions that rewrite a
+//! DataRow, a COPY data row or an error/notice, recomputing lengths so the
+//! client never sees a broken frame.
+
+use bytes::{Buf, BufMut, BytesMut};
+
+use super::catalog::{Catalog, Rule};
+use super::codec::cstr;
+use super::PgError;
+use crate::mask::{Counts, Engine};
+
+/// One result column as RowDescription (and Bind's result formats) describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Col {
+    pub name: String,
+    pub table_oid: u32,
+    pub attnum: i16,
+    pub type_oid: u32,
+    pub format: i16,
+}
+
+/// What to do with one column's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColMask {
+    pub rule: Rule,
+    pub binary: bool,
+    pub type_oid: u32,
+}
+
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
+
+/// Types whose binary form is their text (jsonb: a version byte, then text).
+fn text_like(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        25 | 1043 | 1042 | 19 | 18 | JSON | 142 | 705 | JSONB
+    )
+}
+
+pub fn row_description(mut body: &[u8]) -> Result<Vec<Col>, PgError> {
+    let short = || PgError::Protocol("short RowDescription".into());
+    if body.len() < 2 {
+        return Err(short());
+    }
+    let n = body.get_i16().max(0) as usize;
+    let mut cols = Vec::with_capacity(n.min(1664));
+    for _ in 0..n {
+        let name = cstr(&mut body)?.to_string();
+        if body.len() < 18 {
+            return Err(short());
+        }
+        let table_oid = body.get_u32();
+        let attnum = body.get_i16();
+        let type_oid = body.get_u32();
+        body.advance(6);
+        let format = body.get_i16();
+        cols.push(Col {
+            name,
+            table_oid,
+            attnum,
+            type_oid,
+            format,
+        });
+    }
+    Ok(cols)
+}
+
+/// Applies Bind's result-format codes (none: all text; one: all; else per column).
+pub fn with_formats(cols: &[Col], formats: &[i16]) -> Vec<Col> {
+    cols.iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let format = match formats.len() {
+                0 => 0,
+                1 => formats[0],
+                _ => formats.get(i).copied().unwrap_or(0),
+            };
+            Col {
+                format,
+                ..c.clone()
+            }
+        })
+        .collect()
+}
+
+/// Rules for each column: the catalog's `schema.table.column` match first,
+/// else the result column name.
+pub fn resolve(cols: &[Col], engine: &Engine, catalog: &Catalog) -> Vec<ColMask> {
+    cols.iter()
+        .map(|c| {
+            let rule = catalog.rule(c.table_oid, c.attnum).cloned().or_else(|| {
+                engine
+                    .column_rule(None, &c.name)
+                    .map(|(s, p)| (s, p.to_string()))
+            });
+            ColMask {
+                rule,
+                binary: c.format == 1,
+                type_oid: c.type_oid,
+            }
+        })
+        .collect()
+}
+
+/// Masks one value: None when unchanged, Some(None) for NULL.
+pub fn mask_one(
+    v: &[u8],
+    m: Option<&ColMask>,
+    engine: &Engine,
+    counts: &mut Counts,
+) -> Option<Option<Vec<u8>>> {
+    let (binary, type_oid, rule) = match m {
+        Some(m) => (m.binary, m.type_oid, m.rule.as_ref()),
+        // Unknown context: only detectors, and only on what is valid text.
+        None => (std::str::from_utf8(v).is_err(), 0, None),
+    };
+    let jsonb_binary = binary && type_oid == JSONB;
+    let (prefix, text) = if jsonb_binary && !v.is_empty() {
+        v.split_at(1)
+    } else {
+        (&v[..0], v)
+    };
+    if let Some((strategy, pattern)) = rule {
+        if binary && !text_like(type_oid) {
+            counts.add(&format!("column:{pattern}"), 1);
+            return Some(None);
+        }
+        // The null strategy (mask_value's None) is SQL NULL, not "unchanged".
+        let Some(masked) = engine.mask_value(text, *strategy, pattern, counts) else {
+            return Some(None);
+        };
+        let masked = if matches!(type_oid, JSON | JSONB) {
+            json_string(&masked)
+        } else {
+            masked
+        };
+        return Some(Some([prefix, &masked].concat()));
+    }
+    if !engine.has_detectors() || (binary && !text_like(type_oid)) {
+        return None;
+    }
+    engine
+        .mask_text(text, counts)
+        .map(|m| Some([prefix, &m].concat()))
+}
+
+/// A masked value inside a json column must stay JSON: quote it.
+fn json_string(v: &[u8]) -> Vec<u8> {
+    let s = String::from_utf8_lossy(v);
+    serde_json::to_vec(&s).unwrap_or_else(|_| b"null".to_vec())
+}
+
+/// Rewrites a DataRow body into `out` as a whole 'D' frame.
+pub fn data_row(
+    body: &[u8],
+    masks: Option<&[ColMask]>,
+    engine: &Engine,
+    counts: &mut Counts,
+    out: &mut BytesMut,
+) -> Result<(), PgError> {
+    let short = || PgError::Protocol("malformed DataRow from upstream".into());
+    let mut rest = body;
+    if rest.len() < 2 {
+        return Err(short());
+    }
+    let n = rest.get_i16();
+    out.reserve(body.len() + 16);
+    out.put_u8(b'D');
+    let at = out.len();
+    out.put_i32(0);
+    out.put_i16(n);
+    for i in 0..n.max(0) as usize {
+        if rest.len() < 4 {
+            return Err(short());
+        }
+        let len = rest.get_i32();
+        if len < 0 {
+            out.put_i32(-1);
+            continue;
+        }
+        let len = len as usize;
+        if rest.len() < len {
+            return Err(short());
+        }
+        let (v, tail) = rest.split_at(len);
+        rest = tail;
+        match mask_one(v, masks.and_then(|m| m.get(i)), engine, counts) {
+            None => {
+                out.put_i32(len as i32);
+                out.put_slice(v);
+            }
+            Some(None) => out.put_i32(-1),
+            Some(Some(m)) => {
+                out.put_i32(m.len() as i32);
+                out.put_slice(&m);
+            }
+        }
+    }
+    let total = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&total.to_be_bytes());
+    Ok(())
+}
+
+/// Rewrites one text-format COPY row ('d' body): column rules by position
+/// when known, detectors over each field.
+pub fn copy_row(
+    body: &[u8],
+    rules: Option<&[Rule]>,
+    engine: &Engine,
+    counts: &mut Counts,
+    out: &mut BytesMut,
+) {
+    let line = body.strip_suffix(b"\n").unwrap_or(body);
+    let mut masked = Vec::with_capacity(body.len());
+    for (i, field) in line.split(|b| *b == b'\t').enumerate() {
+        if i > 0 {
+            masked.push(b'\t');
+        }
+        if field == b"\\N" {
+            masked.extend_from_slice(field);
+            continue;
+        }
+        let rule = rules.and_then(|r| r.get(i)).and_then(|r| r.as_ref());
+        let v = match rule {
+            Some((strategy, pattern)) => match engine.mask_value(field, *strategy, pattern, counts)
+            {
+                Some(v) => v,
+                None => b"\\N".to_vec(),
+            },
+            None => engine
+                .mask_text(field, counts)
+                .unwrap_or_else(|| field.to_vec()),
+        };
+        masked.extend_from_slice(&v);
+    }
+    if line.len() < body.len() {
+        masked.push(b'\n');
+    }
+    super::codec::put_frame(out, b'd', &masked);
+}
+
+/// ErrorResponse/NoticeResponse: detectors over every text field, and a
+/// DETAIL like `Key (email)=(a@b.c) already exists.` loses its values when
+/// a named column has a rule.
+pub fn notice(tag: u8, body: &[u8], engine: &Engine, counts: &mut Counts, out: &mut BytesMut) {
+    let mut fields = Vec::with_capacity(body.len() + 16);
+    let mut rest = body;
+    while let Some((&f, tail)) = rest.split_first() {
+        if f == 0 {
+            break;
+        }
+        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+        let value = &tail[..end];
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+        let keep_plain = matches!(f, b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R');
+        let mut v = if keep_plain {
+            value.to_vec()
+        } else {
+            engine
+                .mask_text(value, counts)
+                .unwrap_or_else(|| value.to_vec())
+        };
+        if f == b'D' {
+            v = key_detail(&v, engine, counts);
+        }
+        fields.push(f);
+        fields.extend(v.iter().filter(|b| **b != 0));
+        fields.push(0);
+    }
+    fields.push(0);
+    super::codec::put_frame(out, tag, &fields);
+}
+
+fn key_detail(detail: &[u8], engine: &Engine, counts: &mut Counts) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(detail) else {
+        return detail.to_vec();
+    };
+    let Some(open) = text.find("Key (") else {
+        return detail.to_vec();
+    };
+    let Some(mid) = text[open..].find(")=(").map(|m| open + m) else {
+        return detail.to_vec();
+    };
+    let Some(close) = text[mid + 3..].find(')').map(|c| mid + 3 + c) else {
+        return detail.to_vec();
+    };
+    let cols = &text[open + 5..mid];
+    let ruled = cols
+        .split(',')
+        .filter_map(|c| engine.column_rule(None, c.trim().trim_matches('"')))
+        .map(|(_, p)| p.to_string())
+        .collect::<Vec<_>>();
+    if ruled.is_empty() {
+        return detail.to_vec();
+    }
+    for p in &ruled {
+        counts.add(&format!("column:{p}"), 1);
+    }
+    format!("{}[REDACTED]{}", &text[..mid + 3], &text[close..]).into_bytes()
+}
+
+/// Masks SQL or messages headed for the recording.
+pub fn text(engine: &Engine, s: &str, counts: &mut Counts) -> String {
+    match engine.mask_text(s.as_bytes(), counts) {
+        Some(m) => String::from_utf8_lossy(&m).into_owned(),
+        None => s.to_string(),
+    }
+}
+
+/// How a `COPY ... TO STDOUT` is masked when column rules exist.
+#[derive(Debug, PartialEq)]
+pub enum CopyPlan {
+    /// Not a COPY out: nothing to plan.
+    NotCopyOut,
+    /// Column rules by position.
+    Rules(Vec<Rule>),
+    /// The COPY cannot be masked by column rules: refuse it rather than leak.
+    Refuse(String),
+}
+
+/// Plans column rules for COPY TO STDOUT: text format only, from a table the
+/// catalog knows or with an explicit column list.
+pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
+    use sqlparser::ast::{CopyOption, CopySource, CopyTarget, Statement};
+    if !sql
+        .trim_start()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("copy"))
+    {
+        return CopyPlan::NotCopyOut;
+    }
+    let parsed =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql);
+    let Ok(statements) = parsed else {
+        return CopyPlan::Refuse("this COPY could not be analyzed for column masking".into());
+    };
+    for st in statements {
+        let Statement::Copy {
+            source,
+            to: true,
+            target: CopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        } = st
+        else {
+            continue;
+        };
+        let plain = legacy_options.is_empty()
+            && options.iter().all(
+                |o| matches!(o, CopyOption::Format(f) if f.value.eq_ignore_ascii_case("text")),
+            );
+        if !plain {
+            return CopyPlan::Refuse("only text-format COPY TO STDOUT without options can be masked by column rules; use SELECT".into());
+        }
+        let CopySource::Table {
+            table_name,
+            columns,
+        } = source
+        else {
+            return CopyPlan::Refuse("COPY (query) TO STDOUT cannot be masked by column rules; run the query with SELECT".into());
+        };
+        let name = table_name.to_string().replace('"', "");
+        let (schema, table) = name.rsplit_once('.').unwrap_or(("public", &name));
+        if !columns.is_empty() {
+            return CopyPlan::Rules(
+                columns
+                    .iter()
+                    .map(|c| {
+                        engine
+                            .column_rule(Some((schema, table)), &c.value)
+                            .map(|(s, p)| (s, p.to_string()))
+                    })
+                    .collect(),
+            );
+        }
+        return match catalog.tables.get(&(schema.to_string(), table.to_string())) {
+            Some(rules) => CopyPlan::Rules(rules.clone()),
+            None => CopyPlan::Rules(Vec::new()),
+        };
+    }
+    CopyPlan::NotCopyOut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::EngineConfig;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn engine() -> Engine {
+        let detectors: Vec<String> = ["email", "credit_card", "us_ssn", "phone"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let columns: BTreeMap<String, String> =
+            [("ssn", "redact"), ("age", "null"), ("*.email", "partial")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+        let custom = BTreeMap::new();
+        Engine::new(&EngineConfig {
+            detectors: &detectors,
+            custom: &custom,
+            columns: &columns,
+            detector_strategy: None,
+            hash_key: None,
+        })
+        .unwrap()
+    }
+
+    fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = (values.len() as i16).to_be_bytes().to_vec();
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b
+    }
+
+    /// Splits a 'D' frame back into values, checking every length.
+    fn values(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
+        assert_eq!(frame[0], b'D');
+        let len = i32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len + 1, frame.len(), "frame length field matches the bytes");
+        let mut rest = &frame[5..];
+        let n = rest.get_i16();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let l = rest.get_i32();
+            if l < 0 {
+                out.push(None);
+            } else {
+                out.push(Some(rest[..l as usize].to_vec()));
+                rest = &rest[l as usize..];
+            }
+        }
+        assert!(rest.is_empty());
+        out
+    }
+
+    #[test]
+    fn data_row_masks_by_column_and_detector() {
+        let e = engine();
+        let cat = Catalog::default();
+        let cols = vec![
+            Col {
+                name: "ssn".into(),
+                table_oid: 0,
+                attnum: 0,
+                type_oid: 25,
+                format: 0,
+            },
+            Col {
+                name: "note".into(),
+                table_oid: 0,
+                attnum: 0,
+                type_oid: 25,
+                format: 0,
+            },
+            Col {
+                name: "age".into(),
+                table_oid: 0,
+                attnum: 0,
+                type_oid: 23,
+                format: 1,
+            },
+            Col {
+                name: "id".into(),
+                table_oid: 0,
+                attnum: 0,
+                type_oid: 23,
+                format: 1,
+            },
+        ];
+        let masks = resolve(&cols, &e, &cat);
+        let body = row(&[
+            Some(b"123-45-6789"),
+            Some(b"mail ada@example.com"),
+            Some(&[0, 0, 0, 7]),
+            Some(&[0, 0, 0, 9]),
+        ]);
+        let mut out = BytesMut::new();
+        let mut counts = Counts::default();
+        data_row(&body, Some(&masks), &e, &mut counts, &mut out).unwrap();
+        let v = values(&out);
+        assert_eq!(v[0].as_deref(), Some(&b"[REDACTED]"[..]));
+        assert_eq!(v[1].as_deref(), Some(&b"mail [EMAIL]"[..]));
+        assert_eq!(v[2], None, "binary int under a rule becomes NULL");
+        assert_eq!(
+            v[3].as_deref(),
+            Some(&[0u8, 0, 0, 9][..]),
+            "other binary values pass untouched"
+        );
+        assert_eq!(counts.0.get("email"), Some(&1));
+    }
+
+    #[test]
+    fn unique_violation_detail_loses_its_values() {
+        let e = engine();
+        let mut body = Vec::new();
+        for (f, v) in [
+            (b'S', "ERROR"),
+            (b'C', "23505"),
+            (b'M', "duplicate key"),
+            (b'D', "Key (email)=(someone) already exists."),
+        ] {
+            body.push(f);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = BytesMut::new();
+        notice(b'E', &body, &e, &mut Counts::default(), &mut out);
+        let (code, _) = super::super::codec::error_fields(&out[5..]);
+        assert_eq!(code, "23505");
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("Key (email)=([REDACTED]) already exists.") && !text.contains("someone"),
+            "{text}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn masked_rows_are_well_formed(vals in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)), 0..8), text in "[a-z0-9@. -]{0,40}") {
+            let e = engine();
+            let mut vals = vals;
+            vals.push(Some(text.into_bytes()));
+            let refs: Vec<Option<&[u8]>> = vals.iter().map(|v| v.as_deref()).collect();
+            let body = row(&refs);
+            let mut out = BytesMut::new();
+            data_row(&body, None, &e, &mut Counts::default(), &mut out).unwrap();
+            prop_assert_eq!(values(&out).len(), vals.len());
+        }
+
+        #[test]
+        fn garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let e = engine();
+            let mut out = BytesMut::new();
+            let _ = data_row(&body, None, &e, &mut Counts::default(), &mut out);
+            let mut out = BytesMut::new();
+            copy_row(&body, None, &e, &mut Counts::default(), &mut out);
+            let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+            prop_assert_eq!(len + 1, out.len());
+            let mut out = BytesMut::new();
+            notice(b'N', &body, &e, &mut Counts::default(), &mut out);
+            let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+            prop_assert_eq!(len + 1, out.len());
+        }
+    }
+}
