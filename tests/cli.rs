@@ -224,8 +224,6 @@ fn metadata_server(gateway_url: &str) -> String {
     let expected = gateway_url.to_string();
     use axum::extract::Query;
     use axum::http::HeaderMap;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let host = listener.local_addr().unwrap().to_string();
     let app = axum::Router::new().route(
         "/computeMetadata/v1/instance/service-accounts/default/identity",
         axum::routing::get(
@@ -253,19 +251,7 @@ fn metadata_server(gateway_url: &str) -> String {
             },
         ),
     );
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            listener.set_nonblocking(true).unwrap();
-            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
-                .await
-                .unwrap();
-        });
-    });
-    host
+    serve_router(app)
 }
 
 #[test]

@@ -10,8 +10,6 @@ use support::*;
 
 /// A Secret Manager stand-in answering the documented `:access` shape.
 fn secret_manager() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().fallback(|uri: Uri| async move {
         let path = uri.path().to_string();
         let (data, crc) = match path.as_str() {
@@ -38,18 +36,7 @@ fn secret_manager() -> String {
         });
         (StatusCode::OK, axum::Json(body))
     });
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            listener.set_nonblocking(true).unwrap();
-            axum::serve(tokio::net::TcpListener::from_std(listener).unwrap(), app)
-                .await
-                .unwrap();
-        });
-    });
+    let url = format!("http://{}", serve_router(app));
     url
 }
 

@@ -250,24 +250,37 @@ static ISSUER: OnceLock<Arc<Issuer>> = OnceLock::new();
 pub fn issuer() -> Arc<Issuer> {
     ISSUER
         .get_or_init(|| {
+            // The issuer's URL is inside its discovery document, so bind first.
             let listener = StdListener::bind("127.0.0.1:0").unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let dev = DevIssuer::generate(&url).unwrap();
-            let router = dev.router().unwrap();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    listener.set_nonblocking(true).unwrap();
-                    let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                    axum::serve(l, router).await.unwrap();
-                });
-            });
+            serve_on(listener, dev.router().unwrap());
             Arc::new(Issuer { url, dev })
         })
         .clone()
+}
+
+/// Serves `router` on its own thread and runtime (tests' runtimes come and
+/// go; these servers live as long as the test binary). Returns host:port.
+pub fn serve_router(router: axum::Router) -> String {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    serve_on(listener, router);
+    addr
+}
+
+fn serve_on(listener: StdListener, router: axum::Router) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, router).await.unwrap();
+        });
+    });
 }
 
 pub fn token(email: &str) -> String {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::codec::{self, put_frame};
@@ -86,10 +86,13 @@ pub async fn load(
     let mut cat = Catalog::default();
     let mut error = None;
     loop {
-        let (tag, mut frame) = read_frame(stream, buf, 1 << 20).await?;
+        let (tag, frame) = read_frame(stream, buf, 1 << 20).await?;
         match tag {
             b'D' => {
-                let row = text_row(&mut frame)?;
+                let row = codec::text_row(&frame)?;
+                if row.len() != 5 {
+                    return Err(PgError::Protocol("unexpected catalog row".into()));
+                }
                 let (Some(oid), Some(attnum), Some(schema), Some(table), Some(col)) = (
                     row[0].as_deref(),
                     row[1].as_deref(),
@@ -121,36 +124,6 @@ pub async fn load(
         ))),
         None => Ok(cat),
     }
-}
-
-/// A text-format DataRow with exactly five columns.
-fn text_row(frame: &mut BytesMut) -> Result<Vec<Option<String>>, PgError> {
-    let short = || PgError::Protocol("short DataRow in catalog lookup".into());
-    if frame.len() < 2 {
-        return Err(short());
-    }
-    let n = frame.get_i16();
-    if n != 5 {
-        return Err(short());
-    }
-    let mut row = Vec::with_capacity(5);
-    for _ in 0..5 {
-        if frame.len() < 4 {
-            return Err(short());
-        }
-        let len = frame.get_i32();
-        if len < 0 {
-            row.push(None);
-            continue;
-        }
-        let len = len as usize;
-        if frame.len() < len {
-            return Err(short());
-        }
-        let v = frame.split_to(len);
-        row.push(Some(String::from_utf8_lossy(&v).into_owned()));
-    }
-    Ok(row)
 }
 
 #[cfg(test)]

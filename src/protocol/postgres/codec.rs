@@ -308,6 +308,34 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// A DataRow body → its values as text (lossy UTF-8), None for NULL.
+pub fn text_row(mut body: &[u8]) -> Result<Vec<Option<String>>, PgError> {
+    let short = || PgError::Protocol("short DataRow".into());
+    if body.len() < 2 {
+        return Err(short());
+    }
+    let n = body.get_i16().max(0) as usize;
+    let mut row = Vec::with_capacity(n.min(1664));
+    for _ in 0..n {
+        if body.len() < 4 {
+            return Err(short());
+        }
+        let len = body.get_i32();
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if body.len() < len {
+            return Err(short());
+        }
+        let (v, rest) = body.split_at(len);
+        row.push(Some(String::from_utf8_lossy(v).into_owned()));
+        body = rest;
+    }
+    Ok(row)
+}
+
 /// CommandComplete tag → rows affected or returned, when the tag says.
 pub fn tag_rows(tag: &str) -> u64 {
     let mut words = tag.split(' ');

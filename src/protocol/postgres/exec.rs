@@ -74,7 +74,7 @@ pub async fn run(
     let mut in_rows = false;
     let mut buf = std::mem::take(&mut up.leftover);
     loop {
-        let (tag, mut frame) = loop {
+        let (tag, frame) = loop {
             if buf.len() >= 5 {
                 let len = codec::frame_len(buf[0], [buf[1], buf[2], buf[3], buf[4]], max_message)?;
                 if buf.len() >= 5 + len {
@@ -100,7 +100,7 @@ pub async fn run(
             }
             b'D' => {
                 if result.rows.len() < max_rows {
-                    let mut row = data_row(&mut frame)?;
+                    let mut row = codec::text_row(&frame)?;
                     if let Some(m) = mask {
                         for (i, v) in row.iter_mut().enumerate() {
                             let Some(text) = v.as_deref() else { continue };
@@ -168,31 +168,4 @@ pub async fn run(
         Some((sqlstate, message)) => ExecOutcome::QueryError { sqlstate, message },
         None => ExecOutcome::Done(result),
     })
-}
-
-fn data_row(frame: &mut BytesMut) -> Result<Vec<Option<String>>, PgError> {
-    let short = || PgError::Protocol("short DataRow".into());
-    if frame.len() < 2 {
-        return Err(short());
-    }
-    let n = frame.get_i16().max(0) as usize;
-    let mut row = Vec::with_capacity(n.min(1600));
-    for _ in 0..n {
-        if frame.len() < 4 {
-            return Err(short());
-        }
-        let len = frame.get_i32();
-        if len < 0 {
-            row.push(None);
-            continue;
-        }
-        let len = len as usize;
-        if frame.len() < len {
-            return Err(short());
-        }
-        row.push(Some(
-            String::from_utf8_lossy(&frame.split_to(len)).into_owned(),
-        ));
-    }
-    Ok(row)
 }
