@@ -36,7 +36,7 @@ scripts/smoke.sh target/release/custody
 
 if [ -x scripts/test-terraform.sh ]; then
   log "terraform module checks"
-  scripts/test-terraform.sh
+  CUSTODY_BIN=target/release/custody scripts/test-terraform.sh
 fi
 
 log "all checks passed"

@@ -411,6 +411,35 @@ impl Config {
                     out.push((secret.span(), e.to_string()));
                 }
             }
+            if c.allow.is_empty() {
+                out.push((c.name.span(), format!("connection {name:?} has an empty allow list, so nobody can use it; add members such as \"group:sre@example.com\"")));
+            }
+            let misplaced: &[(&str, bool)] = match c.kind {
+                Kind::Postgres => &[
+                    ("private_key", c.private_key.is_some()),
+                    ("host_key", c.host_key.is_some()),
+                ],
+                Kind::Ssh => &[
+                    ("password", c.password.is_some()),
+                    ("database", c.database.is_some()),
+                    (
+                        "[connections.masking] columns",
+                        c.masking.as_ref().is_some_and(|m| !m.columns.is_empty()),
+                    ),
+                    ("[connections.guardrails]", c.guardrails.is_some()),
+                ],
+            };
+            for (field, present) in misplaced {
+                if *present {
+                    out.push((
+                        c.name.span(),
+                        format!(
+                            "connection {name:?} is kind = {:?}, which never uses {field}",
+                            c.kind
+                        ),
+                    ));
+                }
+            }
             if c.kind == Kind::Postgres {
                 for (field, v) in [("database", &c.database), ("user", &c.user)] {
                     if v.is_none() {
@@ -544,5 +573,18 @@ store = "file:///tmp/rec"
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
+    }
+}
+
+#[cfg(test)]
+mod reachability_tests {
+    use super::*;
+
+    #[test]
+    fn unusable_settings_are_reported() {
+        let text = "[identity]\naudiences = [\"a\"]\n[[identity.issuers]]\nissuer = \"https://i\"\n[[connections]]\nname = \"pg\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword = \"env:P\"\nhost_key = \"ssh-ed25519 AAAA\"\n";
+        let err = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(err.contains("empty allow list"), "{err}");
+        assert!(err.contains("never uses host_key"), "{err}");
     }
 }

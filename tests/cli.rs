@@ -293,3 +293,23 @@ fn token_from_metadata_server_or_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn terraform_example_config_passes_check() {
+    let out = Command::new(bin())
+        .args([
+            "config",
+            "check",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/terraform/examples/complete/custody.toml"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
