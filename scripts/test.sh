@@ -32,11 +32,12 @@ cargo test --all-targets --locked
 
 log "release build and /healthz smoke check (the Dockerfile's build step)"
 cargo build --release --locked
-scripts/smoke.sh target/release/custody
+bin=${CARGO_TARGET_DIR:-target}/release/custody
+scripts/smoke.sh "$bin"
 
 if [ -x scripts/test-terraform.sh ]; then
   log "terraform module checks"
-  CUSTODY_BIN=target/release/custody scripts/test-terraform.sh
+  CUSTODY_BIN=$bin scripts/test-terraform.sh
 fi
 
 log "all checks passed"
