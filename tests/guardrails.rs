@@ -77,19 +77,36 @@ async fn refusals_on_both_protocols_keep_the_session() {
     refused(&r2.unwrap_err());
     assert_eq!(r3.unwrap().get::<_, String>(0), "after");
 
-    // Inside a transaction the refusal leaves the transaction usable.
-    c.batch_execute("begin").await.unwrap();
-    refused(&c.batch_execute("delete from g_items").await.unwrap_err());
-    c.batch_execute("update g_items set v = 'b2' where id = 2; commit")
+    // Inside a transaction a refusal aborts it, as a PostgreSQL error would:
+    // the COMMIT that follows cannot commit half of the work.
+    c.batch_execute("begin; update g_items set v = 'half' where id = 2")
         .await
         .unwrap();
+    refused(&c.batch_execute("delete from g_items").await.unwrap_err());
+    let err = c
+        .batch_execute("update g_items set v = 'more' where id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code().unwrap().code(),
+        "25P02",
+        "the transaction is aborted"
+    );
+    c.batch_execute("commit").await.unwrap();
     let v: String = c
         .query_one("select v from g_items where id = 2", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(v, "b2");
+    assert_eq!(v, "b", "nothing of the aborted transaction was committed");
     assert!(pg().admin("select count(*) from g_items").contains(" 2\n"));
+
+    // PREPARE ... AS is judged by what it prepares.
+    refused(
+        &c.batch_execute("prepare p as delete from g_items")
+            .await
+            .unwrap_err(),
+    );
 
     drop(c);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

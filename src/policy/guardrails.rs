@@ -4,7 +4,7 @@
 
 use regex::Regex;
 use sqlparser::ast::{Query, SetExpr, Statement};
-use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::dialect::{Dialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
 
 use crate::config::GuardrailsConfig;
@@ -98,7 +98,17 @@ impl Guardrails {
         if sql.trim().trim_matches(';').trim().is_empty() {
             return Verdict::Allow;
         }
-        let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        let v = self.check_with(sql, &PostgreSqlDialect {});
+        // With standard_conforming_strings off, PostgreSQL reads \' as a quote
+        // inside a string: check that reading too, or a DROP hides in a literal.
+        if v == Verdict::Allow && sql.contains('\\') {
+            return self.check_with(sql, &BackslashEscapes);
+        }
+        v
+    }
+
+    fn check_with(&self, sql: &str, dialect: &dyn Dialect) -> Verdict {
+        let statements = match Parser::parse_sql(dialect, sql) {
             Ok(s) => s,
             Err(e) => {
                 if self.allow_unparsed {
@@ -166,6 +176,25 @@ impl Guardrails {
     }
 }
 
+/// PostgreSQL with backslash escapes in string literals.
+#[derive(Debug)]
+struct BackslashEscapes;
+
+impl Dialect for BackslashEscapes {
+    fn dialect(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<PostgreSqlDialect>()
+    }
+    fn is_identifier_start(&self, ch: char) -> bool {
+        PostgreSqlDialect {}.is_identifier_start(ch)
+    }
+    fn is_identifier_part(&self, ch: char) -> bool {
+        PostgreSqlDialect {}.is_identifier_part(ch)
+    }
+    fn supports_string_literal_backslash_escape(&self) -> bool {
+        true
+    }
+}
+
 /// What one (possibly nested) statement does, in rule vocabulary.
 #[derive(Debug)]
 struct Kind {
@@ -195,6 +224,8 @@ fn kind(rule: &'static str, implied: &[&'static str], what: &'static str, writes
 fn classify(st: &Statement, out: &mut Vec<Kind>) {
     match st {
         Statement::Query(q) => classify_query(q, out),
+        // PREPARE p AS <statement> is judged by what EXECUTE p will run.
+        Statement::Prepare { statement, .. } => classify(statement, out),
         Statement::Delete(d) if d.selection.is_none() => out.push(kind(
             "delete_without_where",
             &["delete"],
@@ -454,6 +485,21 @@ mod tests {
         );
         assert_eq!(denied(g.check("selec wat from")), "unparsed");
         assert_eq!(g.check(""), Verdict::Allow);
+    }
+
+    #[test]
+    fn no_hiding_in_prepare_or_backslash_literals() {
+        let g = rails(&["drop", "delete_without_where"], &[], false, &[]);
+        assert_eq!(
+            denied(g.check("prepare p as delete from users")),
+            "delete_without_where"
+        );
+        // Read with backslash escapes (standard_conforming_strings off), this is a DROP.
+        assert_eq!(
+            denied(g.check(r"select 'a\', ' ; drop table users; --'")),
+            "drop"
+        );
+        assert_eq!(g.check(r"select 'C:\temp'"), Verdict::Allow);
         assert!(Guardrails::new(&GuardrailsConfig {
             deny: vec!["dorp".into()],
             ..Default::default()

@@ -39,8 +39,8 @@ pub struct ClientHook<'a> {
     pub blocked: bool,
     /// Guardrail decisions to record.
     pub events: Vec<EventBody>,
-    /// After a refused Parse: the refusal, and everything up to Sync is dropped.
-    skipping: Option<Bytes>,
+    /// After a refused Parse: everything up to Sync is dropped.
+    skipping: Option<Skipping>,
     /// Whether this pipeline segment (since the last Sync) reached the upstream.
     segment_forwarded: bool,
 }
@@ -65,17 +65,42 @@ impl<'a> ClientHook<'a> {
         }
     }
 
-    /// The ErrorResponse for a refused statement, or None when it may run.
-    fn refuse(&mut self, sql: &str, protocol: &str) -> Option<BytesMut> {
-        let (event, message) = match self.copy_refusal(sql) {
+    /// The refusal message for a statement, or None when it may run.
+    fn refuse(&mut self, sql: &str, protocol: &str) -> Option<String> {
+        let (event, message) = match self.copy_refusal(sql, protocol == "extended") {
             Some(r) => r,
             None => refusal(self.rails?, sql, protocol, self.audit_id)?,
         };
-        let mut err = BytesMut::new();
-        codec::error_response(&mut err, "ERROR", "42501", &message, None);
         self.events.push(event);
-        Some(err)
+        Some(message)
     }
+}
+
+fn error_bytes(message: &str) -> Bytes {
+    let mut err = BytesMut::new();
+    codec::error_response(&mut err, "ERROR", "42501", message, None);
+    err.freeze()
+}
+
+/// A Query that makes the upstream itself raise the refusal: the client gets
+/// it in order, and an open transaction is aborted exactly as PostgreSQL
+/// would abort it, so a later COMMIT cannot commit half of the work.
+fn raise_query(message: &str) -> Vec<u8> {
+    // Quotes doubled; '$' and '\\' dropped so nothing can end the literal early.
+    let m: String = message
+        .chars()
+        .filter(|c| *c != '$' && *c != '\\')
+        .collect::<String>()
+        .replace('\'', "''");
+    format!("DO $custody$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{m}'; END $custody$\0").into_bytes()
+}
+
+/// A Parse was refused: the rest of its pipeline segment is dropped.
+#[derive(Clone)]
+struct Skipping {
+    error: Bytes,
+    /// Already sent (the client asked for a Flush before its Sync).
+    sent: bool,
 }
 
 /// Checks `sql`; on refusal, the audit event and the message the client gets
@@ -109,14 +134,15 @@ pub fn refusal(
 }
 
 impl ClientHook<'_> {
-    /// A COPY out that column rules cannot cover is refused rather than leaked.
-    fn copy_refusal(&self, sql: &str) -> Option<(EventBody, String)> {
+    /// A COPY out that masking cannot cover is refused rather than leaked.
+    fn copy_refusal(&self, sql: &str, extended: bool) -> Option<(EventBody, String)> {
         let m = self.mask?;
-        if !m.engine.has_column_rules() {
-            return None;
-        }
-        let CopyPlan::Refuse(why) = masking::copy_plan(sql, m.engine, m.catalog) else {
-            return None;
+        let why = match masking::copy_plan(sql, m.engine, m.catalog) {
+            CopyPlan::NotCopyOut => return None,
+            CopyPlan::Refuse(why) => why,
+            // The masking plan rides on simple queries only.
+            CopyPlan::Rules(_) if extended => "COPY TO STDOUT through the extended protocol cannot be masked; send it as a simple query".into(),
+            CopyPlan::Rules(_) => return None,
         };
         let event = EventBody::Guardrail {
             sql: masking::text(m.engine, sql, &mut Counts::default()),
@@ -141,38 +167,44 @@ impl Inspect for ClientHook<'_> {
     }
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
-        if let Some(refusal) = self.skipping.clone() {
-            if tag == b'S' {
-                self.skipping = None;
-                let mut t = lock(self.tracker)?;
-                if self.segment_forwarded {
-                    // Earlier messages of this segment are upstream: their
-                    // answers come first, the refusal just before ReadyForQuery.
-                    t.on_sync_with(refusal);
-                    put_frame(out, tag, body);
-                } else {
-                    let mut b = BytesMut::from(&refusal[..]);
-                    codec::ready_for_query(&mut b, t.status);
-                    t.push_blocked(b.freeze());
+        if let Some(skip) = self.skipping.clone() {
+            let mut t = lock(self.tracker)?;
+            match tag {
+                // The client waits for an answer before its Sync: give the refusal now.
+                b'H' if !skip.sent => {
+                    t.push_blocked(skip.error.clone(), false);
                     self.blocked = true;
+                    self.skipping = Some(Skipping { sent: true, ..skip });
                 }
-                self.segment_forwarded = false;
+                b'S' => {
+                    self.skipping = None;
+                    let pending_error = if skip.sent { Bytes::new() } else { skip.error };
+                    if self.segment_forwarded {
+                        // Earlier messages of this segment are upstream: their
+                        // answers come first, the refusal just before ReadyForQuery.
+                        t.on_sync_with(pending_error);
+                        put_frame(out, tag, body);
+                    } else {
+                        t.push_blocked(pending_error, true);
+                        self.blocked = true;
+                    }
+                    self.segment_forwarded = false;
+                }
+                _ => {}
             }
             return Ok(());
         }
         match tag {
             b'Q' => {
                 let sql = codec::query_sql(body)?;
-                if let Some(mut refusal) = self.refuse(sql, "simple") {
-                    let mut t = lock(self.tracker)?;
-                    codec::ready_for_query(&mut refusal, t.status);
-                    t.push_blocked(refusal.freeze());
-                    self.blocked = true;
-                    return Ok(());
-                }
+                let refused = self.refuse(sql, "simple");
                 let mut t = lock(self.tracker)?;
                 t.on_query(sql);
-                if let Some(m) = self.mask.filter(|m| m.engine.has_column_rules()) {
+                if let Some(message) = refused {
+                    put_frame(out, b'Q', &raise_query(&message));
+                    return Ok(());
+                }
+                if let Some(m) = self.mask {
                     if let CopyPlan::Rules(rules) = masking::copy_plan(sql, m.engine, m.catalog) {
                         t.set_copy_rules(rules);
                     }
@@ -180,20 +212,19 @@ impl Inspect for ClientHook<'_> {
             }
             b'P' => {
                 let (name, sql) = codec::parse_msg(body)?;
-                if let Some(refusal) = self.refuse(sql, "extended") {
-                    self.skipping = Some(refusal.freeze());
+                if let Some(message) = self.refuse(sql, "extended") {
+                    self.skipping = Some(Skipping {
+                        error: error_bytes(&message),
+                        sent: false,
+                    });
                     return Ok(());
                 }
                 lock(self.tracker)?.on_parse(name, sql);
             }
-            // A function call by OID cannot be checked: refused when guardrails are on.
-            b'F' if self.rails.is_some() => {
-                let msg = format!("custody: function calls by OID are refused when guardrails are on (audit id {})", self.audit_id);
-                let mut b = BytesMut::new();
-                codec::error_response(&mut b, "ERROR", "42501", &msg, None);
-                let mut t = lock(self.tracker)?;
-                codec::ready_for_query(&mut b, t.status);
-                t.push_blocked(b.freeze());
+            // A function call by OID cannot be checked or masked: refused under either.
+            b'F' if self.rails.is_some() || self.mask.is_some() => {
+                let msg = format!("custody: function calls by OID are refused when guardrails or masking are on (audit id {})", self.audit_id);
+                lock(self.tracker)?.push_blocked(error_bytes(&msg), true);
                 self.blocked = true;
                 return Ok(());
             }

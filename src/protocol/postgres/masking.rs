@@ -203,7 +203,8 @@ pub fn data_row(
 }
 
 /// Rewrites one text-format COPY row ('d' body): column rules by position
-/// when known, detectors over each field.
+/// when known, detectors over each field. Unplanned rows under column rules
+/// (a COPY the gateway could not analyze) become all NULL: never leaked.
 pub fn copy_row(
     body: &[u8],
     rules: Option<&[Rule]>,
@@ -212,6 +213,14 @@ pub fn copy_row(
     out: &mut BytesMut,
 ) {
     let line = body.strip_suffix(b"\n").unwrap_or(body);
+    if rules.is_none() && engine.has_column_rules() {
+        let fields = line.split(|b| *b == b'\t').count();
+        counts.add("column:unplanned-copy", fields as u64);
+        let mut nulls = vec![&b"\\N"[..]; fields].join(&b'\t');
+        nulls.push(b'\n');
+        super::codec::put_frame(out, b'd', &nulls);
+        return;
+    }
     let mut masked = Vec::with_capacity(body.len());
     for (i, field) in line.split(|b| *b == b'\t').enumerate() {
         if i > 0 {
@@ -319,22 +328,22 @@ pub enum CopyPlan {
     Refuse(String),
 }
 
-/// Plans column rules for COPY TO STDOUT: text format only, from a table the
-/// catalog knows or with an explicit column list.
+/// Plans masking for COPY TO STDOUT. With column rules: text format only,
+/// one COPY per query, from a table the catalog resolves or with an explicit
+/// column list. With detectors only: anything but binary format.
 pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
-    use sqlparser::ast::{CopyOption, CopySource, CopyTarget, Statement};
-    if !sql
-        .trim_start()
-        .get(..4)
-        .is_some_and(|p| p.eq_ignore_ascii_case("copy"))
-    {
+    use sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement};
+    if !sql.to_ascii_lowercase().contains("copy") {
         return CopyPlan::NotCopyOut;
     }
+    let rules = engine.has_column_rules();
     let parsed =
         sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql);
     let Ok(statements) = parsed else {
-        return CopyPlan::Refuse("this COPY could not be analyzed for column masking".into());
+        // Not SQL we can read: if it is a COPY, refuse rather than guess.
+        return CopyPlan::NotCopyOut;
     };
+    let mut plan = CopyPlan::NotCopyOut;
     for st in statements {
         let Statement::Copy {
             source,
@@ -347,6 +356,27 @@ pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
         else {
             continue;
         };
+        if plan != CopyPlan::NotCopyOut {
+            return CopyPlan::Refuse("only one COPY TO STDOUT per query can be masked".into());
+        }
+        let format = |f: &str| {
+            options
+                .iter()
+                .any(|o| matches!(o, CopyOption::Format(x) if x.value.eq_ignore_ascii_case(f)))
+                || (f == "binary"
+                    && legacy_options
+                        .iter()
+                        .any(|o| matches!(o, CopyLegacyOption::Binary)))
+        };
+        if format("binary") {
+            return CopyPlan::Refuse(
+                "binary COPY TO STDOUT cannot be masked; use text or csv format".into(),
+            );
+        }
+        if !rules {
+            plan = CopyPlan::Rules(Vec::new());
+            continue;
+        }
         let plain = legacy_options.is_empty()
             && options.iter().all(
                 |o| matches!(o, CopyOption::Format(f) if f.value.eq_ignore_ascii_case("text")),
@@ -361,26 +391,62 @@ pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
         else {
             return CopyPlan::Refuse("COPY (query) TO STDOUT cannot be masked by column rules; run the query with SELECT".into());
         };
-        let name = table_name.to_string().replace('"', "");
-        let (schema, table) = name.rsplit_once('.').unwrap_or(("public", &name));
-        if !columns.is_empty() {
-            return CopyPlan::Rules(
+        // Unquoted identifiers fold to lower case, as PostgreSQL folds them.
+        let parts: Vec<String> = table_name
+            .0
+            .iter()
+            .map(|p| {
+                let s = p.to_string();
+                match s.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+                    Some(q) => q.to_string(),
+                    None => s.to_lowercase(),
+                }
+            })
+            .collect();
+        let (schema, table) = match parts.as_slice() {
+            [t] => {
+                let found: Vec<&String> = catalog
+                    .tables
+                    .keys()
+                    .filter(|(_, tb)| tb == t)
+                    .map(|(sc, _)| sc)
+                    .collect();
+                match found.as_slice() {
+                    [] => ("public".to_string(), t.clone()),
+                    [one] => ((*one).clone(), t.clone()),
+                    _ => {
+                        return CopyPlan::Refuse(format!(
+                            "table {t} exists in several schemas; qualify it as schema.{t}"
+                        ))
+                    }
+                }
+            }
+            [.., sc, t] => (sc.clone(), t.clone()),
+            [] => return CopyPlan::Refuse("COPY without a table".into()),
+        };
+        plan = if !columns.is_empty() {
+            CopyPlan::Rules(
                 columns
                     .iter()
                     .map(|c| {
                         engine
-                            .column_rule(Some((schema, table)), &c.value)
+                            .column_rule(Some((&schema, &table)), &c.value)
                             .map(|(s, p)| (s, p.to_string()))
                     })
                     .collect(),
-            );
-        }
-        return match catalog.tables.get(&(schema.to_string(), table.to_string())) {
-            Some(rules) => CopyPlan::Rules(rules.clone()),
-            None => CopyPlan::Rules(Vec::new()),
+            )
+        } else {
+            // A table the catalog does not list has no column a rule names.
+            CopyPlan::Rules(
+                catalog
+                    .tables
+                    .get(&(schema, table))
+                    .cloned()
+                    .unwrap_or_default(),
+            )
         };
     }
-    CopyPlan::NotCopyOut
+    plan
 }
 
 #[cfg(test)]

@@ -325,6 +325,14 @@ async fn run(
         why = session.tap().failure() => Err(RelayEnd::Recording(why)),
     };
     drop(cancel_key);
+    let unanswered = tracker
+        .lock()
+        .map(|mut t| t.drain_unanswered())
+        .unwrap_or_default();
+    for mut ev in unanswered {
+        hooks::scrub(mask, &mut ev);
+        let _ = session.tap().record(ev).await;
+    }
     match result {
         Ok(end) => end,
         Err(RelayEnd::Client(why)) => End {

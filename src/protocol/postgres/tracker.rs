@@ -24,8 +24,9 @@ enum Pending {
     /// A Sync sent upstream; the bytes, if any, go to the client just before
     /// its ReadyForQuery (a guardrail refusal inside a pipeline).
     Sync(Option<Bytes>),
-    /// A refusal the gateway answers itself once everything before it is answered.
-    Blocked(Bytes),
+    /// A refusal the gateway answers itself once everything before it is
+    /// answered; `true` when a ReadyForQuery follows it.
+    Blocked(Bytes, bool),
     /// A Describe awaiting its RowDescription or NoData (tracked only when masking).
     Describe(Described),
 }
@@ -109,20 +110,26 @@ impl Default for Tracker {
 }
 
 impl Tracker {
-    /// Queues a refusal answered by the gateway (ErrorResponse + ReadyForQuery).
-    pub fn push_blocked(&mut self, bytes: Bytes) {
-        self.pending.push_back(Pending::Blocked(bytes));
+    /// Queues a refusal answered by the gateway (ErrorResponse, then a
+    /// ReadyForQuery when `ready`).
+    pub fn push_blocked(&mut self, bytes: Bytes, ready: bool) {
+        self.pending.push_back(Pending::Blocked(bytes, ready));
     }
 
     /// A refusal whose turn has come: everything sent before it is answered.
+    /// Its ReadyForQuery carries the transaction status as of now.
     pub fn take_blocked(&mut self) -> Option<Bytes> {
-        match self.pending.front() {
-            Some(Pending::Blocked(_)) => match self.pending.pop_front() {
-                Some(Pending::Blocked(b)) => Some(b),
-                _ => None,
-            },
-            _ => None,
+        if !matches!(self.pending.front(), Some(Pending::Blocked(..))) {
+            return None;
         }
+        let Some(Pending::Blocked(b, ready)) = self.pending.pop_front() else {
+            return None;
+        };
+        let mut out = bytes::BytesMut::from(&b[..]);
+        if ready {
+            super::codec::ready_for_query(&mut out, self.status);
+        }
+        Some(out.freeze())
     }
 
     /// A Sync that also carries a refusal for its pipeline segment.
@@ -136,6 +143,8 @@ impl Tracker {
     }
 
     pub fn on_parse(&mut self, name: &str, sql: &str) {
+        // A re-parsed name must not keep the old statement's columns.
+        self.stmt_desc.remove(name);
         if self.prepared.len() < MAX_NAMED || name.is_empty() || self.prepared.contains_key(name) {
             self.prepared.insert(name.to_string(), sql.to_string());
         }
@@ -270,7 +279,7 @@ impl Tracker {
                 s.tags.push(tag.to_string());
                 Some(self.finish(s, "extended"))
             }
-            Pending::Sync(_) | Pending::Blocked(_) | Pending::Describe(_) => None,
+            Pending::Sync(_) | Pending::Blocked(..) | Pending::Describe(_) => None,
         }
     }
 
@@ -297,7 +306,7 @@ impl Tracker {
                 Some(s.done("extended"))
             }
             // An error before any Execute (Parse/Bind failed): record it on its own.
-            Some(Pending::Sync(_) | Pending::Blocked(_)) | None => {
+            Some(Pending::Sync(_) | Pending::Blocked(..)) | None => {
                 let mut s = Stmt::new(String::new());
                 s.error = error;
                 Some(s.done("extended"))
@@ -312,18 +321,37 @@ impl Tracker {
         self.active = None;
         match self.pending.pop_front() {
             Some(Pending::Simple(s)) => (Some(self.finish(s, "simple")), None),
-            Some(Pending::Sync(inject)) => (None, inject),
+            Some(Pending::Sync(inject)) => (None, inject.filter(|b| !b.is_empty())),
             // Unreachable in a well-formed exchange; keep the record rather than drop it.
             Some(Pending::Exec(s)) => (Some(self.finish(s, "extended")), None),
-            Some(Pending::Blocked(b)) => {
+            Some(Pending::Blocked(b, r)) => {
                 // Cannot be at the front here (drained eagerly); keep order anyway.
-                self.pending.push_front(Pending::Blocked(b));
+                self.pending.push_front(Pending::Blocked(b, r));
                 (None, None)
             }
             // A Describe left unanswered cannot outlive its Sync.
             Some(Pending::Describe(_)) => self.on_ready(status),
             None => (None, None),
         }
+    }
+
+    /// Statements sent upstream whose answer never came (the session ended
+    /// first): the upstream may still have run them, so they are recorded.
+    pub fn drain_unanswered(&mut self) -> Vec<EventBody> {
+        let mut out = Vec::new();
+        while let Some(p) = self.pending.pop_front() {
+            let (mut s, protocol) = match p {
+                Pending::Simple(s) => (s, "simple"),
+                Pending::Exec(s) => (s, "extended"),
+                _ => continue,
+            };
+            s.error = Some(StatementError {
+                code: String::new(),
+                message: "no answer: the session ended before the upstream replied; the statement may have run".into(),
+            });
+            out.push(self.finish(s, protocol));
+        }
+        out
     }
 
     /// After an error the server skips every message up to the next Sync.
