@@ -86,7 +86,8 @@ fn client_addr(headers: &HeaderMap, peer: SocketAddr) -> String {
     headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        // Google's front end appends the real client: the last entry, not the first.
+        .and_then(|v| v.rsplit(',').next())
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| peer.to_string())
 }
@@ -295,7 +296,7 @@ async fn exec_inner(
         Ok(r) => r,
         Err(e) => {
             let reason = format!("body must be JSON {{\"input\": \"SQL\"}}: {e}");
-            session.finish(end_event(&reason, 0, 0)).await;
+            let _ = session.finish(end_event(&reason, 0, 0)).await;
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -305,12 +306,22 @@ async fn exec_inner(
         }
     };
     let conn = session.permit.connection.clone();
+    // What is checked is exactly what the upstream will get.
+    let input = req.input.replace('\0', "");
     if let Some(rails) = gw.rails.get(conn.name()) {
-        if let Some((event, message)) =
-            crate::protocol::postgres::hooks::refusal(rails, &req.input, "exec", audit_id)
+        if let Some((mut event, message)) =
+            crate::protocol::postgres::hooks::refusal(rails, &input, "exec", audit_id)
         {
+            if let Ok(Some(engine)) = gw.masking_for(&conn, &session.permit.principal).await {
+                let catalog = Default::default();
+                let ctx = crate::protocol::postgres::hooks::MaskCtx {
+                    engine: &engine,
+                    catalog: &catalog,
+                };
+                crate::protocol::postgres::hooks::scrub(Some(ctx), &mut event);
+            }
             let _ = session.tap().record(event).await;
-            session
+            let _ = session
                 .finish(end_event("refused by guardrail", 0, 0))
                 .await;
             let mut e = ApiError::new(StatusCode::FORBIDDEN, "guardrail", message, audit_id);
@@ -326,7 +337,7 @@ async fn exec_inner(
         )),
     };
     let outcome = match password {
-        Ok(pw) => exec::run(gw, &session, &pw, &req.input)
+        Ok(pw) => exec::run(gw, &session, &pw, &input)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e),
@@ -337,9 +348,10 @@ async fn exec_inner(
         .is_some_and(|a| a.contains("text/csv"));
     let result = match outcome {
         Ok(ExecOutcome::Done(r)) => {
-            session
-                .finish(end_event("completed", 1, r.rows.len() as u64))
-                .await;
+            let rows = r.rows.len() as u64;
+            if let Err(e) = session.finish(end_event("completed", 1, rows)).await {
+                return Err(recording_failed(&e.to_string(), audit_id));
+            }
             if csv {
                 Ok((
                     [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -351,7 +363,7 @@ async fn exec_inner(
             }
         }
         Ok(ExecOutcome::QueryError { sqlstate, message }) => {
-            session.finish(end_event("query failed", 1, 0)).await;
+            let _ = session.finish(end_event("query failed", 1, 0)).await;
             let mut e = ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "query_failed",
@@ -361,6 +373,10 @@ async fn exec_inner(
             e.extra = json!({"sqlstate": sqlstate});
             Err(e)
         }
+        Err(why) if why.starts_with("the session cannot be recorded") => {
+            let _ = session.finish(end_event("recording failed", 0, 0)).await;
+            Err(recording_failed(&why, audit_id))
+        }
         Err(why) => {
             let _ = session
                 .tap()
@@ -368,7 +384,7 @@ async fn exec_inner(
                     message: why.clone(),
                 })
                 .await;
-            session.finish(end_event("upstream failed", 0, 0)).await;
+            let _ = session.finish(end_event("upstream failed", 0, 0)).await;
             Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream_failed",
@@ -378,6 +394,15 @@ async fn exec_inner(
         }
     };
     result
+}
+
+fn recording_failed(why: &str, audit_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "recording_unavailable",
+        format!("the result is withheld because the session could not be recorded: {why}"),
+        audit_id,
+    )
 }
 
 fn end_event(reason: &str, statements: u64, rows: u64) -> EventBody {

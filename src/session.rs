@@ -54,7 +54,9 @@ impl Session {
         &self.recording.tap
     }
 
-    pub async fn finish(self, end: EventBody) {
+    /// Seals the recording; Err when it could not be completed (callers that
+    /// still hold results must not release them).
+    pub async fn finish(self, end: EventBody) -> Result<(), RecordError> {
         if let EventBody::SessionEnd {
             reason,
             statements,
@@ -64,9 +66,11 @@ impl Session {
         {
             tracing::info!(target: "custody::audit", audit_id = %self.audit_id, reason = %reason, statements, rows, "session ended");
         }
-        if let Err(e) = self.recording.finish(end).await {
+        let sealed = self.recording.finish(end).await;
+        if let Err(e) = &sealed {
             tracing::error!(target: "custody::audit", audit_id = %self.audit_id, error = %e, "recording could not be completed");
         }
+        sealed
     }
 }
 

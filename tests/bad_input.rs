@@ -161,6 +161,16 @@ async fn malformed_frames_end_only_their_session() {
     let (_, reason) = drain(&mut ws).await;
     assert!(reason.contains("binary"), "{reason}");
 
+    // A statement followed at once by Terminate: the upstream may run it, so
+    // it is recorded even though the session ends before the answer.
+    let mut ws = open(&gw).await;
+    ws.send(Message::Binary(startup().into())).await.unwrap();
+    until_ready(&mut ws).await;
+    let mut q = b"Q\0\0\0\x17select 11223344556\0".to_vec();
+    q.extend_from_slice(b"X\0\0\0\x04");
+    ws.send(Message::Binary(q.into())).await.unwrap();
+    let _ = drain(&mut ws).await;
+
     still_serving(&gw).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let rec = gw.recordings();
@@ -169,4 +179,8 @@ async fn malformed_frames_end_only_their_session() {
         "{rec}"
     );
     assert!(rec.contains("malformed message from client"), "{rec}");
+    assert!(
+        rec.contains("select 11223344556"),
+        "a statement sent before Terminate is recorded: {rec}"
+    );
 }

@@ -62,17 +62,29 @@ pub fn query(engine: &Engine) -> String {
             list.join(", ")
         )
     };
+    // The client may have set search_path to shadow catalog names: pin it.
     format!(
-        "select a.attrelid::int8, a.attnum, n.nspname, c.relname, a.attname \
+        "set search_path = pg_catalog, pg_temp; select a.attrelid::int8, a.attnum, n.nspname, c.relname, a.attname \
          from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace \
          where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f') \
          and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'{filter} \
-         order by a.attrelid, a.attnum"
+         order by a.attrelid, a.attnum; reset search_path"
     )
 }
 
 /// Runs the catalog query on an idle, logged-in upstream connection.
 pub async fn load(
+    stream: &mut Box<dyn Io>,
+    buf: &mut BytesMut,
+    engine: &Engine,
+) -> Result<Catalog, PgError> {
+    let limit = super::upstream::LOGIN_TIMEOUT;
+    tokio::time::timeout(limit, read_catalog(stream, buf, engine))
+        .await
+        .map_err(|_| PgError::Timeout(limit.as_secs()))?
+}
+
+async fn read_catalog(
     stream: &mut Box<dyn Io>,
     buf: &mut BytesMut,
     engine: &Engine,

@@ -60,6 +60,7 @@ pub async fn run(
     });
     let mut masks: Vec<ColMask> = Vec::new();
     let mut counts = Counts::default();
+    let mut held = 0usize;
     let mut out = BytesMut::new();
     let mut body = Vec::with_capacity(sql.len() + 1);
     body.extend_from_slice(sql.replace('\0', "").as_bytes());
@@ -99,7 +100,9 @@ pub async fn run(
                 in_rows = true;
             }
             b'D' => {
-                if result.rows.len() < max_rows {
+                // Rows and bytes are both bounded: one answer cannot exhaust memory.
+                held += frame.len();
+                if result.rows.len() < max_rows && held <= max_message {
                     let mut row = codec::text_row(&frame)?;
                     if let Some(m) = mask {
                         for (i, v) in row.iter_mut().enumerate() {
@@ -159,7 +162,12 @@ pub async fn run(
     tracker.add_masked(&counts);
     if let Some(mut ev) = tracker.on_ready(b'I').0 {
         hooks::scrub(mask, &mut ev);
-        let _ = session.tap().record(ev).await;
+        // The statement ran: without its record, its result is not released.
+        session
+            .tap()
+            .record(ev)
+            .await
+            .map_err(|e| PgError::Recording(e.to_string()))?;
     }
     out.clear();
     codec::put_frame(&mut out, b'X', b"");

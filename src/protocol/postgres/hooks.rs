@@ -272,7 +272,7 @@ pub struct ServerHook<'a> {
 impl Inspect for ServerHook<'_> {
     fn wants(&self, tag: u8) -> bool {
         matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
-            || (self.mask.is_some() && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N'))
+            || (self.mask.is_some() && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N' | b'A'))
     }
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
@@ -295,14 +295,22 @@ impl Inspect for ServerHook<'_> {
                     if t.active.is_none() {
                         // Extended protocol: rows come without a RowDescription;
                         // an empty mask list means "never described" (detectors only).
-                        let cols = t.exec_columns().unwrap_or_default();
-                        t.active = Some(masking::resolve(&cols, m.engine, m.catalog));
+                        t.active = Some(match t.exec_columns() {
+                            Some(cols) => masking::resolve(&cols, m.engine, m.catalog),
+                            // Column rules cannot be checked without a description: fail closed.
+                            None if m.engine.has_column_rules() => masking::undescribed(body),
+                            None => Vec::new(),
+                        });
                     }
                     masking::data_row(body, t.active.as_deref(), m.engine, &mut counts, out)?;
                     true
                 }
                 b'd' => {
                     masking::copy_row(body, t.copy_rules(), m.engine, &mut counts, out);
+                    true
+                }
+                b'A' => {
+                    masking::notification(body, m.engine, &mut counts, out)?;
                     true
                 }
                 b'N' | b'E' => {

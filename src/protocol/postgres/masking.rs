@@ -103,6 +103,48 @@ pub fn resolve(cols: &[Col], engine: &Engine, catalog: &Catalog) -> Vec<ColMask>
         .collect()
 }
 
+/// Masks for rows whose columns were never described while column rules
+/// exist: every value becomes NULL rather than risk a ruled column.
+pub fn undescribed(row: &[u8]) -> Vec<ColMask> {
+    let n = row
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        .unwrap_or(0)
+        .max(0) as usize;
+    let rule = Some((crate::mask::Strategy::Null, "undescribed".to_string()));
+    vec![
+        ColMask {
+            rule,
+            binary: true,
+            type_oid: 0
+        };
+        n
+    ]
+}
+
+/// NotificationResponse: the payload passes through the detectors.
+pub fn notification(
+    body: &[u8],
+    engine: &Engine,
+    counts: &mut Counts,
+    out: &mut BytesMut,
+) -> Result<(), PgError> {
+    if body.len() < 4 {
+        return Err(PgError::Protocol("short NotificationResponse".into()));
+    }
+    let (pid, mut rest) = body.split_at(4);
+    let channel = cstr(&mut rest)?;
+    let payload = cstr(&mut rest)?;
+    let payload = text(engine, payload, counts);
+    let mut b = pid.to_vec();
+    for s in [channel, payload.as_str()] {
+        b.extend(s.bytes().filter(|c| *c != 0));
+        b.push(0);
+    }
+    super::codec::put_frame(out, b'A', &b);
+    Ok(())
+}
+
 /// Masks one value: None when unchanged, Some(None) for NULL.
 pub fn mask_one(
     v: &[u8],
@@ -294,18 +336,11 @@ fn key_detail(detail: &[u8], engine: &Engine, counts: &mut Counts) -> Vec<u8> {
     let Some(close) = text[mid + 3..].find(')').map(|c| mid + 3 + c) else {
         return detail.to_vec();
     };
-    let cols = &text[open + 5..mid];
-    let ruled = cols
-        .split(',')
-        .filter_map(|c| engine.column_rule(None, c.trim().trim_matches('"')))
-        .map(|(_, p)| p.to_string())
-        .collect::<Vec<_>>();
-    if ruled.is_empty() {
+    // The key's table is not named here, so any column rule redacts key values.
+    if !engine.has_column_rules() {
         return detail.to_vec();
     }
-    for p in &ruled {
-        counts.add(&format!("column:{p}"), 1);
-    }
+    counts.add("column:key-detail", 1);
     format!("{}[REDACTED]{}", &text[..mid + 3], &text[close..]).into_bytes()
 }
 

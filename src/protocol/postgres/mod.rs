@@ -31,6 +31,10 @@ pub enum PgError {
     Secret(#[from] SecretError),
     #[error("upstream I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the session cannot be recorded: {0}")]
+    Recording(String),
+    #[error("upstream did not answer within {0} s")]
+    Timeout(u64),
 }
 
 impl PgError {
@@ -43,7 +47,9 @@ impl PgError {
             PgError::Unreachable { .. }
             | PgError::Tls { .. }
             | PgError::Secret(_)
-            | PgError::Io(_) => "08001",
+            | PgError::Io(_)
+            | PgError::Timeout(_) => "08001",
+            PgError::Recording(_) => "58000",
         }
     }
 }

@@ -71,7 +71,7 @@ pub async fn serve(gw: &Gateway, session: Session, mut tx: TunnelTx, mut rx: Tun
         .lock()
         .map(|t| (t.statements, t.rows))
         .unwrap_or_default();
-    session
+    let _ = session
         .finish(EventBody::SessionEnd {
             reason: end.reason,
             statements,
@@ -217,7 +217,7 @@ async fn run(
     let (mut up_r, mut up_w) = tokio::io::split(stream);
     let max = gw.config.server.max_message_bytes;
     let mut client_scan = Scanner::new(max);
-    let mut server_scan = Scanner::new(usize::MAX >> 1);
+    let mut server_scan = Scanner::collect_limited(max);
     let Counters {
         from_client,
         to_client,
@@ -304,6 +304,10 @@ async fn run(
                 .feed(&buf, &mut hook, &mut out)
                 .map_err(RelayEnd::Upstream)?;
             buf.clear();
+            // A refusal queued behind a frame that just streamed through.
+            if server_scan.at_boundary() {
+                hooks::drain_blocked(tracker, &mut out).map_err(RelayEnd::Upstream)?;
+            }
             *to_client += out.len() as u64;
             tx.send(out.split().freeze())
                 .await
@@ -344,7 +348,8 @@ async fn run(
             tunnel::CLOSE_PROTOCOL,
             e.sqlstate(),
             format!("malformed message from client: {e}"),
-        ),
+        )
+        .only_if(server_scan.at_boundary()),
         Err(RelayEnd::Upstream(e)) => End::failed(
             tunnel::CLOSE_ERROR,
             "08006",

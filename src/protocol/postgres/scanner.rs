@@ -35,7 +35,10 @@ pub struct Scanner {
     hdr_len: usize,
     state: State,
     body: BytesMut,
+    /// Largest frame accepted at all.
     max: usize,
+    /// Largest frame collected whole for the hook (memory is bounded by this).
+    collect_max: usize,
 }
 
 impl Scanner {
@@ -46,6 +49,15 @@ impl Scanner {
             state: State::Header,
             body: BytesMut::new(),
             max,
+            collect_max: max,
+        }
+    }
+
+    /// Any frame size streams through; only collected frames are bounded.
+    pub fn collect_limited(collect_max: usize) -> Scanner {
+        Scanner {
+            collect_max,
+            ..Scanner::new(usize::MAX >> 1)
         }
     }
 
@@ -79,6 +91,13 @@ impl Scanner {
                         self.max,
                     )?;
                     if hook.wants(tag) {
+                        if len > self.collect_max {
+                            return Err(PgError::TooLarge {
+                                tag: tag as char,
+                                len,
+                                max: self.collect_max,
+                            });
+                        }
                         self.body.clear();
                         self.state = State::Collect { tag, len };
                     } else {

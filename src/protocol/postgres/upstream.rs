@@ -185,7 +185,24 @@ pub async fn read_frame(
     }
 }
 
+/// Login with a deadline: a stalled upstream (TLS, auth) never holds a session.
 pub async fn connect(
+    conn: &ConnectionConfig,
+    password: &Secret<String>,
+    application_name: &str,
+    client_params: &[(String, String)],
+) -> Result<Upstream, PgError> {
+    tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        login(conn, password, application_name, client_params),
+    )
+    .await
+    .map_err(|_| PgError::Timeout(LOGIN_TIMEOUT.as_secs()))?
+}
+
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn login(
     conn: &ConnectionConfig,
     password: &Secret<String>,
     application_name: &str,
@@ -209,6 +226,7 @@ pub async fn connect(
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut scram: Option<ScramSha256> = None;
+    let mut scram_done = false;
     let mut up = Upstream {
         stream,
         leftover: BytesMut::new(),
@@ -225,7 +243,17 @@ pub async fn connect(
                     return Err(PgError::Protocol("short authentication request".into()));
                 }
                 match body.get_i32() {
+                    // A server that started SCRAM must prove itself before it may say OK.
+                    0 if scram.is_some() && !scram_done => {
+                        return Err(PgError::Auth("server skipped SCRAM's final step".into()))
+                    }
                     0 => {}
+                    // Never send the password in clear over an unencrypted connection.
+                    3 if conn.tls == TlsMode::Disable => {
+                        return Err(PgError::Auth(
+                            "server asks for a cleartext password on an unencrypted connection; use SCRAM or tls = \"verify-full\"".into(),
+                        ))
+                    }
                     3 => frontend::password_message(password.expose().as_bytes(), &mut out)?,
                     5 if body.len() >= 4 => {
                         let salt = [body[0], body[1], body[2], body[3]];
@@ -267,6 +295,7 @@ pub async fn connect(
                         s.finish(&body).map_err(|e| {
                             PgError::Auth(format!("server signature check failed: {e}"))
                         })?;
+                        scram_done = true;
                     }
                     n => {
                         return Err(PgError::Auth(format!(
