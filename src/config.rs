@@ -114,6 +114,10 @@ pub struct IssuerConfig {
     pub issuer: Spanned<String>,
     pub jwks_uri: Option<Spanned<String>>,
     pub groups_claim: Option<String>,
+    /// Email domains this issuer may vouch for; others' emails are ignored
+    /// (the principal falls back to the subject). Empty: any domain.
+    #[serde(default)]
+    pub email_domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

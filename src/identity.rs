@@ -181,9 +181,19 @@ impl Verifier {
             Some(serde_json::Value::String(s)) => vec![s.to_ascii_lowercase()],
             _ => Vec::new(),
         };
+        // With several issuers, one must not vouch for another's users.
+        let domains = &issuer.cfg.email_domains;
+        let in_domain = |e: &String| {
+            domains.is_empty()
+                || e.rsplit_once('@')
+                    .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+        };
         Ok(Principal {
             subject: c.sub,
-            email: c.email.filter(|_| verified).map(|e| e.to_ascii_lowercase()),
+            email: c
+                .email
+                .filter(|e| verified && in_domain(e))
+                .map(|e| e.to_ascii_lowercase()),
             issuer: c.iss,
             groups,
         })

@@ -306,3 +306,22 @@ async fn unwritable_store_is_not_ready_and_refuses_sessions() {
     );
     drop(proc);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issuer_vouches_only_for_its_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("rec");
+    let text = config(&store, "").replace(
+        &format!("issuer = \"{}\"", issuer().url),
+        &format!(
+            "issuer = \"{}\"\nemail_domains = [\"corp.example\"]",
+            issuer().url
+        ),
+    );
+    let gw = Gateway::start_with(dir, &text, store);
+    // alice@example.com is on the allow list, but this issuer only vouches for corp.example.
+    let (status, _, body) = get(&gw, "/v1/connections", Some(&token("alice@example.com"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["principal"], "subject:dev|alice@example.com", "{body}");
+    assert_eq!(body["connections"], json!([]));
+}
