@@ -172,8 +172,14 @@ async fn malformed_frames_end_only_their_session() {
     let _ = drain(&mut ws).await;
 
     still_serving(&gw).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let rec = gw.recordings();
+    let mut rec = gw.wait_recordings("select 11223344556");
+    for _ in 0..100 {
+        if rec.matches("\"type\":\"session_end\"").count() >= 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        rec = gw.recordings();
+    }
     assert!(
         rec.matches("\"type\":\"session_end\"").count() >= 8,
         "{rec}"

@@ -109,8 +109,7 @@ async fn refusals_on_both_protocols_keep_the_session() {
     );
 
     drop(c);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let rec = gw.recordings();
+    let rec = gw.wait_recordings("approval_required");
     assert!(rec.contains("\"type\":\"guardrail\""), "{rec}");
     assert!(
         rec.contains("\"rule\":\"delete_without_where\"")

@@ -272,8 +272,7 @@ async fn copy_out_psql_exec_and_recording() {
     .unwrap();
     drop(c);
     cli.wait_log("ended");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let rec = gw.recordings();
+    let rec = gw.wait_recordings("column:public.customers.ssn");
     assert_clean("recordings", &rec);
     assert!(
         rec.contains("\"masked\":{"),

@@ -69,8 +69,14 @@ async fn simple_extended_prepared_and_transactions() {
         .next()
         .unwrap()
         .to_string();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rec = gw.recording(&audit);
+    let mut rec = String::new();
+    for _ in 0..200 {
+        rec = gw.recording(&audit);
+        if rec.contains("\"type\":\"session_end\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(rec.contains("\"type\":\"session_start\""), "{rec}");
     assert!(rec.contains("user:alice@example.com"));
     assert!(
@@ -128,9 +134,11 @@ async fn cancel_reaches_the_upstream_query() {
     // Still usable after the cancel.
     let v: i32 = c.query_one("select 7", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
-    assert!(gw
-        .recordings()
-        .contains("forwarded to the upstream of session"));
+    let rec = gw.wait_recordings("forwarded to the upstream of session");
+    assert!(
+        rec.contains("forwarded to the upstream of session"),
+        "{rec}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,8 +177,18 @@ async fn many_concurrent_tunnels() {
         12,
         "each local connection has its own upstream session"
     );
-    let log = cli.wait_log("opened");
-    assert!(log.matches("session ").count() >= 12, "{log}");
+    let mut log = cli.wait_log("opened");
+    for _ in 0..100 {
+        if log.matches("opened").count() >= 12 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        log = cli.log();
+    }
+    assert!(
+        log.matches("opened").count() >= 12,
+        "one line per session: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

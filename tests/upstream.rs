@@ -119,7 +119,7 @@ async fn upstream_and_secret_failures_are_clear() {
     assert!(body.contains("cannot reach upstream"), "{body}");
 
     drop(c);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gw.wait_recordings("password authentication failed");
     for (what, text) in [
         ("log", gw.proc.log()),
         ("recordings", gw.recordings()),

@@ -483,6 +483,18 @@ impl Gateway {
         all
     }
 
+    /// Recordings are written in the background: wait (bounded) for `needle`.
+    pub fn wait_recordings(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all = self.recordings();
+            if all.contains(needle) || Instant::now() > deadline {
+                return all;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn recording(&self, audit_id: &str) -> String {
         std::fs::read_to_string(self.store.join(format!("{audit_id}.jsonl"))).unwrap_or_default()
     }
