@@ -256,6 +256,7 @@ async fn tunnel_handler(
     let resp = ws
         .max_message_size(gw.config.server.max_message_bytes.max(1 << 20))
         .on_upgrade(move |socket| async move {
+            let _live = gw.live.enter();
             let (tx, rx) = tunnel::split(socket);
             relay::serve(&gw, session, tx, rx).await;
         });

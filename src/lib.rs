@@ -55,7 +55,13 @@ pub struct Gateway {
     masks: HashMap<String, tokio::sync::OnceCell<Arc<mask::Engine>>>,
     /// Catalog lookups per connection, reused for CATALOG_TTL.
     catalogs: std::sync::Mutex<HashMap<String, (std::time::Instant, Arc<Catalog>)>>,
+    /// Flips to true on SIGTERM: live sessions end and seal their recordings.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+    pub live: Arc<session::LiveSessions>,
 }
+
+/// Cloud Run allows 10 s between SIGTERM and SIGKILL; sessions get most of it.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// How long a connection's column-rule catalog is reused before it is read again.
 const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -83,6 +89,8 @@ impl Gateway {
             rails,
             masks,
             catalogs: std::sync::Mutex::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
+            live: Arc::default(),
             connections: config.connections.iter().cloned().map(Arc::new).collect(),
             verifier: Verifier::new(&config.identity),
             secrets: SecretStore::new(&config.secrets),
@@ -177,7 +185,16 @@ pub async fn run(
             tracing::warn!(error = %e, "issuer keys not fetched yet; /readyz reports not ready until they are");
         }
     });
-    let app = ingress::router(gw);
+    let app = ingress::router(gw.clone());
+    let signal = gw.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!(
+            live_sessions = signal.live.count(),
+            "shutting down: no new sessions; live ones end and seal their recordings"
+        );
+        signal.shutdown.send_replace(true);
+    };
     use axum::serve::ListenerExt;
     // Tunnels are request/response traffic: never wait for Nagle.
     let listener = listener.tap_io(|tcp| {
@@ -189,5 +206,13 @@ pub async fn run(
     )
     .with_graceful_shutdown(shutdown)
     .await?;
+    // Upgraded tunnels outlive the HTTP server: wait for them to seal.
+    let left = gw.live.wait_idle(SHUTDOWN_GRACE).await;
+    if left > 0 {
+        tracing::error!(
+            left,
+            "sessions still open at the end of the shutdown grace period"
+        );
+    }
     Ok(())
 }

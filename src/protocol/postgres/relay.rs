@@ -323,7 +323,9 @@ async fn run(
         }
     };
 
+    let mut shutdown = gw.shutdown.subscribe();
     let result = tokio::select! {
+        _ = shutdown.wait_for(|down| *down) => Err(RelayEnd::Shutdown),
         r = client_to_upstream => r,
         r = upstream_to_client => r,
         why = session.tap().failure() => Err(RelayEnd::Recording(why)),
@@ -344,6 +346,13 @@ async fn run(
             reason: format!("client tunnel error: {why}"),
             client_error: None,
         },
+        Err(RelayEnd::Shutdown) => End::failed(
+            tunnel::CLOSE_GOING_AWAY,
+            "57P01",
+            "the gateway is shutting down (the instance is being stopped); reconnect to continue"
+                .into(),
+        )
+        .only_if(server_scan.at_boundary()),
         Err(RelayEnd::ClientProtocol(e)) => End::failed(
             tunnel::CLOSE_PROTOCOL,
             e.sqlstate(),
@@ -377,6 +386,7 @@ impl End {
 }
 
 enum RelayEnd {
+    Shutdown,
     Client(String),
     ClientProtocol(PgError),
     Upstream(PgError),
