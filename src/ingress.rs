@@ -112,10 +112,37 @@ async fn authenticate(
 }
 
 /// Authenticates, authorizes and starts the recording: the only way to a Session.
+/// The caller's trace id from W3C `traceparent` or Google's
+/// `X-Cloud-Trace-Context`, validated; None when absent or malformed.
+pub fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
+    };
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        if let [version, trace, span, flags, ..] = parts.as_slice() {
+            if version.len() == 2
+                && *version != "ff"
+                && hex(trace, 32)
+                && hex(span, 16)
+                && flags.len() == 2
+            {
+                return Some(trace.to_ascii_lowercase());
+            }
+        }
+    }
+    let cloud = headers
+        .get("x-cloud-trace-context")
+        .and_then(|v| v.to_str().ok())?;
+    let trace = cloud.split('/').next()?;
+    hex(trace, 32).then(|| trace.to_ascii_lowercase())
+}
+
 async fn admit(
     gw: &Gateway,
     principal: Principal,
     client: String,
+    trace: Option<String>,
     name: &str,
     mode: &str,
     audit_id: &str,
@@ -139,7 +166,7 @@ async fn admit(
         tokio::spawn(async move { record_refusal(store, id, who, conn, from, reason).await });
         ApiError::new(status, "forbidden", e.to_string(), audit_id)
     })?;
-    Session::start(&gw.store, gw.config.recording.queue_events, audit_id.to_string(), permit, mode, Some(client))
+    Session::start(&gw.store, gw.config.recording.queue_events, audit_id.to_string(), permit, mode, Some(client), trace)
         .await
         .map_err(|e| {
             tracing::error!(target: "custody::audit", audit_id, error = %e, "session refused: cannot record");
@@ -169,6 +196,7 @@ async fn record_refusal(
         mode: "refused".into(),
         client_addr: Some(client),
         granted_by: None,
+        trace_id: None,
     };
     let done = match Recording::start(&store, &audit_id, first, 1).await {
         Ok(rec) => rec.finish(EventBody::Refused { reason }).await,
@@ -249,7 +277,17 @@ async fn tunnel_handler(
             .into_response()
         }
     };
-    let session = match admit(&gw, principal, client, &name, "tunnel", &audit_id).await {
+    let session = match admit(
+        &gw,
+        principal,
+        client,
+        trace_id(&headers),
+        &name,
+        "tunnel",
+        &audit_id,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -292,7 +330,16 @@ async fn exec_inner(
 ) -> Result<Response, ApiError> {
     let client = client_addr(headers, peer);
     let principal = authenticate(gw, headers, audit_id, &client).await?;
-    let session = admit(gw, principal, client, name, "exec", audit_id).await?;
+    let session = admit(
+        gw,
+        principal,
+        client,
+        trace_id(headers),
+        name,
+        "exec",
+        audit_id,
+    )
+    .await?;
     let req: ExecRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -444,4 +491,40 @@ pub fn to_csv(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_from_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        h.insert(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(trace_id(&h), None, "all-zero trace ids are invalid");
+        h.insert(
+            "x-cloud-trace-context",
+            "105445aa7843bc8bf206b12000100000/1;o=1".parse().unwrap(),
+        );
+        assert_eq!(
+            trace_id(&h).as_deref(),
+            Some("105445aa7843bc8bf206b12000100000")
+        );
+        assert_eq!(trace_id(&HeaderMap::new()), None);
+    }
 }

@@ -54,6 +54,9 @@ pub enum EventBody {
         mode: String,
         client_addr: Option<String>,
         granted_by: Option<String>,
+        /// W3C trace id of the caller's trace (traceparent / X-Cloud-Trace-Context).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
     },
     Statement {
         sql: String,
@@ -431,6 +434,7 @@ mod tests {
             mode: "tunnel".into(),
             client_addr: None,
             granted_by: None,
+            trace_id: None,
         };
         let rec = Recording::start(&store, "a1", start, 2).await.unwrap();
         for i in 0..10 {

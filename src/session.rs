@@ -23,6 +23,7 @@ impl Session {
         permit: Permit,
         mode: &str,
         client_addr: Option<String>,
+        trace_id: Option<String>,
     ) -> Result<Session, RecordError> {
         let first = EventBody::SessionStart {
             audit_id: audit_id.clone(),
@@ -32,6 +33,7 @@ impl Session {
             mode: mode.to_string(),
             client_addr: client_addr.clone(),
             granted_by: Some(permit.granted_by.clone()),
+            trace_id,
         };
         let recording = Recording::start(store, &audit_id, first, queue).await?;
         tracing::info!(

@@ -202,6 +202,7 @@ async fn exec_answers_json_and_csv() {
     let resp = http
         .post(&url)
         .bearer_auth(&tok)
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         .json(&json!({"input": "select 1 as a, 'x,y' as b, null as c union all select 2, 'q\"r', 'z' order by a"}))
         .send()
         .await
@@ -259,6 +260,10 @@ async fn exec_answers_json_and_csv() {
     assert!(
         rec.contains("\"mode\":\"exec\"") && rec.contains("\"rows\":2"),
         "{rec}"
+    );
+    assert!(
+        rec.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""),
+        "the caller's trace is in the record: {rec}"
     );
 }
 
