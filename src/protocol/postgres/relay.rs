@@ -269,6 +269,7 @@ async fn run(
         let mut done = Vec::new();
         let every = gw.config.server.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut drain_later = false;
         loop {
             if buf.is_empty() {
                 buf.reserve(READ_CHUNK);
@@ -283,8 +284,9 @@ async fn run(
                         continue;
                     }
                     _ = refusals.notified() => {
-                        // Mid-frame, the refusal waits for the frame's end (the hook drains it).
-                        if server_scan.at_boundary() {
+                        // Mid-frame, the refusal waits for the frame's end.
+                        drain_later = !server_scan.at_boundary();
+                        if !drain_later {
                             hooks::drain_blocked(tracker, &mut out).map_err(RelayEnd::Upstream)?;
                             if !out.is_empty() {
                                 *to_client += out.len() as u64;
@@ -304,8 +306,10 @@ async fn run(
                 .feed(&buf, &mut hook, &mut out)
                 .map_err(RelayEnd::Upstream)?;
             buf.clear();
-            // A refusal queued behind a frame that just streamed through.
-            if server_scan.at_boundary() {
+            // A refusal that arrived mid-frame goes out once that frame has
+            // streamed through (checked only then: no lock per read).
+            if drain_later && server_scan.at_boundary() {
+                drain_later = false;
                 hooks::drain_blocked(tracker, &mut out).map_err(RelayEnd::Upstream)?;
             }
             *to_client += out.len() as u64;
