@@ -153,7 +153,7 @@ fn start_pg() -> Pg {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ok = psql_super(port, &dir, "select 1").is_ok();
+        let ok = psql_super(port, &dir, "postgres", "select 1").is_ok();
         if ok {
             break;
         }
@@ -167,10 +167,11 @@ fn start_pg() -> Pg {
     psql_super(
         port,
         &dir,
+        "postgres",
         &format!("create role app login password '{PG_PASSWORD}'"),
     )
     .unwrap();
-    psql_super(port, &dir, "create database app owner app").unwrap();
+    psql_super(port, &dir, "postgres", "create database app owner app").unwrap();
     Pg {
         port,
         dir,
@@ -179,7 +180,7 @@ fn start_pg() -> Pg {
     }
 }
 
-fn psql_super(port: u16, dir: &Path, sql: &str) -> Result<String, String> {
+fn psql_super(port: u16, dir: &Path, db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(dir)
@@ -189,7 +190,7 @@ fn psql_super(port: u16, dir: &Path, sql: &str) -> Result<String, String> {
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            db,
             "-c",
             sql,
         ])
@@ -206,28 +207,8 @@ fn psql_super(port: u16, dir: &Path, sql: &str) -> Result<String, String> {
 impl Pg {
     /// Runs SQL as the superuser (setup and assertions, never through the gateway).
     pub fn admin(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "app",
-                "-c",
-                sql,
-            ])
-            .env("PGPASSWORD", "postgres-super-pw")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into()
+        psql_super(self.port, &self.dir, "app", sql)
+            .unwrap_or_else(|e| panic!("admin sql failed: {e}"))
     }
 
     /// A direct connection string as `app`, for comparisons.
