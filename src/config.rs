@@ -128,6 +128,25 @@ pub struct RecordingConfig {
     /// Events buffered per session before the relay waits for the writer.
     #[serde(default = "default_queue")]
     pub queue_events: usize,
+    /// GCS API root for gs:// stores (an emulator); else STORAGE_EMULATOR_HOST, else Google.
+    pub endpoint: Option<String>,
+    /// Ed25519 private key (PKCS#8 PEM, a secret reference) that signs each manifest.
+    pub signing_key: Option<Spanned<String>>,
+    /// Longest a recorded event waits in memory before its segment is written:
+    /// what a crash or SIGKILL can lose.
+    #[serde(default = "default_flush", with = "duration")]
+    pub flush_interval: Duration,
+    /// A segment is written early once this much is buffered.
+    #[serde(default = "default_segment_bytes", with = "size")]
+    pub segment_bytes: usize,
+    /// Unwritten recording data of all sessions together; beyond it sessions
+    /// wait (back-pressure), and new sessions are refused.
+    #[serde(default = "default_budget", with = "size")]
+    pub memory_budget: usize,
+    /// How long a running session may wait on a failing or slow store before
+    /// it is ended because its recording failed.
+    #[serde(default = "default_failure_grace", with = "duration")]
+    pub failure_grace: Duration,
 }
 
 impl Default for RecordingConfig {
@@ -135,8 +154,27 @@ impl Default for RecordingConfig {
         RecordingConfig {
             store: default_store(),
             queue_events: default_queue(),
+            endpoint: None,
+            signing_key: None,
+            flush_interval: default_flush(),
+            segment_bytes: default_segment_bytes(),
+            memory_budget: default_budget(),
+            failure_grace: default_failure_grace(),
         }
     }
+}
+
+fn default_flush() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_segment_bytes() -> usize {
+    1 << 20
+}
+fn default_budget() -> usize {
+    64 << 20
+}
+fn default_failure_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_store() -> Spanned<String> {
@@ -362,6 +400,21 @@ impl Config {
                 format!("recording.store {store:?} must be file://DIR or gs://BUCKET/PREFIX"),
             ));
         }
+        if let Some(k) = &self.recording.signing_key {
+            if let Err(e) = k.get_ref().parse::<SecretRef>() {
+                out.push((k.span(), format!("recording.signing_key: {e}")));
+            }
+        }
+        let r = &self.recording;
+        if r.segment_bytes == 0 || r.segment_bytes > r.memory_budget {
+            out.push((0..0, format!("recording.segment_bytes ({}) must be between 1 and recording.memory_budget ({})", r.segment_bytes, r.memory_budget)));
+        }
+        if r.flush_interval.is_zero() {
+            out.push((
+                0..0,
+                "recording.flush_interval must be above zero, e.g. \"5s\"".into(),
+            ));
+        }
         let mut names = HashSet::new();
         for c in &self.connections {
             let name = c.name.get_ref();
@@ -502,6 +555,41 @@ mod duration {
     }
 }
 
+/// Sizes read like 1048576, "512KiB", "64MiB" or "1GiB".
+mod size {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => usize::try_from(n).map_err(serde::de::Error::custom),
+            Raw::Text(s) => super::parse_size(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{s:?} is not a size like 1048576, \"512KiB\" or \"64MiB\"");
+    let n: usize = num.parse().map_err(|_| bad())?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1 << 10,
+        "MiB" | "MB" | "M" => 1 << 20,
+        "GiB" | "GB" | "G" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -570,6 +658,15 @@ store = "file:///tmp/rec"
         assert!(check_issuer_url("http://localhost:9000/x").is_ok());
         assert!(check_issuer_url("https://accounts.google.com").is_ok());
         assert!(check_issuer_url("http://idp.example.com").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("9999999999999999999GiB").is_err());
     }
 
     #[test]

@@ -162,11 +162,11 @@ async fn admit(
         };
         tracing::warn!(target: "custody::audit", audit_id, client = %client, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
         let reason = e.to_string();
-        let (store, id, who, conn, from) = (gw.store.clone(), audit_id.to_string(), principal.member(), name.to_string(), client.clone());
+        let (store, id, who, conn, from) = (gw.recorder.clone(), audit_id.to_string(), principal.member(), name.to_string(), client.clone());
         tokio::spawn(async move { record_refusal(store, id, who, conn, from, reason).await });
         ApiError::new(status, "forbidden", e.to_string(), audit_id)
     })?;
-    Session::start(&gw.store, gw.config.recording.queue_events, audit_id.to_string(), permit, mode, Some(client), trace)
+    Session::start(&gw.recorder, audit_id.to_string(), permit, mode, Some(client), trace)
         .await
         .map_err(|e| {
             tracing::error!(target: "custody::audit", audit_id, error = %e, "session refused: cannot record");
@@ -181,7 +181,7 @@ async fn admit(
 
 /// Policy refusals leave a record in the store too, replayable by audit id.
 async fn record_refusal(
-    store: Arc<dyn crate::recording::Store>,
+    recorder: Arc<crate::recording::Recorder>,
     audit_id: String,
     principal: String,
     connection: String,
@@ -198,7 +198,7 @@ async fn record_refusal(
         granted_by: None,
         trace_id: None,
     };
-    let done = match Recording::start(&store, &audit_id, first, 1).await {
+    let done = match Recording::start(&recorder, &audit_id, first).await {
         Ok(rec) => rec.finish(EventBody::Refused { reason }).await,
         Err(e) => Err(e),
     };
@@ -212,7 +212,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     if !keys {
         keys = gw.verifier.warm().await.is_ok();
     }
-    let store = gw.store.probe().await;
+    let store = gw.recorder.probe().await;
     let ok = keys && store.is_ok();
     let body = json!({
         "ready": ok,

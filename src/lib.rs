@@ -24,7 +24,7 @@ use config::{Config, ConnectionConfig};
 use identity::Verifier;
 use policy::guardrails::Guardrails;
 use protocol::postgres::catalog::Catalog;
-use recording::Store;
+use recording::Recorder;
 use secrets::SecretStore;
 use session::CancelRegistry;
 
@@ -47,7 +47,7 @@ pub struct Gateway {
     pub connections: Vec<Arc<ConnectionConfig>>,
     pub verifier: Verifier,
     pub secrets: SecretStore,
-    pub store: Arc<dyn Store>,
+    pub recorder: Arc<Recorder>,
     pub cancels: Arc<CancelRegistry>,
     /// Compiled guardrails per connection name.
     pub rails: HashMap<String, Arc<Guardrails>>,
@@ -67,8 +67,29 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8
 const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Gateway {
-    pub fn new(config: Config) -> Result<Gateway, ServeError> {
-        let store = recording::open_store(config.recording.store.get_ref())?;
+    pub async fn new(config: Config) -> Result<Gateway, ServeError> {
+        let rc = &config.recording;
+        let store = recording::open_store(rc.store.get_ref(), rc.endpoint.as_deref()).await?;
+        let secrets = SecretStore::new(&config.secrets);
+        let signer = match rc
+            .signing_key
+            .as_ref()
+            .map(|k| k.get_ref().parse::<secrets::SecretRef>())
+        {
+            Some(Ok(r)) => {
+                let pem = secrets
+                    .get(&r)
+                    .await
+                    .map_err(|e| recording::RecordError::Key(format!("cannot read {r}: {e}")))?;
+                Some(recording::seal::signing_key_from_pem(pem.expose())?)
+            }
+            Some(Err(e)) => return Err(recording::RecordError::Key(e.to_string()).into()),
+            None => {
+                tracing::warn!("recording.signing_key is not set: manifests are unsigned and `custody verify` will say so");
+                None
+            }
+        };
+        let recorder = Arc::new(Recorder::new(store, signer, rc));
         let mut rails = HashMap::new();
         for c in &config.connections {
             if let Some(g) = &c.guardrails {
@@ -93,8 +114,8 @@ impl Gateway {
             live: Arc::default(),
             connections: config.connections.iter().cloned().map(Arc::new).collect(),
             verifier: Verifier::new(&config.identity),
-            secrets: SecretStore::new(&config.secrets),
-            store,
+            secrets,
+            recorder,
             cancels: Arc::default(),
             config,
         })
@@ -178,7 +199,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let gw = Arc::new(Gateway::new(config)?);
+    let gw = Arc::new(Gateway::new(config).await?);
     let warm = gw.clone();
     tokio::spawn(async move {
         if let Err(e) = warm.verifier.warm().await {

@@ -73,12 +73,27 @@ enum Command {
     /// Print a session's recording readably
     Replay {
         audit_id: String,
-        /// Recording store: file://DIR
+        /// Recording store: file://DIR or gs://BUCKET/PREFIX (STORAGE_EMULATOR_HOST is honoured)
         #[arg(long, env = "CUSTODY_STORE")]
         store: String,
-        /// Print the raw JSON Lines instead
+        /// Print the raw JSON Lines events instead
         #[arg(long)]
         json: bool,
+    },
+    /// Check a recording is complete and untouched: signature, chain, order
+    ///
+    /// Exit codes: 0 verified, 1 something is wrong (each problem is printed).
+    /// Example: custody verify 0193... --store gs://audit-bucket/custody --public-key custody-signing.pub
+    Verify {
+        audit_id: String,
+        /// Recording store: file://DIR or gs://BUCKET/PREFIX
+        #[arg(long, env = "CUSTODY_STORE")]
+        store: String,
+        /// The gateway's Ed25519 public key (PEM; a private key PEM works too).
+        /// Without it the key embedded in the manifest is used, which proves
+        /// integrity but not who signed.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
     },
     /// Configuration tools
     Config {
@@ -100,6 +115,13 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum DevCommand {
+    /// Make an Ed25519 key for [recording] signing_key (PKCS#8 PEM, mode 0600)
+    /// and print its public half for `custody verify --public-key`
+    Keygen {
+        /// Where to write the private key
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve discovery and JWKS for a local issuer (keys kept in --key-dir)
     Issuer {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -214,17 +236,59 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             store,
             json,
         } => {
-            let store = recording::open_store(&store)?;
-            let bytes = store.read(&audit_id).await?;
+            let store = recording::open_store(&store, None).await?;
+            let rec = recording::fetch(store.as_ref(), &audit_id).await?;
             if json {
-                print!("{}", String::from_utf8_lossy(&bytes));
+                let mut out = Vec::new();
+                for (_, _, line) in recording::event_lines(&rec) {
+                    out.extend_from_slice(line);
+                    out.push(b'\n');
+                }
+                print!("{}", String::from_utf8_lossy(&out));
             } else {
-                print!(
-                    "{}",
-                    recording::render(&recording::parse(&audit_id, &bytes)?)
-                );
+                print!("{}", recording::render(&recording::parse(&rec)?));
+            }
+            if rec.manifest.is_none() {
+                eprintln!("custody: recording {audit_id} is not sealed (still running, or its gateway stopped abruptly)");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            audit_id,
+            store,
+            public_key,
+        } => {
+            let pinned = match public_key {
+                Some(p) => {
+                    let pem = std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read {}", p.display()))?;
+                    Some(recording::seal::verifying_key_from_pem(&pem)?)
+                }
+                None => None,
+            };
+            let store = recording::open_store(&store, None).await?;
+            let rec = match recording::fetch(store.as_ref(), &audit_id).await {
+                Ok(r) => r,
+                Err(recording::RecordError::NotFound(what)) => {
+                    println!("recording {audit_id}: FAILED\n  problem: no recording {what}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let report = recording::verify::verify(&rec, pinned.as_ref());
+            let verdict = if report.ok() { "VERIFIED" } else { "FAILED" };
+            println!("recording {audit_id}: {verdict}");
+            for f in &report.facts {
+                println!("  {f}");
+            }
+            for p in &report.problems {
+                println!("  problem: {p}");
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -288,6 +352,37 @@ async fn shutdown_signal() {
 
 async fn dev(cmd: DevCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        DevCommand::Keygen { out } => {
+            use ed25519_dalek::pkcs8::{
+                spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey,
+            };
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+            let pem = key
+                .to_pkcs8_pem(LineEnding::LF)
+                .context("cannot encode the key")?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| {
+                    format!("cannot create {} (it must not exist yet)", out.display())
+                })?;
+            f.write_all(pem.as_bytes())?;
+            let public = key
+                .verifying_key()
+                .to_public_key_pem(LineEnding::LF)
+                .context("cannot encode the public key")?;
+            eprintln!(
+                "custody: wrote {} ({}); its public key, for `custody verify --public-key`:",
+                out.display(),
+                recording::seal::key_id(&key.verifying_key())
+            );
+            print!("{public}");
+            Ok(ExitCode::SUCCESS)
+        }
         DevCommand::Issuer { listen, key_dir } => {
             let listener = tokio::net::TcpListener::bind(&listen).await?;
             let local = listener.local_addr()?;

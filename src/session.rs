@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::ConnectionConfig;
 use crate::policy::Permit;
-use crate::recording::{EventBody, RecordError, Recording, Store, Tap};
+use crate::recording::{EventBody, RecordError, Recorder, Recording, Tap};
 
 pub struct Session {
     pub audit_id: String,
@@ -17,8 +17,7 @@ pub struct Session {
 impl Session {
     /// Starts the recording first: a session that cannot be recorded does not run.
     pub async fn start(
-        store: &Arc<dyn Store>,
-        queue: usize,
+        recorder: &Arc<Recorder>,
         audit_id: String,
         permit: Permit,
         mode: &str,
@@ -35,7 +34,7 @@ impl Session {
             granted_by: Some(permit.granted_by.clone()),
             trace_id,
         };
-        let recording = Recording::start(store, &audit_id, first, queue).await?;
+        let recording = Recording::start(recorder, &audit_id, first).await?;
         tracing::info!(
             target: "custody::audit",
             audit_id = %audit_id,

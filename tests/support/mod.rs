@@ -300,6 +300,8 @@ issuer = "{issuer}"
 
 [recording]
 store = "file://{store}"
+flush_interval = "1s"
+signing_key = "file:{signing_key}"
 
 [[connections]]
 name = "pg"
@@ -316,7 +318,30 @@ allow = ["group:sre@example.com", "user:alice@example.com"]
         issuer = issuer().url,
         store = store.display(),
         port = pg.port,
+        signing_key = signing_key().display(),
     )
+}
+
+/// One Ed25519 recording key per test binary, made by `custody dev keygen`.
+pub fn signing_key() -> &'static Path {
+    static KEY: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.pem");
+        let out = Command::new(bin())
+            .args(["dev", "keygen", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.path().join("signing.pub"), &out.stdout).unwrap();
+        (dir, path)
+    })
+    .1
 }
 
 pub fn bin() -> &'static str {
@@ -454,14 +479,27 @@ impl Gateway {
     }
 
     /// Every recording in the store, concatenated.
+    /// Every recording object in the store (segments and manifests), concatenated.
     pub fn recordings(&self) -> String {
-        let mut all = String::new();
-        if let Ok(rd) = std::fs::read_dir(&self.store) {
-            for e in rd.flatten() {
-                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p, out);
+                    } else {
+                        out.push(p);
+                    }
+                }
             }
         }
-        all
+        let mut files = Vec::new();
+        walk(&self.store, &mut files);
+        files.sort();
+        files
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
     }
 
     /// Recordings are written in the background: wait (bounded) for `needle`.
@@ -476,8 +514,17 @@ impl Gateway {
         }
     }
 
+    /// One recording's segments in order (the manifest excluded).
     pub fn recording(&self, audit_id: &str) -> String {
-        std::fs::read_to_string(self.store.join(format!("{audit_id}.jsonl"))).unwrap_or_default()
+        let dir = custody::recording::store::record_dir(audit_id);
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(self.store.join(dir))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        segs.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+        segs.sort();
+        segs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
     }
 }
 

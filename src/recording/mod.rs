@@ -1,0 +1,228 @@
+//! Session recording: the relay taps events into a bounded queue; one writer
+//! task per session turns them into hash-chained segments in a write-once
+//! store and seals them with a signed manifest. A session whose recording
+//! cannot start does not run, and one whose recording fails is ended.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub mod seal;
+pub mod store;
+pub mod verify;
+mod writer;
+
+pub use store::{open_store, ObjectStore};
+pub use writer::{fetch, Recorder, Recording, Tap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("recording store {0:?} is not supported: use file://DIR or gs://BUCKET/PREFIX")]
+    Unsupported(String),
+    #[error("recording store I/O on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("recording store: {0}")]
+    Gcs(String),
+    #[error("no recording {0} in the store")]
+    NotFound(String),
+    #[error("object {0} already exists in the recording store")]
+    Exists(String),
+    #[error("{0:?} is not an audit id")]
+    BadId(String),
+    #[error("recording {0} has a malformed line {1}: {2}")]
+    Corrupt(String, usize, String),
+    #[error("recording signing key: {0}")]
+    Key(String),
+    #[error("the recording store is not keeping up ({0} MiB of recordings wait to be written); new sessions are refused until it catches up")]
+    Backlog(usize),
+    #[error("the recording writer stopped: {0}")]
+    Stopped(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub ts: DateTime<Utc>,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatementError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    SessionStart {
+        audit_id: String,
+        principal: String,
+        #[serde(default)]
+        groups: Vec<String>,
+        connection: String,
+        mode: String,
+        client_addr: Option<String>,
+        granted_by: Option<String>,
+        /// W3C trace id of the caller's trace (traceparent / X-Cloud-Trace-Context).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
+    },
+    Statement {
+        sql: String,
+        protocol: String,
+        tags: Vec<String>,
+        rows: u64,
+        error: Option<StatementError>,
+        duration_ms: f64,
+        /// Values masked on the way to the client, per detector or column rule.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        masked: std::collections::BTreeMap<String, u64>,
+    },
+    Cancel {
+        outcome: String,
+    },
+    /// A statement guardrails refused; it never reached the upstream.
+    Guardrail {
+        sql: String,
+        protocol: String,
+        rule: String,
+        outcome: String,
+    },
+    Refused {
+        reason: String,
+    },
+    Error {
+        message: String,
+    },
+    SessionEnd {
+        reason: String,
+        statements: u64,
+        rows: u64,
+        bytes_from_client: u64,
+        bytes_to_client: u64,
+    },
+}
+
+/// `Event` by reference, so encoding never clones a statement's SQL.
+#[derive(Serialize)]
+struct EventRef<'a> {
+    seq: u64,
+    ts: DateTime<Utc>,
+    #[serde(flatten)]
+    body: &'a EventBody,
+}
+
+fn encode(buf: &mut Vec<u8>, seq: u64, ts: DateTime<Utc>, body: &EventBody) {
+    let ev = EventRef { seq, ts, body };
+    // Serializing our own enum into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &ev);
+    buf.push(b'\n');
+}
+
+/// The event lines of a recording's segments, in order, without headers.
+pub fn event_lines(rec: &verify::Fetched) -> impl Iterator<Item = (u32, usize, &[u8])> {
+    rec.segments.iter().flat_map(|(n, bytes)| {
+        bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .skip(1)
+            .filter(|(_, l)| !l.is_empty())
+            .map(move |(i, l)| (*n, i + 1, l))
+    })
+}
+
+pub fn parse(rec: &verify::Fetched) -> Result<Vec<Event>, RecordError> {
+    event_lines(rec)
+        .map(|(n, line, l)| {
+            serde_json::from_slice(l).map_err(|e| {
+                RecordError::Corrupt(
+                    format!("{} segment {n:06}", rec.audit_id),
+                    line,
+                    e.to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Human-readable replay of one record.
+pub fn render(events: &[Event]) -> String {
+    let mut out = String::new();
+    for ev in events {
+        let ts = ev.ts.format("%Y-%m-%d %H:%M:%S%.3f");
+        let _ = match &ev.body {
+            EventBody::SessionStart {
+                audit_id,
+                principal,
+                connection,
+                mode,
+                client_addr,
+                granted_by,
+                ..
+            } => writeln!(
+                out,
+                "{ts}  session {audit_id}: {principal} → {connection} ({mode}) from {} granted by {}",
+                client_addr.as_deref().unwrap_or("?"),
+                granted_by.as_deref().unwrap_or("-")
+            ),
+            EventBody::Statement {
+                sql,
+                protocol,
+                tags,
+                rows,
+                error,
+                duration_ms,
+                masked,
+            } => {
+                let mut outcome = match error {
+                    Some(e) => format!("ERROR {} {}", e.code, e.message),
+                    None => format!("{} ({rows} rows)", tags.join(", ")),
+                };
+                if !masked.is_empty() {
+                    let m: Vec<String> = masked.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    outcome.push_str(&format!(" masked {}", m.join(" ")));
+                }
+                writeln!(
+                    out,
+                    "{ts}  [{protocol}] {}\n{:25}→ {outcome}  {duration_ms:.1} ms",
+                    sql.trim(),
+                    ""
+                )
+            }
+            EventBody::Cancel { outcome } => writeln!(out, "{ts}  cancel request: {outcome}"),
+            EventBody::Guardrail {
+                sql,
+                protocol,
+                rule,
+                outcome,
+            } => writeln!(
+                out,
+                "{ts}  [{protocol}] {}\n{:25}→ BLOCKED by guardrail {rule} ({outcome})",
+                sql.trim(),
+                ""
+            ),
+            EventBody::Refused { reason } => writeln!(out, "{ts}  REFUSED: {reason}"),
+            EventBody::Error { message } => writeln!(out, "{ts}  error: {message}"),
+            EventBody::SessionEnd {
+                reason,
+                statements,
+                rows,
+                bytes_from_client,
+                bytes_to_client,
+            } => writeln!(
+                out,
+                "{ts}  session ended: {reason}; {statements} statements, {rows} rows, {bytes_from_client} bytes in, {bytes_to_client} bytes out"
+            ),
+        };
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! The recorder against a real file store, and `verify` against every kind
+//! of tampering it promises to name.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use super::*;
+use crate::config::RecordingConfig;
+
+fn start_event(id: &str) -> EventBody {
+    EventBody::SessionStart {
+        audit_id: id.into(),
+        principal: "user:alice@example.com".into(),
+        groups: vec![],
+        connection: "pg".into(),
+        mode: "tunnel".into(),
+        client_addr: None,
+        granted_by: None,
+        trace_id: None,
+    }
+}
+
+fn end_event() -> EventBody {
+    EventBody::SessionEnd {
+        reason: "client closed".into(),
+        statements: 0,
+        rows: 0,
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+    }
+}
+
+async fn recorder(dir: &std::path::Path, cfg: RecordingConfig) -> Arc<Recorder> {
+    let store = open_store(&format!("file://{}", dir.display()), None)
+        .await
+        .unwrap();
+    Arc::new(Recorder::new(
+        store,
+        Some(SigningKey::from_bytes(&[9; 32])),
+        &cfg,
+    ))
+}
+
+/// Records `n` error events through segments of `segment_bytes`.
+async fn record(rec: &Arc<Recorder>, id: &str, n: usize) {
+    let r = Recording::start(rec, id, start_event(id)).await.unwrap();
+    for i in 0..n {
+        r.tap
+            .record(EventBody::Error {
+                message: format!("event {i}"),
+            })
+            .await
+            .unwrap();
+    }
+    r.finish(end_event()).await.unwrap();
+}
+
+fn small_segments() -> RecordingConfig {
+    RecordingConfig {
+        segment_bytes: 300,
+        ..RecordingConfig::default()
+    }
+}
+
+const ID: &str = "019ad4d2-6f4e-7c3a-9a6b-0123456789ab";
+
+#[tokio::test]
+async fn segments_chain_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path(), small_segments()).await;
+    record(&rec, ID, 20).await;
+    let fetched = fetch(rec.store.as_ref(), ID).await.unwrap();
+    assert!(fetched.segments.len() > 3, "{}", fetched.segments.len());
+    let events = parse(&fetched).unwrap();
+    assert_eq!(events.len(), 22);
+    assert!(events.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+    assert!(render(&events).contains(&format!("session {ID}: user:alice@example.com")));
+    let key = SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let report = verify::verify(&fetched, Some(&key));
+    assert!(report.ok(), "{report:?}");
+    assert!(
+        report.facts.iter().any(|f| f.contains("22 event(s)")),
+        "{report:?}"
+    );
+    // The same recording against another key is refused.
+    let other = SigningKey::from_bytes(&[1; 32]).verifying_key();
+    assert!(!verify::verify(&fetched, Some(&other)).ok());
+}
+
+fn problems(f: &verify::Fetched) -> String {
+    let key = SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let r = verify::verify(f, Some(&key));
+    assert!(!r.ok(), "tampering went unnoticed: {r:?}");
+    r.problems.join("\n")
+}
+
+#[tokio::test]
+async fn verify_names_each_kind_of_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = recorder(dir.path(), small_segments()).await;
+    record(&rec, ID, 20).await;
+    let good = fetch(rec.store.as_ref(), ID).await.unwrap();
+
+    let mut altered = fetch(rec.store.as_ref(), ID).await.unwrap();
+    let seg = &mut altered.segments[1].1;
+    let text = String::from_utf8(seg.clone())
+        .unwrap()
+        .replacen("event", "EVENT", 1);
+    *seg = text.into_bytes();
+    let p = problems(&altered);
+    assert!(
+        p.contains("segment 000002 was altered after sealing"),
+        "{p}"
+    );
+    assert!(
+        p.contains("segment 000003 does not chain to segment 000002"),
+        "{p}"
+    );
+
+    let mut missing = fetch(rec.store.as_ref(), ID).await.unwrap();
+    missing.segments.remove(2);
+    let p = problems(&missing);
+    assert!(p.contains("segment 000003 is missing"), "{p}");
+
+    let mut reordered = fetch(rec.store.as_ref(), ID).await.unwrap();
+    let (a, b) = (
+        reordered.segments[1].1.clone(),
+        reordered.segments[2].1.clone(),
+    );
+    reordered.segments[1].1 = b;
+    reordered.segments[2].1 = a;
+    let p = problems(&reordered);
+    assert!(p.contains("renamed or reordered"), "{p}");
+
+    let mut crashed = fetch(rec.store.as_ref(), ID).await.unwrap();
+    crashed.manifest = None;
+    crashed.segments.truncate(2);
+    let p = problems(&crashed);
+    assert!(p.contains("never sealed"), "{p}");
+
+    let mut forged = fetch(rec.store.as_ref(), ID).await.unwrap();
+    let m = String::from_utf8(forged.manifest.take().unwrap()).unwrap();
+    forged.manifest = Some(m.replacen("\"events\":22", "\"events\":21", 1).into_bytes());
+    let p = problems(&forged);
+    assert!(p.contains("signature does not match"), "{p}");
+
+    let mut dropped = fetch(rec.store.as_ref(), ID).await.unwrap();
+    let seg = &mut dropped.segments[1].1;
+    let text = String::from_utf8(seg.clone()).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(1);
+    *seg = (lines.join("\n") + "\n").into_bytes();
+    let p = problems(&dropped);
+    assert!(p.contains("events reordered, removed or inserted"), "{p}");
+
+    assert!(verify::verify(&good, None).ok());
+}
+
+#[tokio::test]
+async fn unsigned_manifests_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(&format!("file://{}", dir.path().display()), None)
+        .await
+        .unwrap();
+    let rec = Arc::new(Recorder::new(store, None, &RecordingConfig::default()));
+    record(&rec, ID, 1).await;
+    let f = fetch(rec.store.as_ref(), ID).await.unwrap();
+    let r = verify::verify(&f, None);
+    assert!(r.problems.iter().any(|p| p.contains("not signed")), "{r:?}");
+}
+
+#[tokio::test]
+async fn events_wait_at_most_the_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RecordingConfig {
+        flush_interval: std::time::Duration::from_millis(200),
+        ..RecordingConfig::default()
+    };
+    let rec = recorder(dir.path(), cfg).await;
+    let r = Recording::start(&rec, ID, start_event(ID)).await.unwrap();
+    r.tap
+        .record(EventBody::Error {
+            message: "x".into(),
+        })
+        .await
+        .unwrap();
+    // Segment 1 holds the start; the event lands in segment 2 after the interval.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let f = fetch(rec.store.as_ref(), ID).await.unwrap();
+        if f.segments.len() == 2 {
+            assert!(f.manifest.is_none());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "event never flushed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(rec.buffered(), 0);
+    r.finish(end_event()).await.unwrap();
+}
+
+#[tokio::test]
+async fn unwritable_store_refuses_start() {
+    let store = open_store("file:///proc/custody-cannot-write", None)
+        .await
+        .unwrap();
+    let cfg = RecordingConfig {
+        failure_grace: std::time::Duration::from_millis(300),
+        ..RecordingConfig::default()
+    };
+    let rec = Arc::new(Recorder::new(store, None, &cfg));
+    let err = Recording::start(&rec, "a", start_event("a"))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("/proc/custody-cannot-write"),
+        "{err}"
+    );
+    assert!(rec.probe().await.is_err());
+}
+
+#[tokio::test]
+async fn a_full_budget_refuses_new_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RecordingConfig {
+        memory_budget: 4096,
+        segment_bytes: 4096,
+        flush_interval: std::time::Duration::from_secs(3600),
+        ..RecordingConfig::default()
+    };
+    let rec = recorder(dir.path(), cfg).await;
+    let r = Recording::start(&rec, ID, start_event(ID)).await.unwrap();
+    // Held in memory (the interval is an hour) until over 3/4 of the budget.
+    for _ in 0..200 {
+        if rec.buffered() > 3072 {
+            break;
+        }
+        r.tap
+            .record(EventBody::Error {
+                message: "y".repeat(60),
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(rec.buffered() > 3072, "{}", rec.buffered());
+    let other = "019ad4d2-6f4e-7c3a-9a6b-0123456789ac";
+    let refused = Recording::start(&rec, other, start_event(other)).await;
+    assert!(
+        matches!(refused, Err(RecordError::Backlog(_))),
+        "{:?}",
+        refused.err()
+    );
+    r.finish(end_event()).await.unwrap();
+    assert_eq!(rec.buffered(), 0);
+    assert!(Recording::start(&rec, other, start_event(other))
+        .await
+        .is_ok());
+}
