@@ -57,6 +57,8 @@ async fn sigterm_ends_sessions_with_a_reason_and_seals_recordings() {
         rec.contains("\"type\":\"session_end\"") && rec.contains("shutting down"),
         "sealed with the reason: {rec}"
     );
+    let (verified, report) = gw.verify(&audit);
+    assert!(verified, "sealed and signed before exit: {report}");
     assert!(
         cli.wait_log("ended").contains("shutting down"),
         "{}",

@@ -514,6 +514,22 @@ impl Gateway {
         }
     }
 
+    /// `custody verify` with the harness's public key: (verified, report).
+    pub fn verify(&self, audit: &str) -> (bool, String) {
+        let public = signing_key().with_file_name("signing.pub");
+        let out = Command::new(bin())
+            .args(["verify", audit, "--store"])
+            .arg(format!("file://{}", self.store.display()))
+            .arg("--public-key")
+            .arg(public)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// One recording's segments in order (the manifest excluded).
     pub fn recording(&self, audit_id: &str) -> String {
         let dir = custody::recording::store::record_dir(audit_id);
