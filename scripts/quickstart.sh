@@ -69,6 +69,9 @@ say "starting the development OIDC issuer on 127.0.0.1:9000"
 $custody dev issuer --listen 127.0.0.1:9000 --key-dir "$work/keys" 2>"$work/issuer.log" &
 pids+=($!)
 
+say "making the recording signing key (custody dev keygen)"
+$custody dev keygen --out "$work/keys/recording-signing.pem" > "$work/keys/recording-signing.pub"
+
 say "starting custody serve with examples/custody.toml"
 $custody config check examples/custody.toml
 CUSTODY_LOG=info $custody serve --config examples/custody.toml 2>"$work/gateway.log" &
@@ -104,8 +107,13 @@ $custody replay "$audit" --store file://$work/recordings
 psql_audit=$(sed -n 's/.*session \([0-9a-f-]*\) opened.*/\1/p' "$work/connect.log" | head -1)
 say "the recording of the psql session ($psql_audit)"
 $custody replay "$psql_audit" --store file://$work/recordings
+say "custody verify: signature, hash chain, order and completeness"
+for _ in $(seq 1 50); do
+  [ -n "$(find "$work/recordings" -path "*$psql_audit/manifest.json" 2>/dev/null)" ] && break; sleep 0.2
+done
+$custody verify "$psql_audit" --store file://$work/recordings --public-key "$work/keys/recording-signing.pub"
 echo
-echo "All recordings: $work/recordings   (custody replay AUDIT_ID --store file://$work/recordings)"
+echo "All recordings: $work/recordings   (custody replay|verify AUDIT_ID --store file://$work/recordings)"
 
 if $keep; then
   say "running; in another shell:"
