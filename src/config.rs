@@ -50,7 +50,47 @@ pub struct Config {
     #[serde(default)]
     pub secrets: SecretsConfig,
     #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
     pub connections: Vec<ConnectionConfig>,
+}
+
+/// Span export and log correlation. The standard OTEL_* variables win over
+/// these, so a Cloud Run service can switch collectors without a new config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT): a collector sidecar such as
+    /// "http://localhost:4318", or "https://telemetry.googleapis.com". Unset: no spans.
+    pub otlp_endpoint: Option<String>,
+    /// "http/protobuf" (default) or "grpc" (OTEL_EXPORTER_OTLP_PROTOCOL).
+    pub otlp_protocol: Option<String>,
+    /// service.name of exported spans (OTEL_SERVICE_NAME); default "custody".
+    pub service_name: Option<String>,
+    /// Send Google credentials with exports; default: only to telemetry.googleapis.com.
+    pub google_auth: Option<bool>,
+    /// Project for Cloud Logging trace links (GOOGLE_CLOUD_PROJECT).
+    pub project_id: Option<String>,
+    /// Spans waiting for export at most; beyond it spans are dropped and counted.
+    #[serde(default = "default_span_queue")]
+    pub span_queue: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            otlp_protocol: None,
+            service_name: None,
+            google_auth: None,
+            project_id: None,
+            span_queue: default_span_queue(),
+        }
+    }
+}
+
+fn default_span_queue() -> usize {
+    2048
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +454,14 @@ impl Config {
                 0..0,
                 "recording.flush_interval must be above zero, e.g. \"5s\"".into(),
             ));
+        }
+        if let Some(p) = &self.telemetry.otlp_protocol {
+            if p != "grpc" && p != "http/protobuf" {
+                out.push((
+                    0..0,
+                    format!("telemetry.otlp_protocol {p:?}: use \"grpc\" or \"http/protobuf\""),
+                ));
+            }
         }
         let mut names = HashSet::new();
         for c in &self.connections {

@@ -19,7 +19,8 @@ use crate::protocol::postgres::exec::{self, ExecOutcome};
 use crate::protocol::postgres::relay;
 use crate::recording::{EventBody, Recording};
 use crate::session::Session;
-use crate::{tunnel, Gateway};
+use crate::{telemetry, tunnel, Gateway};
+use tracing::Instrument;
 
 pub const AUDIT_HEADER: &str = "x-custody-audit-id";
 
@@ -138,11 +139,13 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
     hex(trace, 32).then(|| trace.to_ascii_lowercase())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     gw: &Gateway,
     principal: Principal,
     client: String,
     trace: Option<String>,
+    span: &tracing::Span,
     name: &str,
     mode: &str,
     audit_id: &str,
@@ -166,7 +169,7 @@ async fn admit(
         tokio::spawn(async move { record_refusal(store, id, who, conn, from, reason).await });
         ApiError::new(status, "forbidden", e.to_string(), audit_id)
     })?;
-    Session::start(&gw.recorder, audit_id.to_string(), permit, mode, Some(client), trace)
+    Session::start(&gw.recorder, audit_id.to_string(), permit, mode, Some(client), trace, span.clone())
         .await
         .map_err(|e| {
             tracing::error!(target: "custody::audit", audit_id, error = %e, "session refused: cannot record");
@@ -198,7 +201,7 @@ async fn record_refusal(
         granted_by: None,
         trace_id: None,
     };
-    let done = match Recording::start(&recorder, &audit_id, first).await {
+    let done = match Recording::start(&recorder, &audit_id, first, None).await {
         Ok(rec) => rec.finish(EventBody::Refused { reason }).await,
         Err(e) => Err(e),
     };
@@ -259,11 +262,15 @@ async fn tunnel_handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let audit_id = new_audit_id();
+    let span = telemetry::session_span(&headers, &audit_id, &name, "tunnel");
     let client = client_addr(&headers, peer);
     // Authenticate before looking at the upgrade, so a bad token is a 401 whatever else is wrong.
-    let principal = match authenticate(&gw, &headers, &audit_id, &client).await {
+    let principal = match authenticate(&gw, &headers, &audit_id, &client)
+        .instrument(span.clone())
+        .await
+    {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused(&span, e),
     };
     let ws = match ws {
         Ok(ws) => ws,
@@ -277,26 +284,22 @@ async fn tunnel_handler(
             .into_response()
         }
     };
+    let trace = telemetry::span_trace_id(&span).or_else(|| trace_id(&headers));
     let session = match admit(
-        &gw,
-        principal,
-        client,
-        trace_id(&headers),
-        &name,
-        "tunnel",
-        &audit_id,
+        &gw, principal, client, trace, &span, &name, "tunnel", &audit_id,
     )
+    .instrument(span.clone())
     .await
     {
         Ok(s) => s,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused(&span, e),
     };
     let resp = ws
         .max_message_size(gw.config.server.max_message_bytes.max(1 << 20))
         .on_upgrade(move |socket| async move {
             let _live = gw.live.enter();
             let (tx, rx) = tunnel::split(socket);
-            relay::serve(&gw, session, tx, rx).await;
+            relay::serve(&gw, session, tx, rx).instrument(span).await;
         });
     with_audit(&audit_id, resp)
 }
@@ -314,9 +317,13 @@ async fn exec_handler(
     body: axum::body::Bytes,
 ) -> Response {
     let audit_id = new_audit_id();
-    match exec_inner(&gw, &name, peer, &headers, &body, &audit_id).await {
+    let span = telemetry::session_span(&headers, &audit_id, &name, "exec");
+    let done = exec_inner(&gw, &name, peer, &headers, &body, &audit_id, &span)
+        .instrument(span.clone())
+        .await;
+    match done {
         Ok(r) => with_audit(&audit_id, r),
-        Err(e) => e.into_response(),
+        Err(e) => refused(&span, e),
     }
 }
 
@@ -327,19 +334,12 @@ async fn exec_inner(
     headers: &HeaderMap,
     body: &[u8],
     audit_id: &str,
+    span: &tracing::Span,
 ) -> Result<Response, ApiError> {
     let client = client_addr(headers, peer);
     let principal = authenticate(gw, headers, audit_id, &client).await?;
-    let session = admit(
-        gw,
-        principal,
-        client,
-        trace_id(headers),
-        name,
-        "exec",
-        audit_id,
-    )
-    .await?;
+    let trace = telemetry::span_trace_id(span).or_else(|| trace_id(headers));
+    let session = admit(gw, principal, client, trace, span, name, "exec", audit_id).await?;
     let req: ExecRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -442,6 +442,13 @@ async fn exec_inner(
         }
     };
     result
+}
+
+/// A refused request: its span says why, the caller gets the JSON reason.
+fn refused(span: &tracing::Span, e: ApiError) -> Response {
+    span.record("custody.outcome", e.error);
+    span.record("otel.status_code", "ERROR");
+    e.into_response()
 }
 
 fn recording_failed(why: &str, audit_id: &str) -> ApiError {

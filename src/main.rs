@@ -310,8 +310,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<ExitCode> {
-    custody::telemetry::init();
     let config = Config::load(&config.display().to_string())?;
+    let telemetry = custody::telemetry::init(&config.telemetry).await?;
     let addr = match (listen, std::env::var("PORT").ok()) {
         (Some(l), _) => l,
         (None, Some(port)) => {
@@ -331,7 +331,12 @@ async fn serve(config: PathBuf, listen: Option<String>) -> anyhow::Result<ExitCo
     let local = listener.local_addr()?;
     eprintln!("custody: listening on http://{local}");
     tracing::info!(%local, connections = config.connections.len(), "custody serving");
-    custody::run(config, listener, shutdown_signal()).await?;
+    let served = custody::run(config, listener, shutdown_signal()).await;
+    // Cloud Run's 10 s: sessions had 8, queued spans get what is left.
+    telemetry
+        .shutdown(std::time::Duration::from_millis(1500))
+        .await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,6 +11,8 @@ pub struct Session {
     pub audit_id: String,
     pub permit: Permit,
     pub client_addr: Option<String>,
+    /// The session's span: a child of the caller's trace, parent of its statements.
+    pub span: tracing::Span,
     recording: Recording,
 }
 
@@ -23,7 +25,13 @@ impl Session {
         mode: &str,
         client_addr: Option<String>,
         trace_id: Option<String>,
+        span: tracing::Span,
     ) -> Result<Session, RecordError> {
+        span.record("enduser.id", permit.principal.member());
+        span.record("custody.granted_by", permit.granted_by.as_str());
+        if let Some(c) = &client_addr {
+            span.record("client.address", c.as_str());
+        }
         let first = EventBody::SessionStart {
             audit_id: audit_id.clone(),
             principal: permit.principal.member(),
@@ -34,7 +42,8 @@ impl Session {
             granted_by: Some(permit.granted_by.clone()),
             trace_id,
         };
-        let recording = Recording::start(recorder, &audit_id, first).await?;
+        let trace = crate::telemetry::SessionTrace::of(&span, &audit_id);
+        let recording = Recording::start(recorder, &audit_id, first, trace).await?;
         tracing::info!(
             target: "custody::audit",
             audit_id = %audit_id,
@@ -47,6 +56,7 @@ impl Session {
             audit_id,
             permit,
             client_addr,
+            span,
             recording,
         })
     }
@@ -66,9 +76,19 @@ impl Session {
         } = &end
         {
             tracing::info!(target: "custody::audit", audit_id = %self.audit_id, reason = %reason, statements, rows, "session ended");
+            self.span.record("custody.reason", reason.as_str());
+            self.span.record("custody.statements", statements);
+            self.span.record("custody.rows", rows);
         }
         let sealed = self.recording.finish(end).await;
+        let outcome = if sealed.is_ok() {
+            "completed"
+        } else {
+            "recording_failed"
+        };
+        self.span.record("custody.outcome", outcome);
         if let Err(e) = &sealed {
+            self.span.record("otel.status_code", "ERROR");
             tracing::error!(target: "custody::audit", audit_id = %self.audit_id, error = %e, "recording could not be completed");
         }
         sealed

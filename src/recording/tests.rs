@@ -44,7 +44,9 @@ async fn recorder(dir: &std::path::Path, cfg: RecordingConfig) -> Arc<Recorder> 
 
 /// Records `n` error events through segments of `segment_bytes`.
 async fn record(rec: &Arc<Recorder>, id: &str, n: usize) {
-    let r = Recording::start(rec, id, start_event(id)).await.unwrap();
+    let r = Recording::start(rec, id, start_event(id), None)
+        .await
+        .unwrap();
     for i in 0..n {
         r.tap
             .record(EventBody::Error {
@@ -178,7 +180,9 @@ async fn events_wait_at_most_the_flush_interval() {
         ..RecordingConfig::default()
     };
     let rec = recorder(dir.path(), cfg).await;
-    let r = Recording::start(&rec, ID, start_event(ID)).await.unwrap();
+    let r = Recording::start(&rec, ID, start_event(ID), None)
+        .await
+        .unwrap();
     r.tap
         .record(EventBody::Error {
             message: "x".into(),
@@ -210,7 +214,7 @@ async fn unwritable_store_refuses_start() {
         ..RecordingConfig::default()
     };
     let rec = Arc::new(Recorder::new(store, None, &cfg));
-    let err = Recording::start(&rec, "a", start_event("a"))
+    let err = Recording::start(&rec, "a", start_event("a"), None)
         .await
         .err()
         .unwrap();
@@ -231,7 +235,9 @@ async fn a_full_budget_refuses_new_sessions() {
         ..RecordingConfig::default()
     };
     let rec = recorder(dir.path(), cfg).await;
-    let r = Recording::start(&rec, ID, start_event(ID)).await.unwrap();
+    let r = Recording::start(&rec, ID, start_event(ID), None)
+        .await
+        .unwrap();
     // Held in memory (the interval is an hour) until over 3/4 of the budget.
     for _ in 0..200 {
         if rec.buffered() > 3072 {
@@ -247,7 +253,7 @@ async fn a_full_budget_refuses_new_sessions() {
     }
     assert!(rec.buffered() > 3072, "{}", rec.buffered());
     let other = "019ad4d2-6f4e-7c3a-9a6b-0123456789ac";
-    let refused = Recording::start(&rec, other, start_event(other)).await;
+    let refused = Recording::start(&rec, other, start_event(other), None).await;
     assert!(
         matches!(refused, Err(RecordError::Backlog(_))),
         "{:?}",
@@ -255,7 +261,7 @@ async fn a_full_budget_refuses_new_sessions() {
     );
     r.finish(end_event()).await.unwrap();
     assert_eq!(rec.buffered(), 0);
-    assert!(Recording::start(&rec, other, start_event(other))
+    assert!(Recording::start(&rec, other, start_event(other), None)
         .await
         .is_ok());
 }

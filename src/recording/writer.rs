@@ -18,6 +18,7 @@ use super::seal::{self, ManifestBody, SegmentEntry, SegmentHeader};
 use super::store::{self, ObjectStore};
 use super::{encode, Event, EventBody, RecordError};
 use crate::config::RecordingConfig;
+use crate::telemetry::SessionTrace;
 
 /// Shared by every session of a gateway.
 pub struct Recorder {
@@ -130,12 +131,18 @@ impl Recorder {
 pub struct Tap {
     tx: mpsc::Sender<(DateTime<Utc>, EventBody)>,
     failed: watch::Receiver<Option<String>>,
+    /// Statement spans, when spans are exported.
+    trace: Option<SessionTrace>,
 }
 
 impl Tap {
     pub async fn record(&self, body: EventBody) -> Result<(), RecordError> {
+        let now = Utc::now();
+        if let Some(t) = &self.trace {
+            t.event(now, &body);
+        }
         self.tx
-            .send((Utc::now(), body))
+            .send((now, body))
             .await
             .map_err(|_| RecordError::Stopped(self.failed.borrow().clone().unwrap_or_default()))
     }
@@ -167,6 +174,7 @@ impl Recording {
         rec: &Arc<Recorder>,
         audit_id: &str,
         first: EventBody,
+        trace: Option<SessionTrace>,
     ) -> Result<Recording, RecordError> {
         store::check_id(audit_id)?;
         // Leave room for one full segment: below that, the store is not
@@ -190,6 +198,7 @@ impl Recording {
             tap: Tap {
                 tx,
                 failed: fail_rx,
+                trace,
             },
             task,
         })

@@ -430,6 +430,16 @@ impl Gateway {
     }
 
     pub fn start_with(dir: tempfile::TempDir, config_text: &str, store: PathBuf) -> Gateway {
+        Gateway::start_env(dir, config_text, store, &[])
+    }
+
+    /// As `start_with`, with extra environment variables for `custody serve`.
+    pub fn start_env(
+        dir: tempfile::TempDir,
+        config_text: &str,
+        store: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let cfg = dir.path().join("custody.toml");
         std::fs::write(&cfg, config_text).unwrap();
         let mut cmd = Command::new(bin());
@@ -439,6 +449,7 @@ impl Gateway {
             "debug,hyper=info,h2=info,tower=info,reqwest=info",
         );
         cmd.env_remove("PORT");
+        cmd.envs(env.iter().copied());
         let (proc, rest) = Proc::spawn(cmd, "listening on http://");
         let addr: SocketAddr = rest.trim().parse().unwrap();
         let url = format!("http://{addr}");
