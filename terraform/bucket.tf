@@ -58,8 +58,11 @@ resource "google_storage_bucket" "recordings" {
   depends_on = [google_kms_crypto_key_iam_member.recordings_cmek]
 }
 
-# Create and read objects; no delete, no overwrite (replacing an object needs
-# storage.objects.delete), no bucket or IAM administration.
+# Create, read and list objects (storage.objects.create/get/list): the gateway
+# writes segments, manifests and readiness probes as new objects and lists a
+# recording's segments to replay or verify it. No delete, no overwrite
+# (replacing an object needs storage.objects.delete), no bucket or IAM
+# administration.
 resource "google_storage_bucket_iam_member" "recordings" {
   for_each = toset([
     "roles/storage.objectCreator",

@@ -1,10 +1,12 @@
 # The gateway's identity and everything it is allowed to do.
 #
-#   project     roles/cloudtrace.agent, roles/logging.logWriter (nothing else)
-#   secrets     roles/secretmanager.secretAccessor on each listed secret (secrets.tf)
+#   project     roles/logging.logWriter, and roles/cloudtrace.agent only with
+#               google_trace_export (spans to telemetry.googleapis.com); nothing else
+#   secrets     roles/secretmanager.secretAccessor on each listed secret (secrets.tf):
+#               the config, the signing keys, the upstream credentials
 #   bucket      roles/storage.objectCreator + roles/storage.objectViewer (bucket.tf):
-#               it can write new recordings and read them back, never delete or
-#               overwrite one
+#               it can write new recordings and read and list them back, never
+#               delete or overwrite one
 #
 # No project-wide Secret Manager or Storage role, no service account user or
 # token creator role: the gateway holds no keys and impersonates nobody.
@@ -19,10 +21,11 @@ resource "google_service_account" "gateway" {
 locals {
   gateway_member = "serviceAccount:${google_service_account.gateway.email}"
 
-  gateway_project_roles = toset([
-    "roles/cloudtrace.agent",
-    "roles/logging.logWriter",
-  ])
+  gateway_project_roles = toset(concat(
+    ["roles/logging.logWriter"],
+    # telemetry.traces.write, for OTLP export to telemetry.googleapis.com.
+    var.google_trace_export ? ["roles/cloudtrace.agent"] : [],
+  ))
 }
 
 resource "google_project_iam_member" "gateway" {

@@ -14,7 +14,27 @@ locals {
   # OIDC audience without a dependency cycle.
   gateway_url = "https://${var.name}-${data.google_project.this.number}.${var.region}.run.app"
 
-  env = merge({ OTEL_SERVICE_NAME = var.name }, var.env)
+  # Module-owned variables first; var.env may not set any of them (variables.tf).
+  # The OTEL_* ones win over the config's [telemetry] section.
+  otel_resource_attributes = merge(
+    var.otel_resource_attributes,
+    # telemetry.googleapis.com routes spans by this attribute and refuses
+    # spans without it.
+    var.google_trace_export ? { "gcp.project_id" = var.project_id } : {},
+  )
+  env = merge(
+    {
+      # Cloud Logging trace links (logging.googleapis.com/trace) name the project.
+      GOOGLE_CLOUD_PROJECT = var.project_id
+      OTEL_SERVICE_NAME    = coalesce(var.otel_service_name, var.name)
+    },
+    var.otlp_endpoint == null ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint },
+    var.otlp_protocol == null ? {} : { OTEL_EXPORTER_OTLP_PROTOCOL = var.otlp_protocol },
+    length(local.otel_resource_attributes) == 0 ? {} : {
+      OTEL_RESOURCE_ATTRIBUTES = join(",", [for k in sort(keys(local.otel_resource_attributes)) : "${k}=${local.otel_resource_attributes[k]}"])
+    },
+    var.env,
+  )
 
   vpc_access_enabled = var.vpc_subnetwork != null || var.vpc_connector != null
 
@@ -23,11 +43,34 @@ locals {
   config_secret_refs = toset([
     for m in regexall("sm://([^/\"'#\\s]+)/([^/\"'#\\s]+)", var.config_toml) : "${m[0]}/${m[1]}"
   ])
-  granted_secret_refs = toset(concat(
+  granted_secret_refs = setunion(
     [for s in local.upstream_secrets : "${s.project}/${s.secret}"],
-    [for k in var.signing_keys : "${var.project_id}/${var.name}-${k}"],
-  ))
+    local.signing_key_refs,
+  )
   ungranted_secret_refs = setsubtract(local.config_secret_refs, local.granted_secret_refs)
+
+  # recording.signing_key must name one of the signing key secrets (created
+  # empty by the module, or referenced with signing_key_secret_ids), so the
+  # gateway can read it at start and nothing else is mistaken for a key.
+  config_signing_keys = [
+    for m in regexall("(?m)^\\s*signing_key\\s*=\\s*[\"']([^\"']*)[\"']", var.config_toml) : m[0]
+  ]
+  foreign_signing_keys = [
+    for k in local.config_signing_keys : k
+    if !contains(local.signing_key_refs, try(join("/", regex("^sm://([^/#]+)/([^/#]+)(?:#[A-Za-z0-9_-]+)?$", k)), ""))
+  ]
+
+  # Spans: the environment wins over the config file, as in the gateway.
+  config_otlp_endpoints = [
+    for m in regexall("(?m)^\\s*otlp_endpoint\\s*=\\s*[\"']([^\"']*)[\"']", var.config_toml) : m[0]
+  ]
+  otlp_endpoint = var.otlp_endpoint != null ? var.otlp_endpoint : try(local.config_otlp_endpoints[0], "")
+  # Google's OTLP endpoint checks the caller's IAM (roles/cloudtrace.agent).
+  google_otlp_endpoint = can(regex("^https://([a-z0-9-]+\\.)*googleapis\\.com(:[0-9]+)?(/.*)?$", local.otlp_endpoint))
+
+  # recording.endpoint overrides the GCS API root (emulators): on Cloud Run it
+  # would send recordings away from the bucket.
+  config_store_endpoints = regexall("(?m)^\\s*endpoint\\s*=", var.config_toml)
 
   # recording.store must be this module's bucket: the gateway can write nowhere else,
   # and a file:// store on Cloud Run would vanish with the instance.
@@ -186,11 +229,27 @@ resource "google_cloud_run_v2_service" "gateway" {
       condition     = length(local.config_stores) > 0 && length(local.foreign_stores) == 0
       error_message = "config_toml's recording.store must be gs://${google_storage_bucket.recordings.name}/PREFIX (the bucket this module creates)."
     }
+
+    precondition {
+      condition     = length(local.config_store_endpoints) == 0
+      error_message = "config_toml sets recording.endpoint (a GCS emulator's API root): remove it, recordings go to the module's bucket."
+    }
+
+    precondition {
+      condition     = length(local.foreign_signing_keys) == 0 && (length(local.config_signing_keys) > 0 || !var.require_signing_key)
+      error_message = "config_toml's recording.signing_key must be sm://PROJECT/SECRET[#VERSION] naming one of the module's signing key secrets (${join(", ", sort(tolist(local.signing_key_refs)))}); set require_signing_key = false to run unsigned."
+    }
+
+    precondition {
+      condition     = var.google_trace_export == local.google_otlp_endpoint
+      error_message = local.google_otlp_endpoint ? "Spans go to ${local.otlp_endpoint}, which needs roles/cloudtrace.agent: set google_trace_export = true." : "google_trace_export is true but the OTLP endpoint (otlp_endpoint, else [telemetry] otlp_endpoint in config_toml) is not Google's: set it to https://telemetry.googleapis.com, or google_trace_export = false."
+    }
   }
 
   depends_on = [
     google_secret_manager_secret_iam_member.config,
     google_secret_manager_secret_iam_member.signing_key,
+    google_secret_manager_secret_iam_member.signing_key_existing,
     google_secret_manager_secret_iam_member.upstream,
     google_storage_bucket_iam_member.recordings,
     google_project_iam_member.gateway,

@@ -34,6 +34,19 @@ output "config_secret_id" {
 }
 
 output "signing_key_secret_ids" {
-  description = "Signing key secrets by key name; add their versions out of band."
+  description = "Signing key secrets the module created, by key name; add their versions out of band (custody dev keygen, gcloud secrets versions add)."
   value       = { for k, s in google_secret_manager_secret.signing_key : k => s.id }
+}
+
+output "signing_key_references" {
+  description = "The values recording.signing_key may take: sm://PROJECT/SECRET for every signing key secret the gateway can read (append #VERSION to pin one)."
+  value       = [for r in sort(tolist(local.signing_key_refs)) : "sm://${r}"]
+}
+
+output "trace_export" {
+  description = "Where the gateway's spans go (the OTLP endpoint it resolves: otlp_endpoint, else the config's [telemetry] otlp_endpoint; empty: no span export) and whether it holds roles/cloudtrace.agent for Google's endpoint."
+  value = {
+    otlp_endpoint       = local.otlp_endpoint
+    google_trace_export = var.google_trace_export
+  }
 }

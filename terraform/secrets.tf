@@ -10,6 +10,19 @@ locals {
       secret  = element(split("/", s), length(split("/", s)) - 1)
     }
   }
+  existing_signing_keys = {
+    for s in var.signing_key_secret_ids : s => {
+      project = length(split("/", s)) == 4 ? split("/", s)[1] : var.project_id
+      secret  = element(split("/", s), length(split("/", s)) - 1)
+    }
+  }
+
+  # PROJECT/SECRET of every signing key secret the gateway may read: what
+  # recording.signing_key = "sm://PROJECT/SECRET" may name.
+  signing_key_refs = toset(concat(
+    [for k in var.signing_keys : "${var.project_id}/${var.name}-${k}"],
+    [for s in local.existing_signing_keys : "${s.project}/${s.secret}"],
+  ))
 }
 
 # --- config ------------------------------------------------------------------
@@ -48,8 +61,14 @@ resource "google_secret_manager_secret_iam_member" "config" {
 
 # --- signing keys --------------------------------------------------------------
 
-# Created empty. Add the key material out of band, so it never enters state:
-#   openssl genpkey -algorithm ed25519 | gcloud secrets versions add NAME-signing-key --data-file=-
+# Ed25519 keys (PKCS#8 PEM) that sign each recording's manifest. Created empty:
+# add the key material out of band, so it never enters Terraform state:
+#   custody dev keygen --out key.pem > key.pub.pem
+#   gcloud secrets versions add NAME-signing-key --data-file=key.pem && shred -u key.pem
+# The gateway reads the key once, when an instance starts: the secret needs a
+# version before the first revision starts, and a new version only reaches
+# instances started after it. Pin sm://PROJECT/SECRET#VERSION in the config to
+# roll a new key out as a new revision (docs/deploy.md, "Signing key").
 resource "google_secret_manager_secret" "signing_key" {
   for_each = toset(var.signing_keys)
 
@@ -74,6 +93,16 @@ resource "google_secret_manager_secret_iam_member" "signing_key" {
 
   project   = var.project_id
   secret_id = each.value.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = local.gateway_member
+}
+
+# Signing keys kept in secrets made outside Terraform (signing_key_secret_ids).
+resource "google_secret_manager_secret_iam_member" "signing_key_existing" {
+  for_each = local.existing_signing_keys
+
+  project   = each.value.project
+  secret_id = each.value.secret
   role      = "roles/secretmanager.secretAccessor"
   member    = local.gateway_member
 }

@@ -53,12 +53,12 @@ variable "config_toml" {
   }
 
   validation {
-    # password = "..." / private_key = "..." must be references, never values.
+    # password / private_key / signing_key = "..." must be references, never values.
     condition = alltrue([
-      for m in regexall("(?m)^\\s*(?:password|private_key)\\s*=\\s*[\"']([^\"']*)[\"']", var.config_toml) :
+      for m in regexall("(?m)^\\s*(?:password|private_key|signing_key)\\s*=\\s*[\"']([^\"']*)[\"']", var.config_toml) :
       can(regex("^(sm://|env:|file:)", m[0]))
     ])
-    error_message = "config_toml holds a plain secret: every password and private_key must be an sm://PROJECT/SECRET, env:NAME or file:PATH reference."
+    error_message = "config_toml holds a plain secret: every password, private_key and signing_key must be an sm://PROJECT/SECRET, env:NAME or file:PATH reference."
   }
 
   validation {
@@ -95,7 +95,7 @@ variable "upstream_secret_ids" {
 }
 
 variable "signing_keys" {
-  description = "Secrets the module creates, empty, for the gateway's signing keys (one per name, as NAME-KEY). Add versions out of band (gcloud secrets versions add) so key material never enters Terraform state."
+  description = "Signing key secrets the module creates, empty, as NAME-KEY (default: NAME-signing-key). Each holds an Ed25519 PKCS#8 PEM private key that signs recording manifests; add it out of band (custody dev keygen, then gcloud secrets versions add) so key material never enters Terraform state. The gateway reads the key once at start, so the secret needs a version before the first revision starts (docs/deploy.md)."
   type        = list(string)
   default     = ["signing-key"]
 
@@ -103,6 +103,23 @@ variable "signing_keys" {
     condition     = alltrue([for k in var.signing_keys : can(regex("^[a-z][a-z0-9-]{0,62}$", k))])
     error_message = "signing_keys entries must be lowercase names of letters, digits and hyphens."
   }
+}
+
+variable "signing_key_secret_ids" {
+  description = "Existing Secret Manager secrets that hold signing keys (created outside Terraform, e.g. already versioned before the first apply). Each is a secret name in project_id or projects/PROJECT/secrets/NAME; the gateway gets roles/secretmanager.secretAccessor on each."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.signing_key_secret_ids : can(regex("^(projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/secrets/)?[A-Za-z0-9_-]{1,255}$", s))])
+    error_message = "signing_key_secret_ids entries must be SECRET or projects/PROJECT/secrets/SECRET."
+  }
+}
+
+variable "require_signing_key" {
+  description = "Refuse a config without [recording] signing_key. Unsigned manifests prove a recording is complete but not that this gateway wrote it; turn this off only for a throwaway deployment."
+  type        = bool
+  default     = true
 }
 
 variable "secret_kms_key_name" {
@@ -352,13 +369,24 @@ variable "vpc_egress" {
 }
 
 variable "env" {
-  description = "Extra plain environment variables for the gateway (e.g. RUST_LOG, OTEL_EXPORTER_OTLP_ENDPOINT). Never secrets: those belong in Secret Manager and are referenced from the config."
+  description = "Extra plain environment variables for the gateway (e.g. RUST_LOG, CUSTODY_LOG, OTEL_BSP_SCHEDULE_DELAY, OTEL_EXPORTER_OTLP_TIMEOUT). Never secrets: those belong in Secret Manager and are referenced from the config. The telemetry variables own GOOGLE_CLOUD_PROJECT and OTEL_EXPORTER_OTLP_ENDPOINT / _PROTOCOL, OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES."
   type        = map(string)
   default     = {}
 
   validation {
     condition     = alltrue([for k, v in var.env : !contains(["PORT", "CUSTODY_CONFIG", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"], k)])
     error_message = "env must not set PORT, CUSTODY_CONFIG or K_*: Cloud Run and the module own them."
+  }
+
+  validation {
+    condition     = alltrue([for k, v in var.env : !contains(["GOOGLE_CLOUD_PROJECT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"], k)])
+    error_message = "env must not set GOOGLE_CLOUD_PROJECT or OTEL_EXPORTER_OTLP_ENDPOINT/_PROTOCOL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES: use otlp_endpoint, otlp_protocol, otel_service_name and otel_resource_attributes, so the trace IAM follows the endpoint."
+  }
+
+  validation {
+    # Would send recordings to an emulator instead of the bucket.
+    condition     = !contains(keys(var.env), "STORAGE_EMULATOR_HOST")
+    error_message = "env must not set STORAGE_EMULATOR_HOST: recordings go to the module's bucket."
   }
 
   validation {
@@ -371,6 +399,70 @@ variable "deletion_protection" {
   description = "Refuse terraform destroy of the Cloud Run service."
   type        = bool
   default     = true
+}
+
+# ---------------------------------------------------------------------------
+# Telemetry
+# ---------------------------------------------------------------------------
+# Logs need nothing here: on Cloud Run the gateway writes Cloud Logging JSON to
+# stdout, with trace links built from GOOGLE_CLOUD_PROJECT (always set to
+# project_id). Spans go over OTLP to the endpoint named here or in the
+# config's [telemetry] otlp_endpoint; these variables become the standard
+# OTEL_* environment variables, which win over the config file.
+
+variable "otlp_endpoint" {
+  description = "OTEL_EXPORTER_OTLP_ENDPOINT: where the gateway sends spans, e.g. https://telemetry.googleapis.com (Google's OTLP endpoint; needs google_trace_export) or a collector's URL. null leaves it to [telemetry] otlp_endpoint in the config (no spans if that is unset too)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.otlp_endpoint == null || can(regex("^https?://[^\\s/]+(/[^\\s]*)?$", var.otlp_endpoint))
+    error_message = "otlp_endpoint must be an http:// or https:// URL."
+  }
+}
+
+variable "otlp_protocol" {
+  description = "OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf or grpc. null leaves it to [telemetry] otlp_protocol (default http/protobuf)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.otlp_protocol == null || contains(["http/protobuf", "grpc"], coalesce(var.otlp_protocol, "http/protobuf"))
+    error_message = "otlp_protocol must be http/protobuf or grpc."
+  }
+}
+
+variable "otel_service_name" {
+  description = "OTEL_SERVICE_NAME, the service.name of the gateway's spans; it overrides [telemetry] service_name. null means var.name."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.otel_service_name == null || can(regex("^[A-Za-z0-9._-]{1,100}$", coalesce(var.otel_service_name, "x")))
+    error_message = "otel_service_name may use letters, digits, '.', '_' and '-' (at most 100)."
+  }
+}
+
+variable "otel_resource_attributes" {
+  description = "Extra OpenTelemetry resource attributes for the gateway's spans (OTEL_RESOURCE_ATTRIBUTES), e.g. { \"deployment.environment\" = \"prod\" }. With google_trace_export the module adds gcp.project_id, which telemetry.googleapis.com needs to route spans."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.otel_resource_attributes : can(regex("^[A-Za-z0-9._-]+$", k)) && can(regex("^[A-Za-z0-9._/:-]*$", v))])
+    error_message = "otel_resource_attributes: keys may use letters, digits, '.', '_' and '-'; values also '/' and ':' (no ',', '=' or spaces)."
+  }
+
+  validation {
+    condition     = !contains(keys(var.otel_resource_attributes), "gcp.project_id")
+    error_message = "otel_resource_attributes must not set gcp.project_id: google_trace_export sets it to project_id."
+  }
+}
+
+variable "google_trace_export" {
+  description = "The gateway exports spans to Google's OTLP endpoint (telemetry.googleapis.com) with its own credentials: grants its service account roles/cloudtrace.agent on the project and sets the gcp.project_id resource attribute. Must be true exactly when the effective OTLP endpoint (otlp_endpoint, else the config's [telemetry] otlp_endpoint) is a googleapis.com endpoint. Enable telemetry.googleapis.com in the project."
+  type        = bool
+  default     = false
 }
 
 # ---------------------------------------------------------------------------

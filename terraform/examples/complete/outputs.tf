@@ -23,6 +23,11 @@ output "recordings_bucket" {
   value       = module.custody.recordings_bucket
 }
 
+output "signing_key_secrets" {
+  description = "Signing key secrets to add the key to (custody dev keygen, gcloud secrets versions add)."
+  value       = module.custody.signing_key_secret_ids
+}
+
 output "image_repository" {
   description = "Artifact Registry path for the gateway image."
   value       = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.custody.repository_id}"
