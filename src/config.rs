@@ -74,6 +74,14 @@ pub struct TelemetryConfig {
     /// Spans waiting for export at most; beyond it spans are dropped and counted.
     #[serde(default = "default_span_queue")]
     pub span_queue: usize,
+    /// Append `/*traceparent='…',custody_audit_id='…'*/` to every statement
+    /// sent upstream (Cloud SQL Query Insights, server logs).
+    #[serde(default = "default_true")]
+    pub sqlcommenter: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for TelemetryConfig {
@@ -85,6 +93,7 @@ impl Default for TelemetryConfig {
             google_auth: None,
             project_id: None,
             span_queue: default_span_queue(),
+            sqlcommenter: true,
         }
     }
 }

@@ -339,7 +339,8 @@ async fn exec_inner(
     let client = client_addr(headers, peer);
     let principal = authenticate(gw, headers, audit_id, &client).await?;
     let trace = telemetry::span_trace_id(span).or_else(|| trace_id(headers));
-    let session = admit(gw, principal, client, trace, span, name, "exec", audit_id).await?;
+    let mut session = admit(gw, principal, client, trace, span, name, "exec", audit_id).await?;
+    session.traceparent = telemetry::traceparent(span, headers);
     let req: ExecRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {

@@ -13,6 +13,8 @@ pub struct Session {
     pub client_addr: Option<String>,
     /// The session's span: a child of the caller's trace, parent of its statements.
     pub span: tracing::Span,
+    /// W3C traceparent of the session, for the sqlcommenter comment.
+    pub traceparent: Option<String>,
     recording: Recording,
 }
 
@@ -57,6 +59,7 @@ impl Session {
             permit,
             client_addr,
             span,
+            traceparent: None,
             recording,
         })
     }

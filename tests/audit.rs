@@ -96,3 +96,69 @@ async fn sigkill_loses_at_most_the_flush_window() {
         "what was written is intact: {report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_reach_postgres_with_the_trace_and_audit_id() {
+    let gw = Gateway::start("");
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let sql = "select query, application_name from pg_stat_activity where pid = pg_backend_pid()";
+    let out = Command::new(bin())
+        .args([
+            "exec",
+            "pg",
+            "--gateway",
+            &gw.url,
+            "--format",
+            "json",
+            "--",
+            sql,
+        ])
+        .env("CUSTODY_TOKEN", token("alice@example.com"))
+        .env("TRACEPARENT", tp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let audit = v["audit_id"].as_str().unwrap().to_string();
+    let row = &v["rows"][0];
+    let seen = row[0]
+        .as_str()
+        .or(row["query"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        seen.ends_with(&format!(
+            "/*traceparent='{tp}',custody_audit_id='{audit}'*/"
+        )),
+        "PostgreSQL saw: {seen}"
+    );
+    let app = row[1]
+        .as_str()
+        .or(row["application_name"].as_str())
+        .unwrap_or_default();
+    assert_eq!(app, format!("custody/{audit}"));
+    // The recording keeps the client's statement as sent.
+    assert!(!gw.wait_recordings(&audit).contains("custody_audit_id='"));
+
+    // Through a tunnel, extended protocol (tokio-postgres prepares), no caller trace.
+    let (cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let c = pg_client(addr).await;
+    let row = c.query_one(sql, &[]).await.unwrap();
+    let seen: String = row.get(0);
+    let audit = opened_audit_id(&cli);
+    assert!(
+        seen.ends_with(&format!("/*custody_audit_id='{audit}'*/")),
+        "{seen}"
+    );
+    // A statement that ends with its own comment is left alone.
+    let row = c
+        .query_one(&format!("{sql} /* mine */"), &[])
+        .await
+        .unwrap();
+    let seen: String = row.get(0);
+    assert!(seen.ends_with("/* mine */"), "{seen}");
+}

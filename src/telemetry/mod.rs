@@ -217,6 +217,23 @@ pub fn span_trace_id(span: &tracing::Span) -> Option<String> {
     (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
 }
 
+/// The session's W3C traceparent: its own span when spans are exported,
+/// else the caller's.
+pub fn traceparent(span: &tracing::Span, headers: &axum::http::HeaderMap) -> Option<String> {
+    let own = span.context().span().span_context().clone();
+    let sc = if own.is_valid() {
+        own
+    } else {
+        caller_context(headers)?.span().span_context().clone()
+    };
+    Some(format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    ))
+}
+
 /// Turns recorded events into statement spans under the session's span.
 /// Built after the fact with explicit start and end times, so the relay
 /// never holds a span open across frames.

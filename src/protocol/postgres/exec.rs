@@ -6,6 +6,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec::{self, cstr};
+use super::comment;
 use super::hooks::{self, MaskCtx};
 use super::masking::{self, ColMask};
 use super::tracker::Tracker;
@@ -62,10 +63,16 @@ pub async fn run(
     let mut counts = Counts::default();
     let mut held = 0usize;
     let mut out = BytesMut::new();
-    let mut body = Vec::with_capacity(sql.len() + 1);
-    body.extend_from_slice(sql.replace('\0', "").as_bytes());
-    body.push(0);
-    codec::put_frame(&mut out, b'Q', &body);
+    let clean = sql.replace('\0', "");
+    if gw.config.telemetry.sqlcommenter && !comment::ends_with_comment(&clean) {
+        let c = comment::sqlcommenter(session.traceparent.as_deref(), &session.audit_id);
+        comment::put_query(&mut out, &clean, &c);
+    } else {
+        let mut body = Vec::with_capacity(clean.len() + 1);
+        body.extend_from_slice(clean.as_bytes());
+        body.push(0);
+        codec::put_frame(&mut out, b'Q', &body);
+    }
     up.stream.write_all(&out).await?;
 
     let mut tracker = Tracker::default();

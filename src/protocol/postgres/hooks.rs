@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::catalog::Catalog;
 use super::codec::{self, put_frame};
+use super::comment;
 use super::masking::{self, CopyPlan};
 use super::scanner::Inspect;
 use super::tracker::Tracker;
@@ -39,6 +40,8 @@ pub struct ClientHook<'a> {
     pub blocked: bool,
     /// Guardrail decisions to record.
     pub events: Vec<EventBody>,
+    /// sqlcommenter comment appended to every statement sent upstream.
+    pub comment: Option<&'a str>,
     /// After a refused Parse: everything up to Sync is dropped.
     skipping: Option<Skipping>,
     /// Whether this pipeline segment (since the last Sync) reached the upstream.
@@ -60,6 +63,7 @@ impl<'a> ClientHook<'a> {
             terminated: false,
             blocked: false,
             events: Vec::new(),
+            comment: None,
             skipping: None,
             segment_forwarded: false,
         }
@@ -209,6 +213,10 @@ impl Inspect for ClientHook<'_> {
                         t.set_copy_rules(rules);
                     }
                 }
+                if let Some(c) = self.comment.filter(|_| !comment::ends_with_comment(sql)) {
+                    comment::put_query(out, sql, c);
+                    return Ok(());
+                }
             }
             b'P' => {
                 let (name, sql) = codec::parse_msg(body)?;
@@ -220,6 +228,11 @@ impl Inspect for ClientHook<'_> {
                     return Ok(());
                 }
                 lock(self.tracker)?.on_parse(name, sql);
+                if let Some(c) = self.comment.filter(|_| !comment::ends_with_comment(sql)) {
+                    comment::put_parse(out, body, name, sql, c);
+                    self.segment_forwarded = true;
+                    return Ok(());
+                }
             }
             // A function call by OID cannot be checked or masked: refused under either.
             b'F' if self.rails.is_some() || self.mask.is_some() => {

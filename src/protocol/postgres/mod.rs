@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod comment;
 pub mod exec;
 pub mod hooks;
 pub mod masking;

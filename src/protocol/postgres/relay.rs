@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::codec::{self, Startup};
+use super::comment;
 use super::hooks::{self, ClientHook, MaskCtx, ServerHook};
 use super::scanner::Scanner;
 use super::tracker::Tracker;
@@ -227,8 +228,14 @@ async fn run(
     // Wakes the upstream side when a refusal is queued while it is idle.
     let refusals = tokio::sync::Notify::new();
 
+    let comment = gw
+        .config
+        .telemetry
+        .sqlcommenter
+        .then(|| comment::sqlcommenter(session.traceparent.as_deref(), &session.audit_id));
     let client_to_upstream = async {
         let mut hook = ClientHook::new(tracker, rails, mask, &session.audit_id);
+        hook.comment = comment.as_deref();
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         if !pending.is_empty() {
             client_scan.feed(&pending, &mut hook, &mut out)?;
