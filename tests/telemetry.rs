@@ -223,6 +223,8 @@ async fn spans_over_grpc_follow_the_callers_trace() {
         .unwrap_or_else(|| panic!("no session log line: {log}"));
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["severity"], "INFO", "{line}");
+    assert_eq!(v["custody.audit_id"], audit.as_str(), "{line}");
+    assert!(v["logging.googleapis.com/spanId"].is_string(), "{line}");
     assert_eq!(
         v["logging.googleapis.com/trace"],
         format!("projects/demo-project/traces/{CALLER_TRACE}"),

@@ -11,7 +11,36 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+/// The audit id of a session span, kept so every log line inside the
+/// session can name it.
+struct AuditId(String);
+
+/// Remembers `custody.audit_id` of each span as it is created.
+pub struct AuditIdLayer;
+
+impl<S> Layer<S> for AuditIdLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut fields = Map::new();
+        attrs.record(&mut Fields(&mut fields));
+        if let (Some(Value::String(a)), Some(span)) =
+            (fields.remove("custody.audit_id"), ctx.span(id))
+        {
+            span.extensions_mut().insert(AuditId(a));
+        }
+    }
+}
 
 pub struct CloudLogging {
     /// GCP project for `logging.googleapis.com/trace`; without it the trace
@@ -59,7 +88,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -72,6 +101,16 @@ where
             Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
         );
         map.insert("target".into(), Value::from(meta.target()));
+        let audit = map.get("audit_id").cloned().or_else(|| {
+            ctx.lookup_current()?.scope().find_map(|s| {
+                s.extensions()
+                    .get::<AuditId>()
+                    .map(|a| Value::from(a.0.clone()))
+            })
+        });
+        if let Some(a) = audit {
+            map.insert("custody.audit_id".into(), a);
+        }
         if let Some((trace, span)) = super::current_trace() {
             if let Some(p) = &self.project {
                 map.insert(

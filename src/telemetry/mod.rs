@@ -130,20 +130,24 @@ fn env_filter() -> EnvFilter {
 }
 
 /// `CUSTODY_LOG_FORMAT=json`, or running on Cloud Run (`K_SERVICE` set),
-/// selects Cloud Logging JSON.
+/// selects Cloud Logging JSON on stdout; otherwise readable text on stderr.
 fn fmt_layer<S>(project: Option<String>) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
     let json = std::env::var("CUSTODY_LOG_FORMAT").is_ok_and(|f| f == "json")
         || std::env::var_os("K_SERVICE").is_some();
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
-        layer
+        // Cloud Run reads structured JSON from stdout.
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stdout)
             .event_format(cloud_logging::CloudLogging { project })
+            .and_then(cloud_logging::AuditIdLayer)
             .boxed()
     } else {
-        layer.boxed()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed()
     }
 }
 

@@ -358,11 +358,21 @@ impl Proc {
     /// Spawns and waits for a stderr line containing `ready`; returns the rest of that line.
     pub fn spawn(mut cmd: Command, ready: &str) -> (Proc, String) {
         cmd.stderr(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn custody");
         let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
+        // stdout (JSON logs) joins the same log.
+        let log_out = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut l = log_out.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         let (tx, rx) = std::sync::mpsc::channel();
         let (log2, ready) = (log.clone(), ready.to_string());
         std::thread::spawn(move || {
