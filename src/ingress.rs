@@ -217,7 +217,12 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     }
     let store = gw.recorder.probe().await;
     let ok = keys && store.is_ok();
+    let spans = telemetry::stats().map(|s| {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({"exported": s.exported.load(Relaxed), "failed": s.failed.load(Relaxed), "dropped": s.dropped.load(Relaxed)})
+    });
     let body = json!({
+        "spans": spans,
         "ready": ok,
         "config": "loaded",
         "issuer_keys": if keys { "fetched" } else { "not fetched" },

@@ -76,9 +76,34 @@ enum Command {
         /// Recording store: file://DIR or gs://BUCKET/PREFIX (STORAGE_EMULATOR_HOST is honoured)
         #[arg(long, env = "CUSTODY_STORE")]
         store: String,
-        /// Print the raw JSON Lines events instead
-        #[arg(long)]
+        /// text (readable) or json (one event per line, for machines)
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+        /// Same as --format json
+        #[arg(long, hide = true)]
         json: bool,
+    },
+    /// List recorded sessions from the store, newest first
+    ///
+    /// Example: custody sessions --store gs://audit-bucket/custody --since 7d --principal user:alice@example.com
+    Sessions {
+        /// Recording store: file://DIR or gs://BUCKET/PREFIX
+        #[arg(long, env = "CUSTODY_STORE")]
+        store: String,
+        /// How far back: a duration ("24h", "7d") or a date/time ("2026-11-30", RFC 3339)
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Only this principal, as recorded (e.g. user:alice@example.com)
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this connection
+        #[arg(long)]
+        connection: Option<String>,
+        /// At most this many sessions
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
     },
     /// Check a recording is complete and untouched: signature, chain, order
     ///
@@ -105,6 +130,31 @@ enum Command {
         #[command(subcommand)]
         command: DevCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ListFormat {
+    Text,
+    Json,
+}
+
+/// "24h" / "7d" back from now, or a date or RFC 3339 time.
+fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(d) = custody::config::parse_duration(s) {
+        let d = chrono::Duration::from_std(d)?;
+        return Ok(chrono::Utc::now() - d);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        if let Some(t) = d.and_hms_opt(0, 0, 0) {
+            return Ok(t.and_utc());
+        }
+    }
+    bail!(
+        "--since {s:?}: use a duration (\"24h\", \"7d\"), a date (2026-11-30) or an RFC 3339 time"
+    )
 }
 
 #[derive(Subcommand)]
@@ -231,11 +281,35 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             client::exec(&target, &connection, &input.join(" "), format).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sessions {
+            store,
+            since,
+            principal,
+            connection,
+            limit,
+            format,
+        } => {
+            let filter = recording::sessions::Filter {
+                since: parse_since(&since)?,
+                principal: principal.as_deref(),
+                connection: connection.as_deref(),
+                limit,
+            };
+            let store = recording::open_store(&store, None).await?;
+            let list = recording::sessions::list(store.as_ref(), &filter).await?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                ListFormat::Text => print!("{}", recording::sessions::render(&list)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay {
             audit_id,
             store,
+            format,
             json,
         } => {
+            let json = json || matches!(format, ListFormat::Json);
             let store = recording::open_store(&store, None).await?;
             let rec = recording::fetch(store.as_ref(), &audit_id).await?;
             if json {

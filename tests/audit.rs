@@ -162,3 +162,75 @@ async fn statements_reach_postgres_with_the_trace_and_audit_id() {
     let seen: String = row.get(0);
     assert!(seen.ends_with("/* mine */"), "{seen}");
 }
+
+#[test]
+fn sessions_are_listed_and_filtered_from_the_store() {
+    let gw = Gateway::start("");
+    let run = |email: &str| {
+        Command::new(bin())
+            .args(["exec", "pg", "--gateway", &gw.url, "--", "select 1"])
+            .env("CUSTODY_TOKEN", token(email))
+            .output()
+            .unwrap()
+    };
+    assert!(run("alice@example.com").status.success());
+    assert!(
+        !run("mallory@example.com").status.success(),
+        "not in the allow list"
+    );
+    let store = format!("file://{}", gw.store.display());
+    let list = |extra: &[&str]| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new(bin())
+                .args(["sessions", "--store", &store, "--format", "json"])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let sealed = v.as_array().unwrap().iter().all(|s| s["sealed"] == true);
+            if (sealed && !v.as_array().unwrap().is_empty()) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let all = list(&["--since", "1h"]);
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all:#}");
+    let alice = list(&["--principal", "user:alice@example.com"]);
+    let a = &alice.as_array().unwrap()[0];
+    assert_eq!(alice.as_array().unwrap().len(), 1, "{alice:#}");
+    assert_eq!(a["connection"], "pg");
+    assert_eq!(a["mode"], "exec");
+    assert_eq!(a["statements"], 1);
+    assert_eq!(a["outcome"], "completed");
+    let refused = list(&["--principal", "user:mallory@example.com"]);
+    assert_eq!(refused[0]["mode"], "refused", "{refused:#}");
+
+    // The text table and replay's JSON form.
+    let out = Command::new(bin())
+        .args(["sessions", "--store", &store, "--connection", "pg"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("AUDIT ID") && text.contains("user:alice@example.com"),
+        "{text}"
+    );
+    let id = a["audit_id"].as_str().unwrap();
+    let out = Command::new(bin())
+        .args(["replay", id, "--store", &store, "--format", "json"])
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.first().unwrap()["type"], "session_start");
+    assert_eq!(lines.last().unwrap()["type"], "session_end");
+}

@@ -108,6 +108,11 @@ async fn segments_stream_to_gcs_and_the_sealed_recording_verifies() {
         public.to_str().unwrap(),
     ]);
     assert!(ok && report.contains("VERIFIED"), "{report}");
+    let (ok, listed) = custody(&["sessions", "--store", &format!("gs://{bucket}/custody")]);
+    assert!(
+        ok && listed.contains(&audit) && listed.contains("user:alice@example.com"),
+        "{listed}"
+    );
     // The readiness probe wrote its own object, once, under the prefix.
     assert_eq!(gcs_objects(ep, &bucket, "custody/_probes/").len(), 1);
 }

@@ -124,10 +124,54 @@ impl GcsStore {
     }
 }
 
+impl GcsStore {
+    /// Objects and sub-folders directly under `dir`, as keys relative to the prefix.
+    async fn list_json(&self, dir: &str) -> Result<(Vec<String>, Vec<String>), RecordError> {
+        let full = self.name(dir);
+        let what = format!("gs://{}/{full}", self.bucket);
+        let strip = self.name("");
+        let rel = |n: String| n.strip_prefix(&strip).map(str::to_string);
+        let (mut keys, mut dirs) = (Vec::new(), Vec::new());
+        let mut page: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("prefix", full.clone()),
+                ("delimiter", "/".to_string()),
+                ("fields", "items(name),prefixes,nextPageToken".to_string()),
+            ];
+            if let Some(t) = &page {
+                query.push(("pageToken", t.clone()));
+            }
+            let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
+            let resp = self
+                .http
+                .get(url)
+                .headers(self.auth_headers().await?)
+                .query(&query)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| gcs_err("list", &what, e))?;
+            let body: ListPage = resp.json().await.map_err(|e| gcs_err("list", &what, e))?;
+            keys.extend(body.items.into_iter().filter_map(|i| rel(i.name)));
+            dirs.extend(body.prefixes.into_iter().filter_map(rel));
+            match body.next_page_token {
+                Some(t) if !t.is_empty() => page = Some(t),
+                _ => break,
+            }
+        }
+        keys.sort();
+        dirs.sort();
+        Ok((keys, dirs))
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct ListPage {
     #[serde(default)]
     items: Vec<ListItem>,
+    #[serde(default)]
+    prefixes: Vec<String>,
     #[serde(rename = "nextPageToken")]
     next_page_token: Option<String>,
 }
@@ -192,45 +236,11 @@ impl ObjectStore for GcsStore {
     }
 
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
-        Box::pin(async move {
-            let full = self.name(dir);
-            let what = format!("gs://{}/{full}", self.bucket);
-            let strip = self.name("");
-            let mut keys = Vec::new();
-            let mut page: Option<String> = None;
-            loop {
-                let mut query = vec![
-                    ("prefix", full.clone()),
-                    ("delimiter", "/".to_string()),
-                    ("fields", "items(name),nextPageToken".to_string()),
-                ];
-                if let Some(t) = &page {
-                    query.push(("pageToken", t.clone()));
-                }
-                let url = format!("{}/storage/v1/b/{}/o", self.endpoint, self.bucket);
-                let resp = self
-                    .http
-                    .get(url)
-                    .headers(self.auth_headers().await?)
-                    .query(&query)
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| gcs_err("list", &what, e))?;
-                let body: ListPage = resp.json().await.map_err(|e| gcs_err("list", &what, e))?;
-                keys.extend(
-                    body.items
-                        .into_iter()
-                        .filter_map(|i| i.name.strip_prefix(&strip).map(str::to_string)),
-                );
-                match body.next_page_token {
-                    Some(t) if !t.is_empty() => page = Some(t),
-                    _ => break,
-                }
-            }
-            keys.sort();
-            Ok(keys)
-        })
+        Box::pin(async move { Ok(self.list_json(dir).await?.0) })
+    }
+
+    fn list_dirs<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
+        Box::pin(async move { Ok(self.list_json(dir).await?.1) })
     }
 
     fn url(&self) -> String {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod gcs;
 pub mod seal;
+pub mod sessions;
 pub mod store;
 pub mod verify;
 mod writer;

@@ -18,6 +18,8 @@ pub trait ObjectStore: Send + Sync {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, RecordError>>;
     /// Keys directly inside the folder `dir` (which ends in '/'), sorted.
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>>;
+    /// Folders directly inside `dir`, each ending in '/', sorted.
+    fn list_dirs<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>>;
     /// The store's URL, for messages.
     fn url(&self) -> String;
 }
@@ -159,6 +161,25 @@ impl ObjectStore for FileStore {
             }
             keys.sort();
             Ok(keys)
+        })
+    }
+
+    fn list_dirs<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
+        Box::pin(async move {
+            let path = self.root.join(dir);
+            let mut rd = match tokio::fs::read_dir(&path).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(self.io(&path, e)),
+            };
+            let mut dirs = Vec::new();
+            while let Some(entry) = rd.next_entry().await.map_err(|e| self.io(&path, e))? {
+                if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+                    dirs.push(format!("{dir}{}/", entry.file_name().to_string_lossy()));
+                }
+            }
+            dirs.sort();
+            Ok(dirs)
         })
     }
 

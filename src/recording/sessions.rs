@@ -1,0 +1,169 @@
+//! `custody sessions`: recordings listed from the store by day, newest
+//! first, summarised from their manifests (or first segment when unsealed).
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use super::seal;
+use super::store::{self, ObjectStore};
+use super::{Event, EventBody, RecordError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    pub audit_id: String,
+    pub started: Option<DateTime<Utc>>,
+    pub principal: String,
+    pub connection: String,
+    pub mode: String,
+    pub statements: Option<u64>,
+    pub rows: Option<u64>,
+    /// The end reason, or "not sealed" (running, or its gateway stopped abruptly).
+    pub outcome: String,
+    pub sealed: bool,
+}
+
+pub struct Filter<'a> {
+    pub since: DateTime<Utc>,
+    pub principal: Option<&'a str>,
+    pub connection: Option<&'a str>,
+    pub limit: usize,
+}
+
+fn started_at(audit_id: &str) -> Option<DateTime<Utc>> {
+    let ts = uuid::Uuid::parse_str(audit_id).ok()?.get_timestamp()?;
+    let (secs, nanos) = ts.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+}
+
+fn summarise(
+    audit_id: &str,
+    start: Option<&Event>,
+    end: Option<&Event>,
+    sealed: bool,
+) -> SessionSummary {
+    let mut s = SessionSummary {
+        audit_id: audit_id.to_string(),
+        started: start.map(|e| e.ts).or_else(|| started_at(audit_id)),
+        principal: String::new(),
+        connection: String::new(),
+        mode: String::new(),
+        statements: None,
+        rows: None,
+        outcome: "not sealed".into(),
+        sealed,
+    };
+    if let Some(EventBody::SessionStart {
+        principal,
+        connection,
+        mode,
+        ..
+    }) = start.map(|e| &e.body)
+    {
+        s.principal = principal.clone();
+        s.connection = connection.clone();
+        s.mode = mode.clone();
+    }
+    match end.map(|e| &e.body) {
+        Some(EventBody::SessionEnd {
+            reason,
+            statements,
+            rows,
+            ..
+        }) => {
+            s.outcome = reason.clone();
+            s.statements = Some(*statements);
+            s.rows = Some(*rows);
+        }
+        _ if sealed => s.outcome = "sealed".into(),
+        _ => {}
+    }
+    s
+}
+
+async fn summary(store: &dyn ObjectStore, audit_id: &str) -> Result<SessionSummary, RecordError> {
+    match store.get(&store::manifest_key(audit_id)).await {
+        Ok(bytes) => {
+            if let Ok((_, body, _)) = seal::parse_manifest(&bytes) {
+                return Ok(summarise(
+                    audit_id,
+                    body.start.as_ref(),
+                    body.end.as_ref(),
+                    true,
+                ));
+            }
+        }
+        Err(RecordError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let first = store.get(&store::segment_key(audit_id, 1)).await?;
+    let start: Option<Event> = first
+        .split(|b| *b == b'\n')
+        .nth(1)
+        .and_then(|l| serde_json::from_slice(l).ok());
+    // Refusals are sealed at once; a 403 shows as "refused" even unsealed.
+    Ok(summarise(audit_id, start.as_ref(), None, false))
+}
+
+/// Recordings started since `filter.since`, newest first.
+pub async fn list(
+    store: &dyn ObjectStore,
+    filter: &Filter<'_>,
+) -> Result<Vec<SessionSummary>, RecordError> {
+    let mut out = Vec::new();
+    let mut day = Utc::now().date_naive();
+    let first = filter.since.date_naive();
+    while day >= first && out.len() < filter.limit {
+        let dir = format!("{}/", day.format("%Y/%m/%d"));
+        let mut ids: Vec<String> = store
+            .list_dirs(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|d| {
+                d.trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .map(str::to_string)
+            })
+            .filter(|id| started_at(id).is_some_and(|t| t >= filter.since))
+            .collect();
+        ids.sort();
+        for id in ids.iter().rev() {
+            if out.len() >= filter.limit {
+                break;
+            }
+            let s = summary(store, id).await?;
+            if filter.principal.is_some_and(|p| p != s.principal)
+                || filter.connection.is_some_and(|c| c != s.connection)
+            {
+                continue;
+            }
+            out.push(s);
+        }
+        day -= Duration::days(1);
+    }
+    Ok(out)
+}
+
+pub fn render(list: &[SessionSummary]) -> String {
+    let mut out = format!(
+        "{:<23}  {:<36}  {:<32}  {:<14}  {:<7}  {:>5}  {}\n",
+        "STARTED (UTC)", "AUDIT ID", "PRINCIPAL", "CONNECTION", "MODE", "STMTS", "OUTCOME"
+    );
+    for s in list {
+        out.push_str(&format!(
+            "{:<23}  {:<36}  {:<32}  {:<14}  {:<7}  {:>5}  {}\n",
+            s.started
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+                .unwrap_or_default(),
+            s.audit_id,
+            s.principal,
+            s.connection,
+            s.mode,
+            s.statements
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            s.outcome
+        ));
+    }
+    out
+}
