@@ -65,6 +65,8 @@ pub struct Target {
     pub gateway: String,
     pub token: String,
     pub traceparent: Option<String>,
+    /// A delegation token passed down by a parent (CUSTODY_DELEGATION).
+    pub delegation: Option<String>,
 }
 
 impl Target {
@@ -91,6 +93,9 @@ impl Target {
             gateway,
             token,
             traceparent: std::env::var("TRACEPARENT").ok(),
+            delegation: std::env::var("CUSTODY_DELEGATION")
+                .ok()
+                .filter(|d| !d.trim().is_empty()),
         })
     }
 
@@ -171,6 +176,13 @@ pub async fn open_tunnel(target: &Target, connection: &str) -> Result<(Ws, Strin
     );
     if let Some(tp) = target.traceparent.as_ref().and_then(|t| t.parse().ok()) {
         h.insert("traceparent", tp);
+    }
+    if let Some(d) = target
+        .delegation
+        .as_ref()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        h.insert(DELEGATION_HEADER, d);
     }
     match tokio_tungstenite::connect_async_with_config(req, None, true).await {
         Ok((ws, resp)) => {
@@ -378,6 +390,9 @@ pub async fn exec(
     if let Some(tp) = &target.traceparent {
         req = req.header("traceparent", tp);
     }
+    if let Some(d) = &target.delegation {
+        req = req.header(DELEGATION_HEADER, d.trim());
+    }
     let resp = req.send().await.map_err(|e| transport(e.to_string()))?;
     let status = resp.status().as_u16();
     let audit_id = header_str(resp.headers(), AUDIT_HEADER);
@@ -492,4 +507,83 @@ pub fn render_table(v: &serde_json::Value) -> String {
         if n == 1 { "" } else { "s" }
     ));
     out
+}
+
+const DELEGATION_HEADER: &str = "x-custody-delegation";
+
+/// Sends a control request; the JSON answer, or the refusal as an error.
+async fn control(
+    target: &Target,
+    path: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<serde_json::Value, ClientError> {
+    let transport = |why: String| ClientError::Transport {
+        url: format!("{}{path}", target.gateway),
+        why,
+    };
+    let resp = req
+        .header(
+            "x-serverless-authorization",
+            format!("Bearer {}", target.token),
+        )
+        .send()
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let audit_id = header_str(resp.headers(), AUDIT_HEADER);
+    let body = resp.bytes().await.map_err(|e| transport(e.to_string()))?;
+    if let Some(a) = &audit_id {
+        eprintln!("custody: audit id {a}");
+    }
+    if !(200..300).contains(&status) {
+        return Err(refusal(status, &body, audit_id));
+    }
+    serde_json::from_slice(&body).map_err(|e| transport(format!("answer is not JSON: {e}")))
+}
+
+/// `custody delegate`: exchanges our identity (or the delegation we hold)
+/// for a delegation token naming `to` as the next actor.
+pub async fn delegate(
+    target: &Target,
+    to: &str,
+    connections: &[String],
+    ttl: &str,
+) -> Result<serde_json::Value, ClientError> {
+    let url = format!("{}/v1/token", target.gateway);
+    let subject = target.delegation.as_deref().unwrap_or(&target.token);
+    let mut form = vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".to_string(),
+        ),
+        ("subject_token", subject.trim().to_string()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:jwt".to_string(),
+        ),
+        ("actor", to.to_string()),
+        ("ttl", ttl.to_string()),
+    ];
+    if !connections.is_empty() {
+        form.push(("connections", connections.join(" ")));
+    }
+    let req = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&target.token)
+        .form(&form);
+    control(target, "/v1/token", req).await
+}
+
+/// `custody revoke`: an admin revokes a principal in every instance.
+pub async fn revoke(
+    target: &Target,
+    principal: &str,
+    reason: &str,
+) -> Result<serde_json::Value, ClientError> {
+    let url = format!("{}/v1/revocations", target.gateway);
+    let req = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&target.token)
+        .json(&serde_json::json!({"principal": principal, "reason": reason}));
+    control(target, "/v1/revocations", req).await
 }

@@ -151,6 +151,19 @@ pub struct IdentityConfig {
     /// Clock skew tolerated on exp/nbf/iat.
     #[serde(default = "default_leeway", with = "duration")]
     pub leeway: Duration,
+    /// Ed25519 private key (PKCS#8 PEM, a secret reference) that signs
+    /// delegation tokens; its public half is served at /.well-known/jwks.json.
+    pub signing_key: Option<Spanned<String>>,
+    /// Principals who may revoke (`custody revoke`).
+    #[serde(default)]
+    pub admins: Vec<Spanned<String>>,
+    /// Longest lifetime a delegation token may ask for.
+    #[serde(default = "default_delegation_ttl", with = "duration")]
+    pub delegation_max_ttl: Duration,
+}
+
+fn default_delegation_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 fn default_leeway() -> Duration {
@@ -296,6 +309,41 @@ pub struct ConnectionConfig {
     pub host_key: Option<String>,
     pub masking: Option<MaskingConfig>,
     pub guardrails: Option<GuardrailsConfig>,
+    pub delegation: Option<DelegationPolicy>,
+}
+
+/// Which chains of custody may use a connection. When present, every
+/// request must satisfy it, including a caller acting for itself (a chain
+/// of one), so skipping the delegation cannot skip the rules.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationPolicy {
+    /// Who may originate work on this connection (IAM members; groups match
+    /// the originator's groups as verified at the first exchange).
+    #[serde(default)]
+    pub originators: Vec<Spanned<String>>,
+    /// Most hands the work may pass through after the originator.
+    pub max_depth: Option<usize>,
+    /// Oldest the original delegation may be, e.g. "24h".
+    pub max_age: Option<Spanned<String>>,
+    /// Principals the chain must pass through (user: or serviceAccount:).
+    #[serde(default)]
+    pub via: Vec<Spanned<String>>,
+}
+
+impl DelegationPolicy {
+    pub fn originator_members(&self) -> Vec<Member> {
+        self.originators
+            .iter()
+            .filter_map(|m| m.get_ref().parse().ok())
+            .collect()
+    }
+
+    pub fn max_age(&self) -> Option<Duration> {
+        self.max_age
+            .as_ref()
+            .and_then(|a| parse_duration(a.get_ref()).ok())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -454,6 +502,16 @@ impl Config {
                 out.push((k.span(), format!("recording.signing_key: {e}")));
             }
         }
+        for m in &self.identity.admins {
+            if let Err(e) = m.get_ref().parse::<Member>() {
+                out.push((m.span(), e.to_string()));
+            }
+        }
+        if let Some(k) = &self.identity.signing_key {
+            if let Err(e) = k.get_ref().parse::<SecretRef>() {
+                out.push((k.span(), format!("identity.signing_key: {e}")));
+            }
+        }
         let r = &self.recording;
         if r.segment_bytes == 0 || r.segment_bytes > r.memory_budget {
             out.push((0..0, format!("recording.segment_bytes ({}) must be between 1 and recording.memory_budget ({})", r.segment_bytes, r.memory_budget)));
@@ -502,6 +560,18 @@ impl Config {
                 for m in &mask.exempt {
                     if let Err(e) = m.get_ref().parse::<Member>() {
                         out.push((m.span(), e.to_string()));
+                    }
+                }
+            }
+            if let Some(d) = &c.delegation {
+                for m in d.originators.iter().chain(&d.via) {
+                    if let Err(e) = m.get_ref().parse::<Member>() {
+                        out.push((m.span(), e.to_string()));
+                    }
+                }
+                if let Some(a) = &d.max_age {
+                    if let Err(e) = parse_duration(a.get_ref()) {
+                        out.push((a.span(), e));
                     }
                 }
             }

@@ -13,7 +13,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::delegation::{self, Chain, DelegationError};
 use crate::identity::{bearer, Principal};
+
+/// Header carrying a delegation token (the CLI sets it from CUSTODY_DELEGATION).
+pub const DELEGATION_HEADER: &str = "x-custody-delegation";
 use crate::policy::{self, PolicyError};
 use crate::protocol::postgres::exec::{self, ExecOutcome};
 use crate::protocol::postgres::relay;
@@ -31,6 +35,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/connections", get(connections))
         .route("/v1/tunnel/{connection}", get(tunnel_handler))
         .route("/v1/exec/{connection}", post(exec_handler))
+        .route("/v1/token", post(crate::exchange::token))
+        .route("/v1/revocations", post(crate::exchange::revoke))
+        .route("/.well-known/jwks.json", get(crate::exchange::jwks))
         .with_state(gw)
 }
 
@@ -44,7 +51,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
+    pub(crate) fn new(
         status: StatusCode,
         error: &'static str,
         reason: impl Into<String>,
@@ -93,7 +100,74 @@ fn client_addr(headers: &HeaderMap, peer: SocketAddr) -> String {
         .unwrap_or_else(|| peer.to_string())
 }
 
-async fn authenticate(
+/// The caller and the chain it acts under: its own OIDC identity, plus a
+/// verified delegation from `X-Custody-Delegation` when present. Revoked
+/// principals anywhere in the chain are refused.
+pub(crate) async fn identify(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    audit_id: &str,
+    client: &str,
+    connection: &str,
+) -> Result<(Principal, Chain), ApiError> {
+    let principal = authenticate(gw, headers, audit_id, client).await?;
+    let token = headers
+        .get(DELEGATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.trim().is_empty());
+    let refuse = |error: &'static str, reason: String| {
+        tracing::warn!(target: "custody::audit", audit_id, client, principal = %principal.member(), connection, outcome = error, reason = %reason, "request refused");
+        let (rec, id, who, conn, from, why) = (
+            gw.recorder.clone(),
+            audit_id.to_string(),
+            principal.member(),
+            connection.to_string(),
+            client.to_string(),
+            reason.clone(),
+        );
+        tokio::spawn(async move { record_refusal(rec, id, who, conn, from, why).await });
+        ApiError::new(StatusCode::FORBIDDEN, error, reason, audit_id)
+    };
+    let claims = match token {
+        None => None,
+        Some(t) => {
+            let Some(keys) = &gw.delegation else {
+                return Err(refuse(
+                    "delegation",
+                    DelegationError::NotConfigured.to_string(),
+                ));
+            };
+            let now = chrono::Utc::now().timestamp();
+            Some(
+                keys.verify(t, now)
+                    .map_err(|e| refuse("delegation", e.to_string()))?,
+            )
+        }
+    };
+    let chain = delegation::chain_for(&principal, claims)
+        .map_err(|e| refuse("delegation", e.to_string()))?;
+    let revoked = gw
+        .revocations
+        .first_revoked(gw.recorder.store.as_ref(), &chain.members())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocations_unavailable",
+                format!("revocations cannot be read, so nothing runs: {e}"),
+                audit_id,
+            )
+        })?;
+    if let Some(m) = revoked {
+        return Err(refuse(
+            "revoked",
+            format!("{m} is revoked, so the chain {} is refused", chain.render()),
+        ));
+    }
+    Ok((principal, chain))
+}
+
+pub(crate) async fn authenticate(
     gw: &Gateway,
     headers: &HeaderMap,
     audit_id: &str,
@@ -142,7 +216,7 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
 #[allow(clippy::too_many_arguments)]
 async fn admit(
     gw: &Gateway,
-    principal: Principal,
+    (principal, chain): (Principal, Chain),
     client: String,
     trace: Option<String>,
     span: &tracing::Span,
@@ -158,7 +232,8 @@ async fn admit(
             audit_id,
         ));
     };
-    let permit = policy::authorize(&principal, conn).map_err(|e| {
+    let now = chrono::Utc::now().timestamp();
+    let permit = policy::authorize(&principal, &chain, conn, now).map_err(|e| {
         let status = match e {
             PolicyError::Unenforceable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
@@ -183,7 +258,7 @@ async fn admit(
 }
 
 /// Policy refusals leave a record in the store too, replayable by audit id.
-async fn record_refusal(
+pub(crate) async fn record_refusal(
     recorder: Arc<crate::recording::Recorder>,
     audit_id: String,
     principal: String,
@@ -200,6 +275,8 @@ async fn record_refusal(
         client_addr: Some(client),
         granted_by: None,
         trace_id: None,
+        chain: Vec::new(),
+        root_audit_id: None,
     };
     let done = match Recording::start(&recorder, &audit_id, first, None).await {
         Ok(rec) => rec.finish(EventBody::Refused { reason }).await,
@@ -270,7 +347,7 @@ async fn tunnel_handler(
     let span = telemetry::session_span(&headers, &audit_id, &name, "tunnel");
     let client = client_addr(&headers, peer);
     // Authenticate before looking at the upgrade, so a bad token is a 401 whatever else is wrong.
-    let principal = match authenticate(&gw, &headers, &audit_id, &client)
+    let who = match identify(&gw, &headers, &audit_id, &client, &name)
         .instrument(span.clone())
         .await
     {
@@ -290,11 +367,9 @@ async fn tunnel_handler(
         }
     };
     let trace = telemetry::span_trace_id(&span).or_else(|| trace_id(&headers));
-    let session = match admit(
-        &gw, principal, client, trace, &span, &name, "tunnel", &audit_id,
-    )
-    .instrument(span.clone())
-    .await
+    let session = match admit(&gw, who, client, trace, &span, &name, "tunnel", &audit_id)
+        .instrument(span.clone())
+        .await
     {
         Ok(s) => s,
         Err(e) => return refused(&span, e),
@@ -342,9 +417,9 @@ async fn exec_inner(
     span: &tracing::Span,
 ) -> Result<Response, ApiError> {
     let client = client_addr(headers, peer);
-    let principal = authenticate(gw, headers, audit_id, &client).await?;
+    let who = identify(gw, headers, audit_id, &client, name).await?;
     let trace = telemetry::span_trace_id(span).or_else(|| trace_id(headers));
-    let mut session = admit(gw, principal, client, trace, span, name, "exec", audit_id).await?;
+    let mut session = admit(gw, who, client, trace, span, name, "exec", audit_id).await?;
     session.traceparent = telemetry::traceparent(span, headers);
     let req: ExecRequest = match serde_json::from_slice(body) {
         Ok(r) => r,

@@ -3,13 +3,16 @@
 
 pub mod client;
 pub mod config;
+pub mod delegation;
 pub mod devissuer;
+pub mod exchange;
 pub mod identity;
 pub mod ingress;
 pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod recording;
+pub mod revocation;
 pub mod secrets;
 pub mod session;
 pub mod telemetry;
@@ -48,6 +51,9 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub secrets: SecretStore,
     pub recorder: Arc<Recorder>,
+    /// Delegation token keys, when `[identity] signing_key` is set.
+    pub delegation: Option<delegation::Keys>,
+    pub revocations: revocation::Revocations,
     pub cancels: Arc<CancelRegistry>,
     /// Compiled guardrails per connection name.
     pub rails: HashMap<String, Arc<Guardrails>>,
@@ -90,6 +96,28 @@ impl Gateway {
             }
         };
         let recorder = Arc::new(Recorder::new(store, signer, rc));
+        let delegation = match config
+            .identity
+            .signing_key
+            .as_ref()
+            .map(|k| k.get_ref().parse::<secrets::SecretRef>())
+        {
+            Some(Ok(r)) => {
+                let pem = secrets.get(&r).await.map_err(|e| {
+                    recording::RecordError::Key(format!("identity.signing_key {r}: {e}"))
+                })?;
+                let key = recording::seal::signing_key_from_pem(pem.expose())?;
+                let issuer = config
+                    .identity
+                    .audiences
+                    .first()
+                    .cloned()
+                    .unwrap_or_default();
+                Some(delegation::Keys::new(key, &issuer))
+            }
+            Some(Err(e)) => return Err(recording::RecordError::Key(e.to_string()).into()),
+            None => None,
+        };
         let mut rails = HashMap::new();
         for c in &config.connections {
             if let Some(g) = &c.guardrails {
@@ -116,6 +144,8 @@ impl Gateway {
             verifier: Verifier::new(&config.identity),
             secrets,
             recorder,
+            delegation,
+            revocations: Default::default(),
             cancels: Arc::default(),
             config,
         })

@@ -70,6 +70,35 @@ enum Command {
         #[arg(last = true, required = true)]
         input: Vec<String>,
     },
+    /// Pass custody to a child: print a delegation token naming it as the next actor
+    ///
+    /// The child sets CUSTODY_DELEGATION to the printed token; its own identity
+    /// token still authenticates it. Inside a delegated job, delegating again
+    /// adds a hop (the chain is kept: originator → each hop → caller).
+    /// Example: export CUSTODY_DELEGATION=$(custody delegate --to serviceAccount:job@p.iam.gserviceaccount.com --connections pg-prod --ttl 1h)
+    Delegate {
+        /// The next actor: user:EMAIL or serviceAccount:EMAIL
+        #[arg(long)]
+        to: String,
+        /// Limit the delegation to these connections (comma-separated); at most the parent's
+        #[arg(long, value_delimiter = ',')]
+        connections: Vec<String>,
+        /// Lifetime, e.g. 30m or 1h; never beyond the parent's expiry
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Revoke a principal: every instance refuses chains that include it (admins only)
+    Revoke {
+        /// user:EMAIL or serviceAccount:EMAIL
+        #[arg(long)]
+        principal: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
     /// Print a session's recording readably
     Replay {
         audit_id: String,
@@ -279,6 +308,40 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         } => {
             let target = Target::resolve(gw.gateway, gw.token).await?;
             client::exec(&target, &connection, &input.join(" "), format).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delegate {
+            to,
+            connections,
+            ttl,
+            gw,
+        } => {
+            let target = Target::resolve(gw.gateway, gw.token).await?;
+            let answer = client::delegate(&target, &to, &connections, &ttl).await?;
+            eprintln!(
+                "custody: delegated to {to} for {}s (root audit id {})",
+                answer["expires_in"],
+                answer["root_audit_id"].as_str().unwrap_or("?")
+            );
+            println!("{}", answer["access_token"].as_str().unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Revoke {
+            principal,
+            reason,
+            gw,
+        } => {
+            let target = Target::resolve(gw.gateway, gw.token).await?;
+            let answer = client::revoke(&target, &principal, &reason).await?;
+            let already = answer["already"].as_bool().unwrap_or(false);
+            eprintln!(
+                "custody: {principal} {}; every instance refuses it within 5 s",
+                if already {
+                    "was already revoked"
+                } else {
+                    "is revoked"
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Sessions {

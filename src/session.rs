@@ -43,7 +43,20 @@ impl Session {
             client_addr: client_addr.clone(),
             granted_by: Some(permit.granted_by.clone()),
             trace_id,
+            chain: if permit.chain.delegated() {
+                permit.chain.members()
+            } else {
+                Vec::new()
+            },
+            root_audit_id: permit.chain.root_audit_id.clone(),
         };
+        if permit.chain.delegated() {
+            span.record("custody.chain", permit.chain.render());
+            span.record("custody.originator", permit.chain.originator.member());
+            if let Some(root) = &permit.chain.root_audit_id {
+                span.record("custody.root_audit_id", root.as_str());
+            }
+        }
         let trace = crate::telemetry::SessionTrace::of(&span, &audit_id);
         let recording = Recording::start(recorder, &audit_id, first, trace).await?;
         tracing::info!(

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::config::{ConnectionConfig, Kind};
+use crate::delegation::Chain;
 use crate::identity::Principal;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,6 +19,12 @@ pub enum PolicyError {
     NotAllowed {
         principal: String,
         connection: String,
+    },
+    #[error("connection {connection} refuses this chain of custody ({chain}): {reason}")]
+    Chain {
+        connection: String,
+        chain: String,
+        reason: String,
     },
     #[error("connection {connection} configures {feature}, which this build cannot enforce yet; the gateway refuses rather than run it unprotected")]
     Unenforceable {
@@ -93,16 +100,76 @@ pub struct Permit {
     pub connection: Arc<ConnectionConfig>,
     /// The allow-list entry that granted access, for the audit record.
     pub granted_by: String,
+    /// On whose behalf: originator → hops → caller.
+    pub chain: Chain,
 }
 
 pub fn may_use(principal: &Principal, conn: &ConnectionConfig) -> Option<Member> {
     conn.members().into_iter().find(|m| m.matches(principal))
 }
 
+/// The chain's rules for this connection: its delegation's connection
+/// list, and the connection's `[connections.delegation]` policy. `now` in
+/// Unix seconds.
+pub fn check_chain(chain: &Chain, conn: &ConnectionConfig, now: i64) -> Result<(), PolicyError> {
+    let refuse = |reason: String| PolicyError::Chain {
+        connection: conn.name().to_string(),
+        chain: chain.render(),
+        reason,
+    };
+    if let Some(allowed) = &chain.connections {
+        if !allowed.iter().any(|c| c == conn.name()) {
+            return Err(refuse(format!(
+                "the delegation covers only {}",
+                allowed.join(", ")
+            )));
+        }
+    }
+    let Some(d) = &conn.delegation else {
+        return Ok(());
+    };
+    let originators = d.originator_members();
+    if !originators.is_empty() && !originators.iter().any(|m| m.matches(&chain.originator)) {
+        return Err(refuse(format!(
+            "originator {} is not among its originators",
+            chain.originator.member()
+        )));
+    }
+    if let Some(max) = d.max_depth {
+        if chain.depth() > max {
+            return Err(refuse(format!(
+                "{} hops exceed max_depth {max}",
+                chain.depth()
+            )));
+        }
+    }
+    if let (Some(age), Some(orig)) = (d.max_age(), chain.orig_iat) {
+        let limit = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        if now - orig > limit {
+            return Err(refuse(format!(
+                "the original delegation is {}s old, over max_age {}s",
+                now - orig,
+                limit
+            )));
+        }
+    }
+    let hands = chain.members();
+    for v in &d.via {
+        let want = v.get_ref();
+        if !hands[1..].iter().any(|h| h.eq_ignore_ascii_case(want)) {
+            return Err(refuse(format!("the chain must pass through {want}")));
+        }
+    }
+    Ok(())
+}
+
 pub fn authorize(
     principal: &Principal,
+    chain: &Chain,
     conn: &Arc<ConnectionConfig>,
+    now: i64,
 ) -> Result<Permit, PolicyError> {
+    check_chain(chain, conn, now)?;
     let Some(member) = may_use(principal, conn) else {
         return Err(PolicyError::NotAllowed {
             principal: principal.member(),
@@ -124,6 +191,7 @@ pub fn authorize(
         principal: principal.clone(),
         connection: conn.clone(),
         granted_by: member.to_string(),
+        chain: chain.clone(),
     })
 }
 
@@ -177,9 +245,63 @@ mod tests {
     #[test]
     fn authorize_returns_permit_only_for_allowed() {
         let c = conn("\"group:sre@example.com\"");
-        let p = authorize(&principal("alice@example.com", &["sre@example.com"]), &c).unwrap();
+        let alice = principal("alice@example.com", &["sre@example.com"]);
+        let p = authorize(&alice, &Chain::direct(&alice), &c, 0).unwrap();
         assert_eq!(p.granted_by, "group:sre@example.com");
-        let err = authorize(&principal("mallory@example.com", &[]), &c).unwrap_err();
+        let mallory = principal("mallory@example.com", &[]);
+        let err = authorize(&mallory, &Chain::direct(&mallory), &c, 0).unwrap_err();
         assert!(matches!(err, PolicyError::NotAllowed { .. }));
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn who(email: &str, groups: &[&str]) -> Principal {
+        Principal {
+            subject: email.into(),
+            email: Some(email.into()),
+            issuer: "https://i".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn nightly() -> Arc<ConnectionConfig> {
+        let text = "[identity]\naudiences=[\"a\"]\n[[identity.issuers]]\nissuer=\"https://i\"\n[[connections]]\nname=\"pg\"\nkind=\"postgres\"\nhost=\"h\"\ndatabase=\"d\"\nuser=\"u\"\npassword=\"env:P\"\nallow=[\"serviceAccount:job@p.iam.gserviceaccount.com\"]\n[connections.delegation]\noriginators=[\"group:eng@example.com\"]\nmax_depth=2\nmax_age=\"1h\"\nvia=[\"serviceAccount:ci@p.iam.gserviceaccount.com\"]\n";
+        Arc::new(Config::parse("t", text).unwrap().connections[0].clone())
+    }
+
+    fn chain(hops: &[&str], orig_iat: i64) -> Chain {
+        Chain {
+            originator: who("alice@example.com", &["eng@example.com"]),
+            hops: hops.iter().map(|h| h.to_string()).collect(),
+            caller: "serviceAccount:job@p.iam.gserviceaccount.com".into(),
+            root_audit_id: Some("root".into()),
+            orig_iat: Some(orig_iat),
+            connections: None,
+            exp: None,
+        }
+    }
+
+    #[test]
+    fn chains_are_checked_against_the_connection() {
+        let c = nightly();
+        let job = who("job@p.iam.gserviceaccount.com", &[]);
+        let ci = "serviceAccount:ci@p.iam.gserviceaccount.com";
+        assert!(authorize(&job, &chain(&[ci], 1000), &c, 1000 + 3599).is_ok());
+        let refused = |ch: &Chain, now| match authorize(&job, ch, &c, now) {
+            Err(PolicyError::Chain { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert!(refused(&chain(&[ci], 1000), 1000 + 3601).contains("max_age"));
+        assert!(refused(&chain(&[], 1000), 1000).contains("must pass through"));
+        assert!(refused(&chain(&[ci, "user:x@example.com"], 1000), 1000).contains("max_depth"));
+        // A caller acting for itself is a chain of one: it must be an originator.
+        assert!(refused(&Chain::direct(&job), 0).contains("not among its originators"));
+        let mut narrowed = chain(&[ci], 1000);
+        narrowed.connections = Some(vec!["other".into()]);
+        assert!(refused(&narrowed, 1000).contains("covers only other"));
     }
 }

@@ -74,6 +74,25 @@ pub enum EventBody {
         /// W3C trace id of the caller's trace (traceparent / X-Cloud-Trace-Context).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trace_id: Option<String>,
+        /// Chain of custody when delegated: originator → hops → caller.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chain: Vec<String>,
+        /// Audit id of the exchange that started the chain.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root_audit_id: Option<String>,
+    },
+    /// A delegation token was issued (POST /v1/token).
+    Delegation {
+        chain: Vec<String>,
+        to: String,
+        connections: Option<Vec<String>>,
+        expires: i64,
+        root_audit_id: String,
+    },
+    /// An admin revoked a principal (POST /v1/revocations).
+    Revocation {
+        principal: String,
+        reason: String,
     },
     Statement {
         sql: String,
@@ -166,13 +185,41 @@ pub fn render(events: &[Event]) -> String {
                 mode,
                 client_addr,
                 granted_by,
+                chain,
+                root_audit_id,
                 ..
+            } => {
+                let behalf = match (chain.len(), root_audit_id) {
+                    (n, Some(root)) if n > 1 => format!(
+                        "\n{:25}chain of custody: {} (root audit id {root})",
+                        "",
+                        chain.join(" → ")
+                    ),
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "{ts}  session {audit_id}: {principal} → {connection} ({mode}) from {} granted by {}{behalf}",
+                    client_addr.as_deref().unwrap_or("?"),
+                    granted_by.as_deref().unwrap_or("-")
+                )
+            }
+            EventBody::Delegation {
+                chain,
+                to,
+                connections,
+                expires,
+                root_audit_id,
             } => writeln!(
                 out,
-                "{ts}  session {audit_id}: {principal} → {connection} ({mode}) from {} granted by {}",
-                client_addr.as_deref().unwrap_or("?"),
-                granted_by.as_deref().unwrap_or("-")
+                "{ts}  delegated by {} to {to} for {} until {} (root audit id {root_audit_id})",
+                chain.join(" → "),
+                connections.as_ref().map(|c| c.join(", ")).unwrap_or_else(|| "any allowed connection".into()),
+                chrono::DateTime::from_timestamp(*expires, 0).map(|t| t.to_rfc3339()).unwrap_or_default()
             ),
+            EventBody::Revocation { principal, reason } => {
+                writeln!(out, "{ts}  REVOKED {principal}: {reason}")
+            }
             EventBody::Statement {
                 sql,
                 protocol,

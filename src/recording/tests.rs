@@ -18,6 +18,8 @@ fn start_event(id: &str) -> EventBody {
         client_addr: None,
         granted_by: None,
         trace_id: None,
+        chain: vec![],
+        root_audit_id: None,
     }
 }
 

@@ -1,0 +1,362 @@
+//! `POST /v1/token` (RFC 8693 token exchange → delegation token),
+//! `GET /.well-known/jwks.json` (the delegation key's public half) and
+//! `POST /v1/revocations` (admins revoke a principal in every instance).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::delegation::{self, Chain, DelegationError};
+use crate::identity::Principal;
+use crate::ingress::{self, ApiError};
+use crate::policy::Member;
+use crate::recording::{EventBody, Recording};
+use crate::Gateway;
+
+pub async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {
+    match &gw.delegation {
+        Some(k) => Json(k.jwks()).into_response(),
+        None => Json(json!({"keys": []})).into_response(),
+    }
+}
+
+/// Form (RFC 8693) or JSON, as a flat map of strings.
+fn params(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, String> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if json {
+        let v: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| format!("body is not a JSON object: {e}"))?;
+        Ok(v.into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Array(a) => a
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    other => other.to_string(),
+                };
+                (k, s)
+            })
+            .collect())
+    } else {
+        serde_urlencoded::from_bytes(body).map_err(|e| format!("body is not form-encoded: {e}"))
+    }
+}
+
+fn bad(reason: impl Into<String>, audit_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        reason.into(),
+        audit_id,
+    )
+}
+
+fn forbidden(reason: impl Into<String>, audit_id: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason.into(), audit_id)
+}
+
+/// Writes a small audit record (start, the event, end) for a control action.
+async fn audit(
+    gw: &Gateway,
+    audit_id: &str,
+    who: &Principal,
+    client: &str,
+    mode: &str,
+    event: EventBody,
+) -> Result<(), ApiError> {
+    let first = EventBody::SessionStart {
+        audit_id: audit_id.to_string(),
+        principal: who.member(),
+        groups: who.groups.clone(),
+        connection: "-".into(),
+        mode: mode.into(),
+        client_addr: Some(client.to_string()),
+        granted_by: None,
+        trace_id: None,
+        chain: Vec::new(),
+        root_audit_id: None,
+    };
+    let unavailable = |e: crate::recording::RecordError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recording_unavailable",
+            format!("the action cannot be recorded, so it is not taken: {e}"),
+            audit_id,
+        )
+    };
+    let rec = Recording::start(&gw.recorder, audit_id, first, None)
+        .await
+        .map_err(unavailable)?;
+    rec.tap.record(event).await.map_err(unavailable)?;
+    rec.finish(EventBody::SessionEnd {
+        reason: "completed".into(),
+        statements: 0,
+        rows: 0,
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+    })
+    .await
+    .map_err(unavailable)
+}
+
+pub async fn token(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let audit_id = ingress::new_audit_id();
+    match exchange(&gw, peer, &headers, &body, &audit_id).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn exchange(
+    gw: &Gateway,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    audit_id: &str,
+) -> Result<Response, ApiError> {
+    let client = peer.to_string();
+    let keys = gw
+        .delegation
+        .as_ref()
+        .ok_or_else(|| forbidden(DelegationError::NotConfigured.to_string(), audit_id))?;
+    let p = params(headers, body).map_err(|e| bad(e, audit_id))?;
+    if p.get("grant_type").map(String::as_str) != Some(delegation::GRANT_TYPE) {
+        return Err(bad(
+            format!("grant_type must be {}", delegation::GRANT_TYPE),
+            audit_id,
+        ));
+    }
+    let subject = p
+        .get("subject_token")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            bad(
+                "subject_token is required: your OIDC ID token, or the delegation token you hold",
+                audit_id,
+            )
+        })?;
+    let now = chrono::Utc::now().timestamp();
+    // The subject: an OIDC ID token (the originator), or a delegation token
+    // held by the authenticated caller it names as next actor.
+    let (caller, parent) = match keys.verify(subject, now) {
+        Ok(claims) => {
+            let caller = ingress::authenticate(gw, headers, audit_id, &client).await?;
+            let chain = delegation::chain_for(&caller, Some(claims))
+                .map_err(|e| forbidden(e.to_string(), audit_id))?;
+            (caller, chain)
+        }
+        Err(DelegationError::Malformed(_)) => {
+            let principal = gw.verifier.verify(subject).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    format!("subject_token: {e}"),
+                    audit_id,
+                )
+            })?;
+            let chain = Chain::direct(&principal);
+            (principal, chain)
+        }
+        Err(e) => return Err(forbidden(format!("subject_token: {e}"), audit_id)),
+    };
+    let actor = match (p.get("actor_token").filter(|t| !t.is_empty()), p.get("actor")) {
+        (Some(t), _) => gw
+            .verifier
+            .verify(t)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", format!("actor_token: {e}"), audit_id))?
+            .member(),
+        (None, Some(m)) => match m.parse::<Member>() {
+            Ok(Member::User(_) | Member::ServiceAccount(_)) => m.to_string(),
+            _ => return Err(bad(format!("actor {m:?} must be user:EMAIL or serviceAccount:EMAIL"), audit_id)),
+        },
+        (None, None) => return Err(bad("name the next actor: actor_token (its OIDC ID token) or actor (user:EMAIL or serviceAccount:EMAIL)", audit_id)),
+    };
+    let connections = p
+        .get("connections")
+        .or(p.get("scope"))
+        .map(|c| {
+            c.split([' ', ','])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty());
+    if let Some(unknown) = connections
+        .iter()
+        .flatten()
+        .find(|c| gw.connection(c).is_none())
+    {
+        return Err(bad(format!("no connection named {unknown:?}"), audit_id));
+    }
+    let max = gw.config.identity.delegation_max_ttl;
+    let ttl = match p.get("ttl") {
+        Some(t) => {
+            crate::config::parse_duration(t).map_err(|e| bad(format!("ttl: {e}"), audit_id))?
+        }
+        None => std::time::Duration::from_secs(3600).min(max),
+    };
+    if ttl > max {
+        return Err(bad(
+            format!(
+                "ttl {}s is over delegation_max_ttl ({}s)",
+                ttl.as_secs(),
+                max.as_secs()
+            ),
+            audit_id,
+        ));
+    }
+    let mut everyone = parent.members();
+    everyone.push(actor.clone());
+    if let Some(m) = gw
+        .revocations
+        .first_revoked(gw.recorder.store.as_ref(), &everyone)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocations_unavailable",
+                e.to_string(),
+                audit_id,
+            )
+        })?
+    {
+        return Err(forbidden(format!("{m} is revoked"), audit_id));
+    }
+    let req = delegation::Request {
+        parent: &parent,
+        actor: actor.clone(),
+        connections,
+        ttl,
+        audit_id,
+    };
+    let claims =
+        delegation::next_claims(keys, req, now).map_err(|e| forbidden(e.to_string(), audit_id))?;
+    audit(
+        gw,
+        audit_id,
+        &caller,
+        &client,
+        "delegate",
+        EventBody::Delegation {
+            chain: parent.members(),
+            to: actor.clone(),
+            connections: claims.connections.clone(),
+            expires: claims.exp,
+            root_audit_id: claims.root_audit_id.clone(),
+        },
+    )
+    .await?;
+    tracing::info!(target: "custody::audit", audit_id, chain = %parent.render(), to = %actor, root_audit_id = %claims.root_audit_id, "delegation issued");
+    let token = keys.sign(&claims);
+    let body = json!({
+        "access_token": token,
+        "issued_token_type": delegation::TOKEN_TYPE,
+        "token_type": "N_A",
+        "expires_in": claims.exp - now,
+        "audit_id": audit_id,
+        "root_audit_id": claims.root_audit_id,
+    });
+    let mut resp = Json(body).into_response();
+    if let Ok(v) = audit_id.parse() {
+        resp.headers_mut().insert(ingress::AUDIT_HEADER, v);
+    }
+    Ok(resp)
+}
+
+#[derive(serde::Deserialize)]
+struct RevokeRequest {
+    principal: String,
+    #[serde(default)]
+    reason: String,
+}
+
+pub async fn revoke(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let audit_id = ingress::new_audit_id();
+    let client = peer.to_string();
+    let done = async {
+        let admin = ingress::authenticate(&gw, &headers, &audit_id, &client).await?;
+        let admins: Vec<Member> = gw
+            .config
+            .identity
+            .admins
+            .iter()
+            .filter_map(|m| m.get_ref().parse().ok())
+            .collect();
+        if !admins.iter().any(|m| m.matches(&admin)) {
+            return Err(forbidden(
+                format!("{} is not in [identity] admins", admin.member()),
+                &audit_id,
+            ));
+        }
+        let req: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
+            bad(
+                format!("body must be {{\"principal\": \"user:EMAIL\", \"reason\": \"...\"}}: {e}"),
+                &audit_id,
+            )
+        })?;
+        let member = req
+            .principal
+            .parse::<Member>()
+            .map_err(|e| bad(e.to_string(), &audit_id))?
+            .to_string();
+        audit(
+            &gw,
+            &audit_id,
+            &admin,
+            &client,
+            "revoke",
+            EventBody::Revocation {
+                principal: member.clone(),
+                reason: req.reason.clone(),
+            },
+        )
+        .await?;
+        let record = json!({"principal": member, "by": admin.member(), "reason": req.reason, "at": chrono::Utc::now(), "audit_id": audit_id});
+        let created = gw
+            .revocations
+            .revoke(gw.recorder.store.as_ref(), &member, &record)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    e.to_string(),
+                    &audit_id,
+                )
+            })?;
+        tracing::warn!(target: "custody::audit", audit_id, principal = %member, by = %admin.member(), "principal revoked");
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, Json(json!({"principal": member, "revoked": true, "already": !created, "audit_id": audit_id}))).into_response())
+    };
+    match done.await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
