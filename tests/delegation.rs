@@ -272,3 +272,37 @@ fn forged_expired_retargeted_and_widened_delegations_are_refused() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_ends_when_its_delegation_expires() {
+    let gw = gateway();
+    let alice = token_with("alice@example.com", &["eng@example.com"]);
+    let ci = token_with(CI, &["eng@example.com"]);
+    let (ok, t, err) = delegate(
+        &gw,
+        &alice,
+        None,
+        &format!("serviceAccount:{CI}"),
+        &["--ttl", "3s"],
+    );
+    assert!(ok, "{err}");
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "connect",
+        "pg-nightly",
+        "--listen",
+        "127.0.0.1:0",
+        "--gateway",
+        &gw.url,
+    ])
+    .env("CUSTODY_TOKEN", &ci)
+    .env("CUSTODY_DELEGATION", &t);
+    let (_cli, rest) = Proc::spawn(cmd, "listening on ");
+    let addr: std::net::SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let c = pg_client(addr).await;
+    c.simple_query("select 1").await.unwrap();
+    let err = c.simple_query("select pg_sleep(10)").await.unwrap_err();
+    let db = err.as_db_error().expect("told why, not just cut off");
+    assert_eq!(db.code().code(), "57P01", "{}", db.message());
+    assert!(db.message().contains("delegation"), "{}", db.message());
+}

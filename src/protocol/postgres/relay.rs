@@ -335,8 +335,20 @@ async fn run(
     };
 
     let mut shutdown = gw.shutdown.subscribe();
+    // A session opened under a delegation ends when the delegation does.
+    let expiry = session.permit.chain.exp;
+    let expired = async {
+        match expiry {
+            Some(exp) => {
+                let left = exp - chrono::Utc::now().timestamp();
+                tokio::time::sleep(std::time::Duration::from_secs(left.max(0) as u64)).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         _ = shutdown.wait_for(|down| *down) => Err(RelayEnd::Shutdown),
+        _ = expired => Err(RelayEnd::Expired),
         r = client_to_upstream => r,
         r = upstream_to_client => r,
         why = session.tap().failure() => Err(RelayEnd::Recording(why)),
@@ -376,6 +388,12 @@ async fn run(
             format!("upstream connection lost: {e}"),
         )
         .only_if(server_scan.at_boundary()),
+        Err(RelayEnd::Expired) => End::failed(
+            tunnel::CLOSE_GOING_AWAY,
+            "57P01",
+            "the delegation this session runs under has expired; ask for a new one (custody delegate) and reconnect".into(),
+        )
+        .only_if(server_scan.at_boundary()),
         Err(RelayEnd::Recording(why)) => End::failed(
             tunnel::CLOSE_ERROR,
             "58000",
@@ -398,6 +416,7 @@ impl End {
 
 enum RelayEnd {
     Shutdown,
+    Expired,
     Client(String),
     ClientProtocol(PgError),
     Upstream(PgError),
