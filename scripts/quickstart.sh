@@ -71,6 +71,7 @@ pids+=($!)
 
 say "making the recording signing key (custody dev keygen)"
 $custody dev keygen --out "$work/keys/recording-signing.pem" > "$work/keys/recording-signing.pub"
+$custody dev keygen --out "$work/keys/delegation-signing.pem" > /dev/null
 
 say "starting custody serve with examples/custody.toml"
 $custody config check examples/custody.toml
@@ -101,6 +102,16 @@ cat "$work/connect.log"
 say "a refusal: a principal outside the allow list"
 CUSTODY_TOKEN=$($custody dev token --key-dir "$work/keys" --audience $gateway --email mallory@example.com) \
   $custody exec pg-demo -- "select 1" || echo "(exit code $?)"
+
+say "chain of custody: dev@example.com hands custody to a nightly job's service account"
+export CUSTODY_DELEGATION=$($custody delegate --to serviceAccount:nightly@demo.iam.gserviceaccount.com --connections pg-demo --ttl 10m)
+nightly_token=$($custody dev token --key-dir "$work/keys" --audience $gateway \
+  --email nightly@demo.iam.gserviceaccount.com --group sre@example.com)
+CUSTODY_TOKEN=$nightly_token $custody exec pg-demo -- "select count(*) as customers from customers" 2>"$work/nightly.err"
+cat "$work/nightly.err"
+nightly_audit=$(sed -n 's/.*audit id //p' "$work/nightly.err" | head -1)
+unset CUSTODY_DELEGATION
+$custody replay "$nightly_audit" --store file://$work/recordings | head -2
 
 say "the recording of the exec session ($audit)"
 $custody replay "$audit" --store file://$work/recordings
