@@ -59,10 +59,11 @@ resource "google_storage_bucket" "recordings" {
 }
 
 # Create, read and list objects (storage.objects.create/get/list): the gateway
-# writes segments, manifests and readiness probes as new objects and lists a
-# recording's segments to replay or verify it. No delete, no overwrite
-# (replacing an object needs storage.objects.delete), no bucket or IAM
-# administration.
+# writes segments, manifests, readiness probes and revocations
+# (PREFIX/_revocations/MEMBER) as new objects, lists a recording's segments to
+# replay or verify it, and lists the revocations at most every 5 s. No delete,
+# no overwrite (replacing an object needs storage.objects.delete), no bucket or
+# IAM administration.
 resource "google_storage_bucket_iam_member" "recordings" {
   for_each = toset([
     "roles/storage.objectCreator",

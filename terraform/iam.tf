@@ -3,10 +3,11 @@
 #   project     roles/logging.logWriter, and roles/cloudtrace.agent only with
 #               google_trace_export (spans to telemetry.googleapis.com); nothing else
 #   secrets     roles/secretmanager.secretAccessor on each listed secret (secrets.tf):
-#               the config, the signing keys, the upstream credentials
+#               the config, the signing keys (recording and delegation), the
+#               upstream credentials
 #   bucket      roles/storage.objectCreator + roles/storage.objectViewer (bucket.tf):
-#               it can write new recordings and read and list them back, never
-#               delete or overwrite one
+#               it can write new recordings and revocations and read and list
+#               them back, never delete or overwrite one
 #
 # No project-wide Secret Manager or Storage role, no service account user or
 # token creator role: the gateway holds no keys and impersonates nobody.

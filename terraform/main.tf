@@ -49,9 +49,10 @@ locals {
   )
   ungranted_secret_refs = setsubtract(local.config_secret_refs, local.granted_secret_refs)
 
-  # recording.signing_key must name one of the signing key secrets (created
+  # recording.signing_key (signs manifests) and identity.signing_key (signs
+  # delegation tokens) must each name one of the signing key secrets (created
   # empty by the module, or referenced with signing_key_secret_ids), so the
-  # gateway can read it at start and nothing else is mistaken for a key.
+  # gateway can read them at start and nothing else is mistaken for a key.
   config_signing_keys = [
     for m in regexall("(?m)^\\s*signing_key\\s*=\\s*[\"']([^\"']*)[\"']", var.config_toml) : m[0]
   ]
@@ -59,6 +60,22 @@ locals {
     for k in local.config_signing_keys : k
     if !contains(local.signing_key_refs, try(join("/", regex("^sm://([^/#]+)/([^/#]+)(?:#[A-Za-z0-9_-]+)?$", k)), ""))
   ]
+  # The body of the [recording] and [identity] tables: the lines after the
+  # header, up to the next line that starts with "[" (another table).
+  config_tables = {
+    for t in ["recording", "identity"] : t => join("\n", [
+      for m in regexall("(?m)^[ \\t]*\\[[ \\t]*${t}[ \\t]*\\][^\\n]*((?:\\n[ \\t]*(?:[^ \\t\\[\\n][^\\n]*)?)*)", var.config_toml) : m[0]
+    ])
+  }
+  identity_signing_keys = [
+    for m in regexall("(?m)^\\s*signing_key\\s*=\\s*[\"']([^\"']*)[\"']", local.config_tables["identity"]) : m[0]
+  ]
+  recording_signing_keys = [
+    for m in regexall("(?m)^\\s*signing_key\\s*=\\s*[\"']([^\"']*)[\"']", local.config_tables["recording"]) : m[0]
+  ]
+  # A foreign key is the identity one or, anywhere else, the recording one.
+  foreign_identity_signing_keys  = [for k in local.foreign_signing_keys : k if contains(local.identity_signing_keys, k)]
+  foreign_recording_signing_keys = [for k in local.foreign_signing_keys : k if !contains(local.identity_signing_keys, k)]
 
   # Spans: the environment wins over the config file, as in the gateway.
   config_otlp_endpoints = [
@@ -236,8 +253,14 @@ resource "google_cloud_run_v2_service" "gateway" {
     }
 
     precondition {
-      condition     = length(local.foreign_signing_keys) == 0 && (length(local.config_signing_keys) > 0 || !var.require_signing_key)
+      condition     = length(local.foreign_recording_signing_keys) == 0 && (length(local.recording_signing_keys) > 0 || !var.require_signing_key)
       error_message = "config_toml's recording.signing_key must be sm://PROJECT/SECRET[#VERSION] naming one of the module's signing key secrets (${join(", ", sort(tolist(local.signing_key_refs)))}); set require_signing_key = false to run unsigned."
+    }
+
+    # The gateway does not start when identity.signing_key is set but unreadable.
+    precondition {
+      condition     = length(local.foreign_identity_signing_keys) == 0
+      error_message = "config_toml's identity.signing_key (it signs delegation tokens) must be sm://PROJECT/SECRET[#VERSION] naming one of the module's signing key secrets (${join(", ", sort(tolist(local.signing_key_refs)))}): add a key to signing_keys (e.g. \"delegation-key\") or its secret to signing_key_secret_ids."
     }
 
     precondition {

@@ -39,7 +39,7 @@ output "signing_key_secret_ids" {
 }
 
 output "signing_key_references" {
-  description = "The values recording.signing_key may take: sm://PROJECT/SECRET for every signing key secret the gateway can read (append #VERSION to pin one)."
+  description = "The values recording.signing_key and identity.signing_key may take: sm://PROJECT/SECRET for every signing key secret the gateway can read (append #VERSION to pin one)."
   value       = [for r in sort(tolist(local.signing_key_refs)) : "sm://${r}"]
 }
 

@@ -1,6 +1,7 @@
-# Secret Manager: the gateway's config, its signing keys, and read access to
-# the upstream credentials the config references. Access is granted per
-# secret with google_secret_manager_secret_iam_member, never on the project.
+# Secret Manager: the gateway's config, its signing keys (recording manifests,
+# delegation tokens), and read access to the upstream credentials the config
+# references. Access is granted per secret with
+# google_secret_manager_secret_iam_member, never on the project.
 
 locals {
   # "NAME" or "projects/PROJECT/secrets/NAME" -> { project, secret }
@@ -18,7 +19,7 @@ locals {
   }
 
   # PROJECT/SECRET of every signing key secret the gateway may read: what
-  # recording.signing_key = "sm://PROJECT/SECRET" may name.
+  # recording.signing_key and identity.signing_key = "sm://PROJECT/SECRET" may name.
   signing_key_refs = toset(concat(
     [for k in var.signing_keys : "${var.project_id}/${var.name}-${k}"],
     [for s in local.existing_signing_keys : "${s.project}/${s.secret}"],
@@ -61,14 +62,17 @@ resource "google_secret_manager_secret_iam_member" "config" {
 
 # --- signing keys --------------------------------------------------------------
 
-# Ed25519 keys (PKCS#8 PEM) that sign each recording's manifest. Created empty:
-# add the key material out of band, so it never enters Terraform state:
+# Ed25519 keys (PKCS#8 PEM): [recording] signing_key signs each recording's
+# manifest, [identity] signing_key signs delegation tokens (a separate entry,
+# e.g. "delegation-key"). Created empty: add the key material out of band, so
+# it never enters Terraform state:
 #   custody dev keygen --out key.pem > key.pub.pem
 #   gcloud secrets versions add NAME-signing-key --data-file=key.pem && shred -u key.pem
-# The gateway reads the key once, when an instance starts: the secret needs a
-# version before the first revision starts, and a new version only reaches
-# instances started after it. Pin sm://PROJECT/SECRET#VERSION in the config to
-# roll a new key out as a new revision (docs/deploy.md, "Signing key").
+# The gateway reads its keys once, when an instance starts: each secret the
+# config names needs a version before the first revision starts, and a new
+# version only reaches instances started after it. Pin sm://PROJECT/SECRET#VERSION
+# in the config to roll a new key out as a new revision (docs/deploy.md,
+# "Signing key" and "Delegation and revocation").
 resource "google_secret_manager_secret" "signing_key" {
   for_each = toset(var.signing_keys)
 

@@ -95,7 +95,7 @@ variable "upstream_secret_ids" {
 }
 
 variable "signing_keys" {
-  description = "Signing key secrets the module creates, empty, as NAME-KEY (default: NAME-signing-key). Each holds an Ed25519 PKCS#8 PEM private key that signs recording manifests; add it out of band (custody dev keygen, then gcloud secrets versions add) so key material never enters Terraform state. The gateway reads the key once at start, so the secret needs a version before the first revision starts (docs/deploy.md)."
+  description = "Signing key secrets the module creates, empty, as NAME-KEY (default: NAME-signing-key). Each holds an Ed25519 PKCS#8 PEM private key: the one [recording] signing_key names signs recording manifests, the one [identity] signing_key names signs delegation tokens (add e.g. \"delegation-key\" for NAME-delegation-key; keep the two keys apart). Add the key out of band (custody dev keygen, then gcloud secrets versions add) so key material never enters Terraform state. The gateway reads its keys once at start, so each secret the config names needs a version before the first revision starts (docs/deploy.md)."
   type        = list(string)
   default     = ["signing-key"]
 
@@ -106,7 +106,7 @@ variable "signing_keys" {
 }
 
 variable "signing_key_secret_ids" {
-  description = "Existing Secret Manager secrets that hold signing keys (created outside Terraform, e.g. already versioned before the first apply). Each is a secret name in project_id or projects/PROJECT/secrets/NAME; the gateway gets roles/secretmanager.secretAccessor on each."
+  description = "Existing Secret Manager secrets that hold signing keys, for [recording] signing_key or [identity] signing_key (created outside Terraform, e.g. already versioned before the first apply). Each is a secret name in project_id or projects/PROJECT/secrets/NAME; the gateway gets roles/secretmanager.secretAccessor on each."
   type        = list(string)
   default     = []
 

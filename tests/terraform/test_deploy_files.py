@@ -150,6 +150,24 @@ class DocsTest(unittest.TestCase):
                        "gcp.project_id", "GOOGLE_CLOUD_PROJECT", "logging.googleapis.com/trace", "sidecar"):
             self.assertIn(needle, doc)
 
+    def test_deploy_doc_covers_delegation_and_revocation(self):
+        doc = read("docs/deploy.md")
+        section = doc[doc.index("## Delegation and revocation"):]
+        section = section[:section.index("\n## ", 1)]
+        for needle in ("[identity] signing_key", "gcloud secrets versions add custody-delegation-key",
+                       "custody dev keygen", "/.well-known/jwks.json", "signing_key_secret_ids",
+                       "**Rotation invalidates every outstanding delegation token.**", "#N",
+                       "[identity] admins", "custody revoke", "PREFIX/_revocations/MEMBER",
+                       "within 5 s", "CUSTODY_DELEGATION", "/workspace", "gcloud run jobs execute",
+                       "--update-env-vars"):
+            self.assertIn(needle, section)
+        # The first deployment adds both keys before the gateway starts.
+        first = doc[doc.index("## First deployment"):doc.index("### Things to know")]
+        self.assertIn("gcloud secrets versions add custody-delegation-key", first)
+        # The example pins the delegation key's first version.
+        self.assertIn('signing_key = "sm://my-project/custody-delegation-key#1"',
+                      read("terraform/examples/complete/custody.toml"))
+
 
 if __name__ == "__main__":
     program = unittest.main(verbosity=2, exit=False)

@@ -5,8 +5,9 @@ They read the HCL with python-hcl2 and assert the invariants a security review
 relies on, offline (no provider, no terraform init):
 
   - Secret Manager access only per secret (google_secret_manager_secret_iam_member),
-    never project-wide, never authoritative IAM; signing keys created empty or
-    referenced, never with a value in state;
+    never project-wide, never authoritative IAM; signing keys (recording.signing_key,
+    identity.signing_key) created empty or referenced, never with a value in state,
+    and the config may name only those as keys;
   - roles/cloudtrace.agent only with google_trace_export, which must match the
     OTLP endpoint; GOOGLE_CLOUD_PROJECT and the OTEL_* variables owned by the module;
   - the recordings bucket: objectCreator + objectViewer only (no delete, no admin),
@@ -124,6 +125,29 @@ def roles_in(expression):
     return set(re.findall(r"roles/[A-Za-z0-9_.]+", expression))
 
 
+def module_signing_keys(text, refs):
+    """The module's signing key locals, evaluated in Python with the module's own
+    regexes on a config text; refs is the set of PROJECT/SECRET it may name.
+
+    Returns {"recording": [...], "identity": [...], "foreign_recording": [...],
+    "foreign_identity": [...]} as the locals of the same names in main.tf.
+    """
+    locals_ = MODULE["locals"]
+    (key,) = set(hcl_regexes(locals_["config_signing_keys"]))
+    (ref,) = hcl_regexes(locals_["foreign_signing_keys"])
+    (table,) = hcl_regexes(locals_["config_tables"])
+    tables = {t: "\n".join(re.findall(table.replace("${t}", t), text)) for t in ("recording", "identity")}
+    foreign = [k for k in re.findall(key, text)
+               if not (re.match(ref, k) and "/".join(re.match(ref, k).groups()) in refs)]
+    identity = re.findall(key, tables["identity"])
+    return {
+        "recording": re.findall(key, tables["recording"]),
+        "identity": identity,
+        "foreign_recording": [k for k in foreign if k not in identity],
+        "foreign_identity": [k for k in foreign if k in identity],
+    }
+
+
 MODULE = load_tf_dir(MODULE_DIR)
 EXAMPLE = load_tf_dir(EXAMPLE_DIR)
 ALL = {"module": MODULE, "example": EXAMPLE}
@@ -215,6 +239,37 @@ class SecretAccessTest(unittest.TestCase):
         for bad in ("env:KEY", "file:/k.pem", "sm://p-1", "-----BEGIN PRIVATE KEY-----"):
             self.assertIsNone(re.match(pattern, bad), bad)
         self.assertIs(MODULE["variable"]["require_signing_key"]["default"], True)
+
+    def test_identity_signing_key_must_be_a_signing_key_secret(self):
+        locals_ = MODULE["locals"]
+        self.assertIn('local.config_tables["identity"]', locals_["identity_signing_keys"])
+        self.assertIn('local.config_tables["recording"]', locals_["recording_signing_keys"])
+        for name in ("foreign_identity_signing_keys", "foreign_recording_signing_keys"):
+            self.assertIn("local.foreign_signing_keys", locals_[name])
+        refs = {"p-1/custody-signing-key", "p-1/custody-delegation-key"}
+        head = '[identity]\naudiences = ["https://g"]\n'
+        tail = ('[[identity.issuers]]\nissuer = "https://accounts.google.com"\n\n'
+                '[recording]  # manifests\nstore = "gs://b/r"\nsigning_key = "sm://p-1/custody-signing-key"\n')
+        # Both keys granted, the identity one pinned.
+        ok = module_signing_keys(head + 'signing_key = "sm://p-1/custody-delegation-key#3"\n' + tail, refs)
+        self.assertEqual(ok["identity"], ["sm://p-1/custody-delegation-key#3"])
+        self.assertEqual(ok["recording"], ["sm://p-1/custody-signing-key"])
+        self.assertEqual(ok["foreign_identity"] + ok["foreign_recording"], [])
+        # No identity key: delegation off, nothing to check.
+        off = module_signing_keys(head + tail, refs)
+        self.assertEqual((off["identity"], off["foreign_identity"]), ([], []))
+        # An upstream secret, an env: reference or another project's secret is refused as the identity key...
+        for bad in ("sm://p-1/pg-prod-password", "env:DELEGATION_KEY", "sm://other/custody-delegation-key"):
+            got = module_signing_keys(head + f'signing_key = "{bad}"\n' + tail, refs)
+            self.assertEqual(got["foreign_identity"], [bad])
+            self.assertEqual(got["foreign_recording"], [], "the recording check is not blamed")
+        # ...and the identity key alone does not satisfy require_signing_key.
+        only = module_signing_keys(head + 'signing_key = "sm://p-1/custody-delegation-key"\n'
+                                   + '[recording]\nstore = "gs://b/r"\n', refs)
+        self.assertEqual(only["recording"], [])
+        # A foreign recording key is the recording check's.
+        rec = module_signing_keys(head + tail.replace("custody-signing-key", "pg-prod-password"), refs)
+        self.assertEqual((rec["foreign_recording"], rec["foreign_identity"]), (["sm://p-1/pg-prod-password"], []))
 
     def test_service_waits_for_every_secret_grant(self):
         service = MODULE["resource"]["google_cloud_run_v2_service"]["gateway"]
@@ -394,8 +449,10 @@ class CloudRunTest(unittest.TestCase):
         self.assertIn("local.ungranted_secret_refs", conditions)
         self.assertIn("local.foreign_stores", conditions)
         self.assertIn("local.config_store_endpoints", conditions)
-        self.assertIn("local.foreign_signing_keys", conditions)
+        self.assertIn("local.foreign_recording_signing_keys", conditions)
+        self.assertIn("local.recording_signing_keys", conditions)
         self.assertIn("var.require_signing_key", conditions)
+        self.assertIn("length(local.foreign_identity_signing_keys) == 0", conditions)
         self.assertIn("var.google_trace_export == local.google_otlp_endpoint", conditions)
 
 
@@ -464,15 +521,16 @@ class SshFirewallTest(unittest.TestCase):
 class ExampleTest(unittest.TestCase):
     ALLOWED_KEYS = {
         "server": {"listen"},
-        "identity": {"audiences", "issuers"},
+        "identity": {"audiences", "issuers", "signing_key", "admins", "delegation_max_ttl"},
         "identity.issuers": {"issuer", "jwks_uri", "groups_claim"},
         "recording": {"store", "signing_key", "flush_interval", "segment_bytes", "memory_budget",
                       "failure_grace", "queue_events", "endpoint"},
         "telemetry": {"otlp_endpoint", "otlp_protocol", "service_name", "google_auth", "project_id",
                       "span_queue"},
         "connections": {"name", "kind", "host", "port", "database", "user", "password", "tls", "allow",
-                        "masking", "guardrails", "private_key", "host_key"},
+                        "masking", "guardrails", "private_key", "host_key", "delegation"},
         "connections.masking": {"detectors", "columns", "exempt"},
+        "connections.delegation": {"originators", "max_depth", "max_age", "via"},
         "connections.guardrails": {"deny"},
     }
     PLACEHOLDERS = (
@@ -500,6 +558,7 @@ class ExampleTest(unittest.TestCase):
             self.assertLessEqual(set(conn), self.ALLOWED_KEYS["connections"], conn["name"])
             self.assertLessEqual(set(conn.get("masking", {})), self.ALLOWED_KEYS["connections.masking"])
             self.assertLessEqual(set(conn.get("guardrails", {})), self.ALLOWED_KEYS["connections.guardrails"])
+            self.assertLessEqual(set(conn.get("delegation", {})), self.ALLOWED_KEYS["connections.delegation"])
 
     def test_no_plain_secrets(self):
         for conn in self.config["connections"]:
@@ -527,8 +586,35 @@ class ExampleTest(unittest.TestCase):
 
     def test_recordings_are_signed_with_the_module_key(self):
         self.assertEqual(self.config["recording"]["signing_key"], "sm://my-project/custody-signing-key")
-        self.assertEqual(EXAMPLE["module"]["custody"]["signing_keys"], ["signing-key"])
+        self.assertEqual(EXAMPLE["module"]["custody"]["signing_keys"], ["signing-key", "delegation-key"])
         self.assertEqual(EXAMPLE["locals"]["name"], "custody")
+
+    def test_delegation_tokens_are_signed_with_their_own_key(self):
+        identity = self.config["identity"]
+        # Its own secret (not the recording key), pinned: every instance must
+        # hold the same key to check tokens another instance signed.
+        self.assertEqual(identity["signing_key"], "sm://my-project/custody-delegation-key#1")
+        self.assertNotEqual(identity["signing_key"].split("#")[0], self.config["recording"]["signing_key"].split("#")[0])
+        self.assertEqual(identity["admins"], ["group:security@example.com"])
+        self.assertEqual(identity.get("delegation_max_ttl", "12h"), "12h")
+
+    def test_one_connection_takes_delegated_work_only(self):
+        delegated = {name: c for name, c in self.connections.items() if "delegation" in c}
+        self.assertEqual(set(delegated), {"pg-nightly"})
+        conn = delegated["pg-nightly"]
+        policy = conn["delegation"]
+        self.assertEqual(policy["max_age"], "24h")
+        self.assertTrue(policy["originators"])
+        self.assertIsInstance(policy["max_depth"], int)
+        self.assertGreaterEqual(policy["max_depth"], len(policy["via"]))
+        for hop in policy["via"]:
+            self.assertRegex(hop, r"^(user|serviceAccount):")
+            # A hop on the chain may be its last caller: it must be allowed too.
+            self.assertIn(hop, conn["allow"])
+        # The deployer's own pipeline (examples/cloudbuild-migration.yaml) uses
+        # pg-prod by itself: no delegation policy there.
+        self.assertNotIn("delegation", self.connections["pg-prod"])
+        self.assertIn("guardrails", conn)
 
     def test_telemetry_goes_to_google_with_the_trace_role(self):
         telemetry = self.config["telemetry"]
@@ -544,6 +630,10 @@ class ExampleTest(unittest.TestCase):
     def test_principals_use_iam_member_syntax(self):
         members = [m for c in self.config["connections"] for m in c.get("allow", [])]
         members += [m for c in self.config["connections"] for m in c.get("masking", {}).get("exempt", [])]
+        members += self.config["identity"].get("admins", [])
+        for c in self.config["connections"]:
+            members += c.get("delegation", {}).get("originators", []) + c.get("delegation", {}).get("via", [])
+        self.assertTrue(members)
         for m in members:
             self.assertRegex(m, r"^(user|group|serviceAccount|domain):[^@\s]+@?[^\s]*$")
 
@@ -573,9 +663,18 @@ class ExampleTest(unittest.TestCase):
         # ...or a signing key secret the module creates (NAME-KEY).
         signing = {(project, f'{EXAMPLE["locals"]["name"]}-{k}') for k in EXAMPLE["module"]["custody"]["signing_keys"]}
         self.assertEqual(refs, granted | signing)
-        # recording.signing_key names one of those signing key secrets.
-        key_ref = re.match(r"^sm://([^/#]+)/([^/#]+)(?:#[A-Za-z0-9_-]+)?$", config["recording"]["signing_key"])
-        self.assertIn(key_ref.groups(), signing)
+        # recording.signing_key and identity.signing_key name two different
+        # signing key secrets, as the module's preconditions read them.
+        key_refs = set()
+        for table in ("recording", "identity"):
+            key_ref = re.match(r"^sm://([^/#]+)/([^/#]+)(?:#[A-Za-z0-9_-]+)?$", config[table]["signing_key"])
+            self.assertIn(key_ref.groups(), signing, table)
+            key_refs.add(key_ref.groups())
+        self.assertEqual(len(key_refs), 2, "one key signs recordings, another delegation tokens")
+        checked = module_signing_keys(text, {"/".join(s) for s in signing})
+        self.assertEqual(checked["recording"], [config["recording"]["signing_key"]])
+        self.assertEqual(checked["identity"], [config["identity"]["signing_key"]])
+        self.assertEqual(checked["foreign_recording"] + checked["foreign_identity"], [])
         # google_trace_export is true exactly when spans go to Google's endpoint.
         (google,) = hcl_regexes(MODULE["locals"]["google_otlp_endpoint"])
         self.assertEqual(bool(re.search(google, config["telemetry"]["otlp_endpoint"])),

@@ -101,9 +101,10 @@ module "custody" {
     google_secret_manager_secret.web_1_key.secret_id,
   ]
 
-  # custody-signing-key, created empty: it needs a version before the gateway
-  # starts (docs/deploy.md, "First deployment").
-  signing_keys = ["signing-key"]
+  # custody-signing-key ([recording] signing_key) and custody-delegation-key
+  # ([identity] signing_key), created empty: both need a version before the
+  # gateway starts (docs/deploy.md, "First deployment").
+  signing_keys = ["signing-key", "delegation-key"]
 
   # custody.toml exports spans to https://telemetry.googleapis.com.
   google_trace_export = true

@@ -24,7 +24,7 @@ output "recordings_bucket" {
 }
 
 output "signing_key_secrets" {
-  description = "Signing key secrets to add the key to (custody dev keygen, gcloud secrets versions add)."
+  description = "Signing key secrets to add the keys to, recording (signing-key) and delegation (delegation-key): custody dev keygen, gcloud secrets versions add."
   value       = module.custody.signing_key_secret_ids
 }
 
