@@ -33,6 +33,12 @@ pub enum ClientError {
     Transport { url: String, why: String },
     #[error("no identity token: pass --token or set CUSTODY_TOKEN; on GCP the metadata server is used, elsewhere `gcloud auth print-identity-token` ({0})")]
     Token(String),
+    #[error("held for approval: {reason}; an approver runs `custody review approve {review_id}`, then rerun with --review {review_id} (or use --wait)")]
+    Held {
+        review_id: String,
+        reason: String,
+        audit_id: Option<String>,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("local I/O: {0}")]
@@ -42,9 +48,9 @@ pub enum ClientError {
 impl ClientError {
     pub fn audit_id(&self) -> Option<&str> {
         match self {
-            ClientError::Refused { audit_id, .. } | ClientError::Query { audit_id, .. } => {
-                audit_id.as_deref()
-            }
+            ClientError::Refused { audit_id, .. }
+            | ClientError::Query { audit_id, .. }
+            | ClientError::Held { audit_id, .. } => audit_id.as_deref(),
             _ => None,
         }
     }
@@ -54,6 +60,7 @@ impl ClientError {
         match self {
             ClientError::Refused { status, .. } if (400..500).contains(status) => 2,
             ClientError::Token(_) => 2,
+            ClientError::Held { .. } => 3,
             _ => 1,
         }
     }
@@ -369,6 +376,7 @@ pub async fn exec(
     connection: &str,
     input: &str,
     format: Format,
+    review: Option<&str>,
 ) -> Result<(), ClientError> {
     let url = format!("{}/v1/exec/{connection}", target.gateway);
     let transport = |why: String| ClientError::Transport {
@@ -393,12 +401,23 @@ pub async fn exec(
     if let Some(d) = &target.delegation {
         req = req.header(DELEGATION_HEADER, d.trim());
     }
+    if let Some(r) = review {
+        req = req.header("x-custody-review", r.trim());
+    }
     let resp = req.send().await.map_err(|e| transport(e.to_string()))?;
     let status = resp.status().as_u16();
     let audit_id = header_str(resp.headers(), AUDIT_HEADER);
     let body = resp.bytes().await.map_err(|e| transport(e.to_string()))?;
     if let Some(a) = &audit_id {
         eprintln!("custody: audit id {a}");
+    }
+    if status == 202 {
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        return Err(ClientError::Held {
+            review_id: json["review_id"].as_str().unwrap_or_default().to_string(),
+            reason: json["reason"].as_str().unwrap_or_default().to_string(),
+            audit_id,
+        });
     }
     if status == 422 {
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -586,4 +605,64 @@ pub async fn revoke(
         .bearer_auth(&target.token)
         .json(&serde_json::json!({"principal": principal, "reason": reason}));
     control(target, "/v1/revocations", req).await
+}
+
+/// `GET /v1/reviews` or `/v1/reviews/ID`.
+pub async fn review_get(
+    target: &Target,
+    id: Option<&str>,
+) -> Result<serde_json::Value, ClientError> {
+    let path = match id {
+        Some(id) => format!("/v1/reviews/{id}"),
+        None => "/v1/reviews".to_string(),
+    };
+    let req = reqwest::Client::new()
+        .get(format!("{}{path}", target.gateway))
+        .bearer_auth(&target.token);
+    control(target, &path, req).await
+}
+
+/// `POST /v1/reviews/ID/approve|deny`.
+pub async fn review_decide(
+    target: &Target,
+    id: &str,
+    action: &str,
+    reason: &str,
+) -> Result<serde_json::Value, ClientError> {
+    let path = format!("/v1/reviews/{id}/{action}");
+    let req = reqwest::Client::new()
+        .post(format!("{}{path}", target.gateway))
+        .bearer_auth(&target.token)
+        .json(&serde_json::json!({ "reason": reason }));
+    control(target, &path, req).await
+}
+
+/// One line per review, for `custody review list`.
+pub fn render_reviews(reviews: &[serde_json::Value]) -> String {
+    let mut out = format!(
+        "{:<36}  {:<9}  {:<14}  {:<40}  {}\n",
+        "REVIEW", "STATE", "CONNECTION", "REQUESTED BY", "STATEMENT"
+    );
+    for r in reviews {
+        let req = &r["request"];
+        let chain: Vec<&str> = req["chain"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+            .unwrap_or_default();
+        let stmt: String = req["statement"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(60)
+            .collect();
+        out.push_str(&format!(
+            "{:<36}  {:<9}  {:<14}  {:<40}  {}\n",
+            req["id"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            req["connection"].as_str().unwrap_or_default(),
+            chain.join(" → "),
+            stmt.replace('\n', " ")
+        ));
+    }
+    out
 }

@@ -52,6 +52,8 @@ pub struct Config {
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
+    pub approvals: ApprovalsConfig,
+    #[serde(default)]
     pub connections: Vec<ConnectionConfig>,
 }
 
@@ -82,6 +84,24 @@ pub struct TelemetryConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_one() -> usize {
+    1
+}
+
+fn default_review_expiry() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Announcements of new reviews and decisions.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// URL that receives a JSON POST for each new review and decision.
+    pub webhook: Option<String>,
+    /// "json" (default) or "slack" ({"text": ...}, for Slack incoming webhooks).
+    pub webhook_format: Option<String>,
 }
 
 impl Default for TelemetryConfig {
@@ -396,9 +416,23 @@ pub struct GuardrailsConfig {
     /// Rule names (see `policy::guardrails::RULES`) whose statements are refused.
     #[serde(default)]
     pub deny: Vec<String>,
-    /// Rule names refused with "approval required" until the approval flow exists.
+    /// Rule names whose statements are held for approval (refused with a
+    /// review id; see `approvers`). Without approvers they are refused.
     #[serde(default)]
     pub require_approval: Vec<String>,
+    /// Who may approve held statements (IAM members); never the requester
+    /// or anyone in the requesting chain.
+    #[serde(default)]
+    pub approvers: Vec<Spanned<String>>,
+    /// Approvals a held statement needs.
+    #[serde(default = "default_one")]
+    pub approvals_required: usize,
+    /// An unanswered review expires after this.
+    #[serde(default = "default_review_expiry", with = "duration")]
+    pub approval_expires: Duration,
+    /// JIT access: an approval opens the connection to the requesting chain
+    /// for this long (e.g. "30m") instead of allowing one statement once.
+    pub approval_window: Option<Spanned<String>>,
     /// Only reads (SELECT, SHOW, EXPLAIN without ANALYZE of writes, COPY TO, ...).
     #[serde(default)]
     pub read_only: bool,
@@ -572,6 +606,18 @@ impl Config {
                 if let Some(a) = &d.max_age {
                     if let Err(e) = parse_duration(a.get_ref()) {
                         out.push((a.span(), e));
+                    }
+                }
+            }
+            if let Some(g) = &c.guardrails {
+                for m in &g.approvers {
+                    if let Err(e) = m.get_ref().parse::<Member>() {
+                        out.push((m.span(), e.to_string()));
+                    }
+                }
+                if let Some(w) = &g.approval_window {
+                    if let Err(e) = parse_duration(w.get_ref()) {
+                        out.push((w.span(), e));
                     }
                 }
             }

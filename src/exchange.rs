@@ -68,7 +68,7 @@ fn forbidden(reason: impl Into<String>, audit_id: &str) -> ApiError {
 }
 
 /// Writes a small audit record (start, the event, end) for a control action.
-async fn audit(
+pub(crate) async fn audit(
     gw: &Gateway,
     audit_id: &str,
     who: &Principal,

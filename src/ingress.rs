@@ -18,6 +18,8 @@ use crate::identity::{bearer, Principal};
 
 /// Header carrying a delegation token (the CLI sets it from CUSTODY_DELEGATION).
 pub const DELEGATION_HEADER: &str = "x-custody-delegation";
+use crate::approvals;
+use crate::policy::guardrails::Verdict;
 use crate::policy::{self, PolicyError};
 use crate::protocol::postgres::exec::{self, ExecOutcome};
 use crate::protocol::postgres::relay;
@@ -36,6 +38,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/tunnel/{connection}", get(tunnel_handler))
         .route("/v1/exec/{connection}", post(exec_handler))
         .route("/v1/token", post(crate::exchange::token))
+        .route("/v1/reviews", get(crate::approvals::list))
+        .route("/v1/reviews/{id}", get(crate::approvals::show))
+        .route("/v1/reviews/{id}/{action}", post(crate::approvals::decide))
         .route("/v1/revocations", post(crate::exchange::revoke))
         .route("/.well-known/jwks.json", get(crate::exchange::jwks))
         .with_state(gw)
@@ -438,9 +443,43 @@ async fn exec_inner(
     // What is checked is exactly what the upstream will get.
     let input = req.input.replace('\0', "");
     if let Some(rails) = gw.rails.get(conn.name()) {
-        if let Some((mut event, message)) =
+        let held = match rails.check(&input) {
+            Verdict::NeedsApproval { rule } if approvals::approvable(&conn) => Some(rule),
+            _ => None,
+        };
+        let review_id = headers
+            .get(approvals::REVIEW_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        match (&held, review_id) {
+            (Some(_), Some(id)) => {
+                if let Err(e) = approvals::use_approval(gw, &session, id, &input).await {
+                    let _ = session.finish(end_event("approval not usable", 0, 0)).await;
+                    return Err(e);
+                }
+            }
+            (Some(rule), None) => {
+                let shown = match gw.masking_for(&conn, &session.permit.principal).await {
+                    Ok(Some(engine)) => crate::protocol::postgres::masking::text(
+                        &engine,
+                        &input,
+                        &mut Default::default(),
+                    ),
+                    _ => input.clone(),
+                };
+                let resp = approvals::hold(gw, &session, &input, &shown, rule).await;
+                let _ = session.finish(end_event("held for approval", 0, 0)).await;
+                return resp;
+            }
+            _ => {}
+        }
+        let refused = if held.is_some() {
+            None
+        } else {
             crate::protocol::postgres::hooks::refusal(rails, &input, "exec", audit_id)
-        {
+        };
+        if let Some((mut event, message)) = refused {
             if let Ok(Some(engine)) = gw.masking_for(&conn, &session.permit.principal).await {
                 let catalog = Default::default();
                 let ctx = crate::protocol::postgres::hooks::MaskCtx {

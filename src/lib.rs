@@ -1,6 +1,7 @@
 //! Custody: an access gateway that proves who is asking (OIDC), fetches the
 //! upstream credential itself, and records every session.
 
+pub mod approvals;
 pub mod client;
 pub mod config;
 pub mod delegation;
@@ -12,6 +13,7 @@ pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod recording;
+pub mod review;
 pub mod revocation;
 pub mod secrets;
 pub mod session;

@@ -59,11 +59,18 @@ enum Command {
     },
     /// Run one statement through the gateway and print the result
     ///
-    /// Exit codes: 0 success, 1 query or upstream error, 2 refused (auth, policy).
+    /// Exit codes: 0 success, 1 query or upstream error, 2 refused (auth, policy),
+    /// 3 held for approval (the review id is printed; see `custody review`).
     Exec {
         connection: String,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Run a statement a guardrail holds, under this approved review
+        #[arg(long, env = "CUSTODY_REVIEW")]
+        review: Option<String>,
+        /// When the statement is held for approval, wait for the decision, then run it
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         gw: GatewayArgs,
         /// The SQL to run (after --)
@@ -88,6 +95,11 @@ enum Command {
         ttl: String,
         #[command(flatten)]
         gw: GatewayArgs,
+    },
+    /// Reviews of statements held for approval: list, show, approve, deny
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
     },
     /// Revoke a principal: every instance refuses chains that include it (admins only)
     Revoke {
@@ -184,6 +196,39 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     bail!(
         "--since {s:?}: use a duration (\"24h\", \"7d\"), a date (2026-11-30) or an RFC 3339 time"
     )
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// Reviews you requested or may decide, newest first
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: ListFormat,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// One review with its votes and decision (JSON)
+    Show {
+        id: String,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Approve a held statement (approvers only; never your own request)
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
+    /// Deny a held statement
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        gw: GatewayArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -303,11 +348,78 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Exec {
             connection,
             format,
+            review,
+            wait,
             gw,
             input,
         } => {
             let target = Target::resolve(gw.gateway, gw.token).await?;
-            client::exec(&target, &connection, &input.join(" "), format).await?;
+            let sql = input.join(" ");
+            match client::exec(&target, &connection, &sql, format, review.as_deref()).await {
+                Err(ClientError::Held {
+                    review_id, reason, ..
+                }) if wait => {
+                    eprintln!("custody: held for approval: {reason}");
+                    eprintln!("custody: waiting for a decision on review {review_id} (an approver runs `custody review approve {review_id}`)");
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                        let r = client::review_get(&target, Some(&review_id)).await?;
+                        match r["state"].as_str().unwrap_or_default() {
+                            "pending" => continue,
+                            "approved" => break,
+                            other => {
+                                let why = r["decision"]["reason"].as_str().unwrap_or_default();
+                                return Err(ClientError::Refused {
+                                    status: 403,
+                                    reason: format!("review {review_id} was {other} {why}")
+                                        .trim()
+                                        .to_string(),
+                                    audit_id: None,
+                                }
+                                .into());
+                            }
+                        }
+                    }
+                    eprintln!("custody: review {review_id} approved; running the statement");
+                    client::exec(&target, &connection, &sql, format, Some(&review_id)).await?;
+                }
+                other => other?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Review { command } => {
+            match command {
+                ReviewCommand::List { format, gw } => {
+                    let target = Target::resolve(gw.gateway, gw.token).await?;
+                    let v = client::review_get(&target, None).await?;
+                    let list = v["reviews"].as_array().cloned().unwrap_or_default();
+                    match format {
+                        ListFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                        ListFormat::Text => print!("{}", client::render_reviews(&list)),
+                    }
+                }
+                ReviewCommand::Show { id, gw } => {
+                    let target = Target::resolve(gw.gateway, gw.token).await?;
+                    let v = client::review_get(&target, Some(&id)).await?;
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                ReviewCommand::Approve { id, reason, gw } => {
+                    let target = Target::resolve(gw.gateway, gw.token).await?;
+                    let v = client::review_decide(&target, &id, "approve", &reason).await?;
+                    eprintln!(
+                        "custody: review {id} is {}",
+                        v["state"].as_str().unwrap_or("?")
+                    );
+                }
+                ReviewCommand::Deny { id, reason, gw } => {
+                    let target = Target::resolve(gw.gateway, gw.token).await?;
+                    let v = client::review_decide(&target, &id, "deny", &reason).await?;
+                    eprintln!(
+                        "custody: review {id} is {}",
+                        v["state"].as_str().unwrap_or("?")
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Delegate {

@@ -373,6 +373,10 @@ mod tests {
             read_only,
             deny_patterns: patterns.iter().map(|s| s.to_string()).collect(),
             allow_unparsed: false,
+            approvers: Vec::new(),
+            approvals_required: 1,
+            approval_expires: std::time::Duration::from_secs(3600),
+            approval_window: None,
         };
         Guardrails::new(&cfg).unwrap()
     }

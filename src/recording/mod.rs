@@ -89,6 +89,18 @@ pub enum EventBody {
         expires: i64,
         root_audit_id: String,
     },
+    /// A held statement's review: requested, approved, approval_recorded, denied or used.
+    Review {
+        review_id: String,
+        action: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The audit id of the held request, when this record is another one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        review_audit_id: Option<String>,
+    },
     /// An admin revoked a principal (POST /v1/revocations).
     Revocation {
         principal: String,
@@ -216,6 +228,19 @@ pub fn render(events: &[Event]) -> String {
                 chain.join(" → "),
                 connections.as_ref().map(|c| c.join(", ")).unwrap_or_else(|| "any allowed connection".into()),
                 chrono::DateTime::from_timestamp(*expires, 0).map(|t| t.to_rfc3339()).unwrap_or_default()
+            ),
+            EventBody::Review {
+                review_id,
+                action,
+                by,
+                reason,
+                review_audit_id,
+            } => writeln!(
+                out,
+                "{ts}  review {review_id} {action}{}{}{}",
+                by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
+                reason.as_ref().filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default(),
+                review_audit_id.as_ref().map(|a| format!(" (held request {a})")).unwrap_or_default()
             ),
             EventBody::Revocation { principal, reason } => {
                 writeln!(out, "{ts}  REVOKED {principal}: {reason}")

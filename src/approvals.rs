@@ -1,0 +1,330 @@
+//! The approval flow around `review`: holding an exec statement (202 with a
+//! review id), using an approval, the `/v1/reviews` API and the webhook.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::config::ConnectionConfig;
+use crate::identity::Principal;
+use crate::ingress::{self, ApiError};
+use crate::recording::EventBody;
+use crate::review::{self, Review, ReviewError};
+use crate::session::Session;
+use crate::Gateway;
+
+/// Header naming an approved review the request relies on (CLI: --review / CUSTODY_REVIEW).
+pub const REVIEW_HEADER: &str = "x-custody-review";
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub fn api_error(e: ReviewError, audit_id: &str) -> ApiError {
+    let status = match &e {
+        ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
+        ReviewError::Decided(..) | ReviewError::AlreadyApproved(_) => StatusCode::CONFLICT,
+        ReviewError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::FORBIDDEN,
+    };
+    ApiError::new(status, "review", e.to_string(), audit_id)
+}
+
+/// Whether statements held by this connection's guardrails can be approved.
+pub fn approvable(conn: &ConnectionConfig) -> bool {
+    conn.guardrails
+        .as_ref()
+        .is_some_and(|g| !g.approvers.is_empty())
+}
+
+/// Holds `statement` for review: the review is stored, announced and
+/// recorded; the caller gets 202 with its id.
+pub async fn hold(
+    gw: &Gateway,
+    session: &Session,
+    statement: &str,
+    shown: &str,
+    rule: &str,
+) -> Result<Response, ApiError> {
+    let conn = &session.permit.connection;
+    let Some(g) = conn.guardrails.as_ref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "guardrail",
+            "no approvers",
+            &session.audit_id,
+        ));
+    };
+    let t = now();
+    let req = review::Request {
+        id: uuid::Uuid::now_v7().to_string(),
+        audit_id: session.audit_id.clone(),
+        created: t,
+        expires: t + g.approval_expires.as_secs() as i64,
+        chain: session.permit.chain.members(),
+        connection: conn.name().to_string(),
+        rule: rule.to_string(),
+        statement: shown.to_string(),
+        statement_sha256: review::statement_hash(statement),
+        approvers: g.approvers.iter().map(|m| m.get_ref().clone()).collect(),
+        required: g.approvals_required.max(1),
+        window_secs: g
+            .approval_window
+            .as_ref()
+            .and_then(|w| crate::config::parse_duration(w.get_ref()).ok())
+            .map(|d| d.as_secs()),
+    };
+    review::create(gw.recorder.store.as_ref(), &req)
+        .await
+        .map_err(|e| api_error(e, &session.audit_id))?;
+    let _ = session
+        .tap()
+        .record(EventBody::Review {
+            review_id: req.id.clone(),
+            action: "requested".into(),
+            by: None,
+            reason: Some(format!("guardrail {rule}")),
+            review_audit_id: None,
+        })
+        .await;
+    tracing::info!(target: "custody::audit", audit_id = %session.audit_id, review_id = %req.id, rule, "statement held for approval");
+    announce(gw, "requested", &req, None, "");
+    let approve = format!("custody review approve {}", req.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "state": "pending",
+            "review_id": req.id,
+            "audit_id": session.audit_id,
+            "reason": format!("this statement requires approval (guardrail \"{rule}\"): review {} waits for {} of {}", req.id, req.required, req.approvers.join(", ")),
+            "approve": approve,
+            "expires": req.expires,
+        })),
+    )
+        .into_response())
+}
+
+/// Checks that review `id` approved this chain, connection and statement,
+/// and marks a single-use approval used.
+pub async fn use_approval(
+    gw: &Gateway,
+    session: &Session,
+    id: &str,
+    statement: &str,
+) -> Result<Review, ApiError> {
+    let store = gw.recorder.store.as_ref();
+    let t = now();
+    let r = review::load(store, id, t)
+        .await
+        .map_err(|e| api_error(e, &session.audit_id))?;
+    r.covers(
+        &session.permit.chain.members(),
+        session.permit.connection.name(),
+        Some(&review::statement_hash(statement)),
+        t,
+    )
+    .map_err(|e| api_error(e, &session.audit_id))?;
+    review::claim(store, &r, &session.audit_id, t)
+        .await
+        .map_err(|e| api_error(e, &session.audit_id))?;
+    let _ = session
+        .tap()
+        .record(EventBody::Review {
+            review_id: id.to_string(),
+            action: "used".into(),
+            by: r.decision.as_ref().map(|d| d.by.join(", ")),
+            reason: None,
+            review_audit_id: Some(r.request.audit_id.clone()),
+        })
+        .await;
+    announce(gw, "used", &r.request, Some(&session.permit.principal), "");
+    Ok(r)
+}
+
+/// Webhook: a JSON POST per new review and decision (or Slack's {"text"}).
+/// Fire and forget: a webhook that is down never holds up a request.
+fn announce(
+    gw: &Gateway,
+    action: &str,
+    req: &review::Request,
+    by: Option<&Principal>,
+    reason: &str,
+) {
+    let Some(url) = gw.config.approvals.webhook.clone() else {
+        return;
+    };
+    let by = by.map(|p| p.member());
+    let text = format!(
+        "Custody review {} {action}{}: {} on {} (guardrail {}) by {}{}",
+        req.id,
+        by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
+        req.statement.chars().take(200).collect::<String>(),
+        req.connection,
+        req.rule,
+        req.chain.join(" → "),
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reason})")
+        }
+    );
+    let body = match gw.config.approvals.webhook_format.as_deref() {
+        Some("slack") => json!({"text": text}),
+        _ => json!({
+            "event": action,
+            "review_id": req.id,
+            "audit_id": req.audit_id,
+            "connection": req.connection,
+            "rule": req.rule,
+            "chain": req.chain,
+            "statement": req.statement,
+            "by": by,
+            "reason": reason,
+            "approve": format!("custody review approve {}", req.id),
+        }),
+    };
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build();
+        if let Ok(c) = client {
+            if let Err(e) = c.post(&url).json(&body).send().await {
+                tracing::warn!(error = %e, "review webhook failed");
+            }
+        }
+    });
+}
+
+fn reviewable_by(r: &Review, who: &Principal) -> bool {
+    let me = who.member();
+    r.request.chain.iter().any(|m| m.eq_ignore_ascii_case(&me))
+        || r.request
+            .approvers
+            .iter()
+            .filter_map(|m| m.parse::<crate::policy::Member>().ok())
+            .any(|m| m.matches(who))
+}
+
+async fn caller(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    audit_id: &str,
+) -> Result<Principal, ApiError> {
+    ingress::authenticate(gw, headers, audit_id, &peer.to_string()).await
+}
+
+/// `GET /v1/reviews`: the reviews the caller requested or may decide.
+pub async fn list(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let audit_id = ingress::new_audit_id();
+    let done = async {
+        let who = caller(&gw, &headers, peer, &audit_id).await?;
+        let all = review::list(gw.recorder.store.as_ref(), now())
+            .await
+            .map_err(|e| api_error(e, &audit_id))?;
+        let mine: Vec<&Review> = all.iter().filter(|r| reviewable_by(r, &who)).collect();
+        Ok::<_, ApiError>(Json(json!({"reviews": mine})).into_response())
+    };
+    done.await.unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET /v1/reviews/{id}`.
+pub async fn show(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let audit_id = ingress::new_audit_id();
+    let done = async {
+        let who = caller(&gw, &headers, peer, &audit_id).await?;
+        let r = review::load(gw.recorder.store.as_ref(), &id, now())
+            .await
+            .map_err(|e| api_error(e, &audit_id))?;
+        if !reviewable_by(&r, &who) {
+            return Err(api_error(ReviewError::NotFound(id.clone()), &audit_id));
+        }
+        Ok(Json(json!(r)).into_response())
+    };
+    done.await.unwrap_or_else(|e| e.into_response())
+}
+
+#[derive(serde::Deserialize, Default)]
+struct DecideBody {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /v1/reviews/{id}/approve` and `/deny`.
+pub async fn decide(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let audit_id = ingress::new_audit_id();
+    let done = async {
+        let who = caller(&gw, &headers, peer, &audit_id).await?;
+        let b: DecideBody = if body.is_empty() {
+            DecideBody::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("body must be {{\"reason\": \"...\"}}: {e}"),
+                    &audit_id,
+                )
+            })?
+        };
+        let store = gw.recorder.store.as_ref();
+        let t = now();
+        let r = match action.as_str() {
+            "approve" => review::approve(store, &id, &who, &b.reason, t).await,
+            "deny" if b.reason.trim().is_empty() => {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "a denial needs a reason", &audit_id))
+            }
+            "deny" => review::deny(store, &id, &who, &b.reason, t).await,
+            other => {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {other:?}: use approve or deny"), &audit_id))
+            }
+        }
+        .map_err(|e| {
+            tracing::warn!(target: "custody::audit", audit_id, review_id = %id, principal = %who.member(), action, reason = %e, "review action refused");
+            api_error(e, &audit_id)
+        })?;
+        crate::exchange::audit(
+            &gw,
+            &audit_id,
+            &who,
+            &peer.to_string(),
+            "review",
+            EventBody::Review {
+                review_id: id.clone(),
+                action: match (action.as_str(), r.state.as_str()) {
+                    ("approve", "approved") => "approved".into(),
+                    ("approve", _) => "approval_recorded".into(),
+                    _ => "denied".into(),
+                },
+                by: Some(who.member()),
+                reason: Some(b.reason.clone()),
+                review_audit_id: Some(r.request.audit_id.clone()),
+            },
+        )
+        .await?;
+        tracing::info!(target: "custody::audit", audit_id, review_id = %id, principal = %who.member(), action, state = %r.state, "review decided");
+        announce(&gw, &r.state, &r.request, Some(&who), &b.reason);
+        Ok(Json(json!(r)).into_response())
+    };
+    done.await.unwrap_or_else(|e| e.into_response())
+}
