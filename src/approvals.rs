@@ -51,6 +51,57 @@ pub async fn hold(
     shown: &str,
     rule: &str,
 ) -> Result<Response, ApiError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let req = store_hold(gw, session, &id, statement, shown, rule).await?;
+    let approve = format!("custody review approve {}", req.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "state": "pending",
+            "review_id": req.id,
+            "audit_id": session.audit_id,
+            "reason": format!("this statement requires approval (guardrail \"{rule}\"): review {} waits for {} of {}", req.id, req.required, req.approvers.join(", ")),
+            "approve": approve,
+            "expires": req.expires,
+        })),
+    )
+        .into_response())
+}
+
+/// A tunnel opened with CUSTODY_REVIEW: the review must be approved for
+/// this chain and connection; a single-use approval is used by this session.
+pub async fn approve_session(
+    gw: &Gateway,
+    session: &Session,
+    id: &str,
+) -> Result<Review, ApiError> {
+    let store = gw.recorder.store.as_ref();
+    let t = now();
+    let r = review::load(store, id, t)
+        .await
+        .map_err(|e| api_error(e, &session.audit_id))?;
+    r.covers(
+        &session.permit.chain.members(),
+        session.permit.connection.name(),
+        None,
+        t,
+    )
+    .map_err(|e| api_error(e, &session.audit_id))?;
+    review::claim(store, &r, &session.audit_id, t)
+        .await
+        .map_err(|e| api_error(e, &session.audit_id))?;
+    Ok(r)
+}
+
+/// Stores, records and announces the review of a held statement.
+pub async fn store_hold(
+    gw: &Gateway,
+    session: &Session,
+    id: &str,
+    statement: &str,
+    shown: &str,
+    rule: &str,
+) -> Result<review::Request, ApiError> {
     let conn = &session.permit.connection;
     let Some(g) = conn.guardrails.as_ref() else {
         return Err(ApiError::new(
@@ -62,7 +113,7 @@ pub async fn hold(
     };
     let t = now();
     let req = review::Request {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: id.to_string(),
         audit_id: session.audit_id.clone(),
         created: t,
         expires: t + g.approval_expires.as_secs() as i64,
@@ -94,19 +145,7 @@ pub async fn hold(
         .await;
     tracing::info!(target: "custody::audit", audit_id = %session.audit_id, review_id = %req.id, rule, "statement held for approval");
     announce(gw, "requested", &req, None, "");
-    let approve = format!("custody review approve {}", req.id);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "state": "pending",
-            "review_id": req.id,
-            "audit_id": session.audit_id,
-            "reason": format!("this statement requires approval (guardrail \"{rule}\"): review {} waits for {} of {}", req.id, req.required, req.approvers.join(", ")),
-            "approve": approve,
-            "expires": req.expires,
-        })),
-    )
-        .into_response())
+    Ok(req)
 }
 
 /// Checks that review `id` approved this chain, connection and statement,

@@ -74,6 +74,8 @@ pub struct Target {
     pub traceparent: Option<String>,
     /// A delegation token passed down by a parent (CUSTODY_DELEGATION).
     pub delegation: Option<String>,
+    /// An approved review a tunnel runs its held statement under (CUSTODY_REVIEW).
+    pub review: Option<String>,
 }
 
 impl Target {
@@ -101,6 +103,9 @@ impl Target {
             token,
             traceparent: std::env::var("TRACEPARENT").ok(),
             delegation: std::env::var("CUSTODY_DELEGATION")
+                .ok()
+                .filter(|d| !d.trim().is_empty()),
+            review: std::env::var("CUSTODY_REVIEW")
                 .ok()
                 .filter(|d| !d.trim().is_empty()),
         })
@@ -190,6 +195,9 @@ pub async fn open_tunnel(target: &Target, connection: &str) -> Result<(Ws, Strin
         .and_then(|t| t.trim().parse().ok())
     {
         h.insert(DELEGATION_HEADER, d);
+    }
+    if let Some(r) = target.review.as_ref().and_then(|t| t.trim().parse().ok()) {
+        h.insert("x-custody-review", r);
     }
     match tokio_tungstenite::connect_async_with_config(req, None, true).await {
         Ok((ws, resp)) => {

@@ -50,7 +50,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 pub struct ApiError {
     status: StatusCode,
     error: &'static str,
-    reason: String,
+    pub(crate) reason: String,
     audit_id: String,
     extra: serde_json::Value,
 }
@@ -372,13 +372,28 @@ async fn tunnel_handler(
         }
     };
     let trace = telemetry::span_trace_id(&span).or_else(|| trace_id(&headers));
-    let session = match admit(&gw, who, client, trace, &span, &name, "tunnel", &audit_id)
+    let mut session = match admit(&gw, who, client, trace, &span, &name, "tunnel", &audit_id)
         .instrument(span.clone())
         .await
     {
         Ok(s) => s,
         Err(e) => return refused(&span, e),
     };
+    session.traceparent = telemetry::traceparent(&span, &headers);
+    if let Some(id) = headers
+        .get(approvals::REVIEW_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        match approvals::approve_session(&gw, &session, id).await {
+            Ok(r) => session.approval = Some(r),
+            Err(e) => {
+                let _ = session.finish(end_event("approval not usable", 0, 0)).await;
+                return refused(&span, e);
+            }
+        }
+    }
     let resp = ws
         .max_message_size(gw.config.server.max_message_bytes.max(1 << 20))
         .on_upgrade(move |socket| async move {

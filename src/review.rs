@@ -128,7 +128,7 @@ impl Review {
                 Some(w) if now > d.at + w as i64 => "expired",
                 _ => "approved",
             },
-            (None, _) if now > self.request.expires => "expired",
+            (None, _) if now >= self.request.expires => "expired",
             (None, _) => "pending",
         }
     }

@@ -15,6 +15,8 @@ pub struct Session {
     pub span: tracing::Span,
     /// W3C traceparent of the session, for the sqlcommenter comment.
     pub traceparent: Option<String>,
+    /// The approved review this session runs a held statement under.
+    pub approval: Option<crate::review::Review>,
     recording: Recording,
 }
 
@@ -73,6 +75,7 @@ impl Session {
             client_addr,
             span,
             traceparent: None,
+            approval: None,
             recording,
         })
     }

@@ -260,7 +260,7 @@ fn approvals_count_expire_and_race() {
 
     // Unanswered reviews expire.
     let id = held(&gw, "pg-quick", "delete from nothing_here where id = 2");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    std::thread::sleep(std::time::Duration::from_millis(3100));
     let (code, _, err) = cli(&gw, &bob, &["review", "approve", &id]);
     assert!(code == 2 && err.contains("expired"), "{err}");
 
@@ -293,4 +293,49 @@ fn approvals_count_expire_and_race() {
             "{msgs:#?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_gets_a_review_id_and_runs_the_statement_after_approval() {
+    let gw = gateway();
+    let bob = token_with("bob@example.com", &["dba@example.com"]);
+    let (code, _, err) = cli(
+        &gw,
+        &token("alice@example.com"),
+        &[
+            "exec",
+            "pg",
+            "--",
+            "create table if not exists wire_t (id int); insert into wire_t values (7)",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_cli, addr) = gw.connect("pg-held", &token("alice@example.com"));
+    let (ok, out, err) = psql(addr, &["-c", "delete from wire_t where id = 7"], None);
+    assert!(!ok, "{out}");
+    assert!(err.contains("requires approval"), "{err}");
+    let id = review_id(&err);
+    let (code, _, err2) = cli(&gw, &bob, &["review", "approve", &id]);
+    assert_eq!(code, 0, "{err2}");
+
+    // Reconnect with CUSTODY_REVIEW: the approved statement runs, once.
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "connect",
+        "pg-held",
+        "--listen",
+        "127.0.0.1:0",
+        "--gateway",
+        &gw.url,
+    ])
+    .env("CUSTODY_TOKEN", token("alice@example.com"))
+    .env("CUSTODY_REVIEW", &id);
+    let (_approved, rest) = Proc::spawn(cmd, "listening on ");
+    let addr: std::net::SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let (ok, out, err) = psql(addr, &["-c", "delete from wire_t where id = 7"], None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("DELETE 1"), "{out}");
+    // A second tunnel under the same single-use review is refused.
+    let (ok, _, err) = psql(addr, &["-c", "select 1"], None);
+    assert!(!ok && err.contains("has been used"), "{err}");
 }

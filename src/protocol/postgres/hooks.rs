@@ -42,6 +42,13 @@ pub struct ClientHook<'a> {
     pub events: Vec<EventBody>,
     /// sqlcommenter comment appended to every statement sent upstream.
     pub comment: Option<&'a str>,
+    /// Held statements can be approved on this connection (it has approvers).
+    pub approvable: bool,
+    /// What an approved review lets this session run: statement hashes
+    /// (each once), or any held statement within a window grant.
+    pub approved: Approved,
+    /// Statements held for review: the relay stores each review.
+    pub holds: Vec<Hold>,
     /// After a refused Parse: everything up to Sync is dropped.
     skipping: Option<Skipping>,
     /// Whether this pipeline segment (since the last Sync) reached the upstream.
@@ -64,6 +71,9 @@ impl<'a> ClientHook<'a> {
             blocked: false,
             events: Vec::new(),
             comment: None,
+            approvable: false,
+            approved: Approved::default(),
+            holds: Vec::new(),
             skipping: None,
             segment_forwarded: false,
         }
@@ -73,11 +83,66 @@ impl<'a> ClientHook<'a> {
     fn refuse(&mut self, sql: &str, protocol: &str) -> Option<String> {
         let (event, message) = match self.copy_refusal(sql, protocol == "extended") {
             Some(r) => r,
-            None => refusal(self.rails?, sql, protocol, self.audit_id)?,
+            None => {
+                let verdict = self.rails?.check(sql);
+                match verdict {
+                    Verdict::NeedsApproval { rule } if self.approvable => {
+                        return self.hold(sql, protocol, rule);
+                    }
+                    v => refusal_for(v, sql, protocol, self.audit_id)?,
+                }
+            }
         };
         self.events.push(event);
         Some(message)
     }
+
+    /// A statement a guardrail holds: run it if an approval covers it, else
+    /// refuse it with a new review id (the relay stores the review).
+    fn hold(&mut self, sql: &str, protocol: &str, rule: String) -> Option<String> {
+        let hash = crate::review::statement_hash(sql);
+        if self.approved.window || self.approved.hashes.remove(&hash) {
+            self.events.push(EventBody::Review {
+                review_id: self.approved.review_id.clone(),
+                action: "used".into(),
+                by: None,
+                reason: None,
+                review_audit_id: None,
+            });
+            return None;
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        self.events.push(EventBody::Guardrail {
+            sql: sql.to_string(),
+            protocol: protocol.into(),
+            rule: rule.clone(),
+            outcome: "approval_requested".into(),
+        });
+        self.holds.push(Hold {
+            review_id: id.clone(),
+            statement: sql.to_string(),
+            rule: rule.clone(),
+        });
+        Some(format!(
+            "custody: this statement requires approval (guardrail \"{rule}\"): review {id} is waiting; an approver runs `custody review approve {id}`, then reconnect with CUSTODY_REVIEW={id} and run it again (audit id {})",
+            self.audit_id
+        ))
+    }
+}
+
+/// A statement held for review on the wire.
+pub struct Hold {
+    pub review_id: String,
+    pub statement: String,
+    pub rule: String,
+}
+
+/// What the session's approved review (CUSTODY_REVIEW) allows.
+#[derive(Default)]
+pub struct Approved {
+    pub review_id: String,
+    pub hashes: std::collections::HashSet<String>,
+    pub window: bool,
 }
 
 fn error_bytes(message: &str) -> Bytes {
@@ -115,7 +180,16 @@ pub fn refusal(
     protocol: &str,
     audit_id: &str,
 ) -> Option<(EventBody, String)> {
-    let (rule, outcome, message) = match rails.check(sql) {
+    refusal_for(rails.check(sql), sql, protocol, audit_id)
+}
+
+fn refusal_for(
+    verdict: Verdict,
+    sql: &str,
+    protocol: &str,
+    audit_id: &str,
+) -> Option<(EventBody, String)> {
+    let (rule, outcome, message) = match verdict {
         Verdict::Allow => return None,
         Verdict::Deny { rule, reason } => {
             let m = format!("custody: statement refused by guardrail \"{rule}\": {reason} (audit id {audit_id})");

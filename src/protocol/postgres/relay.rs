@@ -236,6 +236,14 @@ async fn run(
     let client_to_upstream = async {
         let mut hook = ClientHook::new(tracker, rails, mask, &session.audit_id);
         hook.comment = comment.as_deref();
+        hook.approvable = crate::approvals::approvable(conn);
+        if let Some(r) = &session.approval {
+            hook.approved.review_id = r.request.id.clone();
+            hook.approved.window = r.request.window_secs.is_some();
+            hook.approved
+                .hashes
+                .insert(r.request.statement_sha256.clone());
+        }
         let mut out = BytesMut::with_capacity(READ_CHUNK);
         if !pending.is_empty() {
             client_scan.feed(&pending, &mut hook, &mut out)?;
@@ -252,6 +260,26 @@ async fn run(
                     .record(ev)
                     .await
                     .map_err(|e| RelayEnd::Recording(e.to_string()))?;
+            }
+            for h in std::mem::take(&mut hook.holds) {
+                let shown = match mask {
+                    Some(m) => {
+                        super::masking::text(m.engine, &h.statement, &mut Default::default())
+                    }
+                    None => h.statement.clone(),
+                };
+                let stored = crate::approvals::store_hold(
+                    gw,
+                    session,
+                    &h.review_id,
+                    &h.statement,
+                    &shown,
+                    &h.rule,
+                )
+                .await;
+                if let Err(e) = stored {
+                    tracing::error!(target: "custody::audit", audit_id = %session.audit_id, review_id = %h.review_id, "review could not be stored: {}", e.reason);
+                }
             }
             if std::mem::take(&mut hook.blocked) {
                 refusals.notify_one();
