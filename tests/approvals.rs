@@ -33,8 +33,12 @@ approvers = ["group:dba@example.com"]
 }
 
 fn gateway() -> Gateway {
+    gateway_with("")
+}
+
+fn gateway_with(more: &str) -> Gateway {
     let extra = format!(
-        "{}{}{}",
+        "{}{}{}{more}",
         conn("pg-held", ""),
         conn("pg-two", "approvals_required = 2"),
         conn("pg-quick", "approval_expires = \"2s\""),
@@ -338,4 +342,59 @@ async fn psql_gets_a_review_id_and_runs_the_statement_after_approval() {
     // A second tunnel under the same single-use review is refused.
     let (ok, _, err) = psql(addr, &["-c", "select 1"], None);
     assert!(!ok && err.contains("has been used"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_announces_reviews_and_decisions() {
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = gateway_with(&format!("\n[approvals]\nwebhook = \"{hook}\"\n"));
+    let id = held(&gw, "pg-held", "delete from nothing_here where id = 9");
+    let (code, _, err) = cli(
+        &gw,
+        &token_with("bob@example.com", &["dba@example.com"]),
+        &["review", "approve", &id, "--reason", "ok"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events: Vec<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["review_id"] == id.as_str())
+            .map(|v| v["event"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if events.contains(&"requested".to_string()) && events.contains(&"approved".to_string()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook saw {events:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let approved = got
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["event"] == "approved")
+        .cloned()
+        .unwrap();
+    assert_eq!(approved["by"], "user:bob@example.com");
+    assert_eq!(approved["connection"], "pg-held");
 }

@@ -363,8 +363,15 @@ async fn run(
     };
 
     let mut shutdown = gw.shutdown.subscribe();
-    // A session opened under a delegation ends when the delegation does.
-    let expiry = session.permit.chain.exp;
+    // A session opened under a delegation or a time-boxed approval ends when it does.
+    let window_end = session.approval.as_ref().and_then(|r| {
+        let w = r.request.window_secs?;
+        Some(r.decision.as_ref()?.at + w as i64)
+    });
+    let expiry = match (session.permit.chain.exp, window_end) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let expired = async {
         match expiry {
             Some(exp) => {
@@ -419,7 +426,7 @@ async fn run(
         Err(RelayEnd::Expired) => End::failed(
             tunnel::CLOSE_GOING_AWAY,
             "57P01",
-            "the delegation this session runs under has expired; ask for a new one (custody delegate) and reconnect".into(),
+            "the delegation or approval window this session runs under has expired; ask for a new one (custody delegate, or a new review) and reconnect".into(),
         )
         .only_if(server_scan.at_boundary()),
         Err(RelayEnd::Recording(why)) => End::failed(
