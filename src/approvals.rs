@@ -35,6 +35,23 @@ pub fn api_error(e: ReviewError, audit_id: &str) -> ApiError {
     ApiError::new(status, "review", e.to_string(), audit_id)
 }
 
+/// A review found expired when used is an audit event of the session.
+async fn refuse_use(session: &Session, r: &Review, e: ReviewError) -> ApiError {
+    if r.state == "expired" {
+        let _ = session
+            .tap()
+            .record(EventBody::Review {
+                review_id: r.request.id.clone(),
+                action: "expired".into(),
+                by: None,
+                reason: None,
+                review_audit_id: Some(r.request.audit_id.clone()),
+            })
+            .await;
+    }
+    api_error(e, &session.audit_id)
+}
+
 /// Whether statements held by this connection's guardrails can be approved.
 pub fn approvable(conn: &ConnectionConfig) -> bool {
     conn.guardrails
@@ -80,13 +97,14 @@ pub async fn approve_session(
     let r = review::load(store, id, t)
         .await
         .map_err(|e| api_error(e, &session.audit_id))?;
-    r.covers(
+    if let Err(e) = r.covers(
         &session.permit.chain.members(),
         session.permit.connection.name(),
         None,
         t,
-    )
-    .map_err(|e| api_error(e, &session.audit_id))?;
+    ) {
+        return Err(refuse_use(session, &r, e).await);
+    }
     review::claim(store, &r, &session.audit_id, t)
         .await
         .map_err(|e| api_error(e, &session.audit_id))?;
@@ -161,13 +179,14 @@ pub async fn use_approval(
     let r = review::load(store, id, t)
         .await
         .map_err(|e| api_error(e, &session.audit_id))?;
-    r.covers(
+    if let Err(e) = r.covers(
         &session.permit.chain.members(),
         session.permit.connection.name(),
         Some(&review::statement_hash(statement)),
         t,
-    )
-    .map_err(|e| api_error(e, &session.audit_id))?;
+    ) {
+        return Err(refuse_use(session, &r, e).await);
+    }
     review::claim(store, &r, &session.audit_id, t)
         .await
         .map_err(|e| api_error(e, &session.audit_id))?;
@@ -331,17 +350,49 @@ pub async fn decide(
         let r = match action.as_str() {
             "approve" => review::approve(store, &id, &who, &b.reason, t).await,
             "deny" if b.reason.trim().is_empty() => {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "a denial needs a reason", &audit_id))
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "a denial needs a reason",
+                    &audit_id,
+                ))
             }
             "deny" => review::deny(store, &id, &who, &b.reason, t).await,
             other => {
-                return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {other:?}: use approve or deny"), &audit_id))
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no action {other:?}: use approve or deny"),
+                    &audit_id,
+                ))
             }
-        }
-        .map_err(|e| {
-            tracing::warn!(target: "custody::audit", audit_id, review_id = %id, principal = %who.member(), action, reason = %e, "review action refused");
-            api_error(e, &audit_id)
-        })?;
+        };
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(target: "custody::audit", audit_id, review_id = %id, principal = %who.member(), action, reason = %e, "review action refused");
+                if let ReviewError::Expired(_) = e {
+                    // The expiry becomes an audit event when someone meets it.
+                    let event = EventBody::Review {
+                        review_id: id.clone(),
+                        action: "expired".into(),
+                        by: Some(who.member()),
+                        reason: None,
+                        review_audit_id: None,
+                    };
+                    let _ = crate::exchange::audit(
+                        &gw,
+                        &audit_id,
+                        &who,
+                        &peer.to_string(),
+                        "review",
+                        event,
+                    )
+                    .await;
+                }
+                return Err(api_error(e, &audit_id));
+            }
+        };
         crate::exchange::audit(
             &gw,
             &audit_id,

@@ -442,6 +442,9 @@ pub struct GuardrailsConfig {
     /// Let statements sqlparser cannot parse through (checked by patterns only).
     #[serde(default)]
     pub allow_unparsed: bool,
+    /// Regexes (over the normalized statement) whose matches are held for approval.
+    #[serde(default)]
+    pub approval_patterns: Vec<String>,
 }
 
 impl ConnectionConfig {

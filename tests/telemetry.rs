@@ -264,3 +264,71 @@ async fn spans_over_http_protobuf_for_a_psql_session() {
     let spans = got.wait("custody.session", &audit);
     check_session_and_statement(&spans, &audit);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delegated_session_span_carries_the_chain() {
+    let (url, got) = grpc_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("recordings");
+    let text = config(&store, "").replace(
+        "[identity]\n",
+        &format!(
+            "[identity]\nsigning_key = \"file:{}\"\n",
+            signing_key().display()
+        ),
+    );
+    let gw = Gateway::start_env(
+        dir,
+        &text,
+        store,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let ci = "ci@p.iam.gserviceaccount.com";
+    let out = Command::new(bin())
+        .args([
+            "delegate",
+            "--to",
+            &format!("serviceAccount:{ci}"),
+            "--gateway",
+            &gw.url,
+        ])
+        .env("CUSTODY_TOKEN", token("alice@example.com"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delegation = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = Command::new(bin())
+        .args(["exec", "pg", "--gateway", &gw.url, "--", "select 1"])
+        .env("CUSTODY_TOKEN", token_with(ci, &["sre@example.com"]))
+        .env("CUSTODY_DELEGATION", &delegation)
+        .env("TRACEPARENT", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let audit = stderr
+        .split("audit id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let spans = got.wait("custody.session", &audit);
+    let s = spans
+        .iter()
+        .find(|s| s.name == "custody.session" && s.attrs["custody.audit_id"] == audit)
+        .unwrap();
+    assert_eq!(
+        s.attrs["custody.chain"],
+        format!("user:alice@example.com → serviceAccount:{ci}")
+    );
+    assert_eq!(s.attrs["custody.originator"], "user:alice@example.com");
+    assert_eq!(s.trace_id, CALLER_TRACE);
+}

@@ -53,6 +53,7 @@ pub struct Guardrails {
     approval: Vec<&'static str>,
     read_only: bool,
     patterns: Vec<(String, Regex)>,
+    approval_patterns: Vec<(String, Regex)>,
     allow_unparsed: bool,
 }
 
@@ -71,23 +72,26 @@ impl Guardrails {
                 .map(|n| rule_name(n))
                 .collect::<Result<Vec<_>, _>>()
         };
-        let patterns = cfg
-            .deny_patterns
-            .iter()
-            .map(|p| {
-                Regex::new(p)
-                    .map(|r| (p.clone(), r))
-                    .map_err(|e| GuardrailError::BadPattern {
-                        pattern: p.clone(),
-                        why: e.to_string(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let compile = |list: &[String]| {
+            list.iter()
+                .map(|p| {
+                    Regex::new(p)
+                        .map(|r| (p.clone(), r))
+                        .map_err(|e| GuardrailError::BadPattern {
+                            pattern: p.clone(),
+                            why: e.to_string(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let patterns = compile(&cfg.deny_patterns)?;
+        let approval_patterns = compile(&cfg.approval_patterns)?;
         Ok(Guardrails {
             deny: names(&cfg.deny)?,
             approval: names(&cfg.require_approval)?,
             read_only: cfg.read_only,
             patterns,
+            approval_patterns,
             allow_unparsed: cfg.allow_unparsed,
         })
     }
@@ -120,17 +124,22 @@ impl Guardrails {
                 };
             }
         };
+        // A denial anywhere wins over a hold anywhere: an approval must never
+        // carry a statement that a deny rule or pattern refuses.
+        let mut held = None;
         for st in &statements {
-            let v = self.check_statement(st);
-            if v != Verdict::Allow {
-                return v;
-            }
-            let v = self.check_patterns(&normalize(&st.to_string()));
-            if v != Verdict::Allow {
-                return v;
+            for v in [
+                self.check_statement(st),
+                self.check_patterns(&normalize(&st.to_string())),
+            ] {
+                match v {
+                    Verdict::Deny { .. } => return v,
+                    Verdict::NeedsApproval { .. } if held.is_none() => held = Some(v),
+                    _ => {}
+                }
             }
         }
-        Verdict::Allow
+        held.unwrap_or(Verdict::Allow)
     }
 
     fn check_patterns(&self, normalized: &str) -> Verdict {
@@ -139,6 +148,13 @@ impl Guardrails {
                 return Verdict::Deny {
                     rule: format!("pattern {p}"),
                     reason: format!("the statement matches the deny pattern {p:?}"),
+                };
+            }
+        }
+        for (p, re) in &self.approval_patterns {
+            if re.is_match(normalized) {
+                return Verdict::NeedsApproval {
+                    rule: format!("pattern {p}"),
                 };
             }
         }
@@ -373,6 +389,7 @@ mod tests {
             read_only,
             deny_patterns: patterns.iter().map(|s| s.to_string()).collect(),
             allow_unparsed: false,
+            approval_patterns: Vec::new(),
             approvers: Vec::new(),
             approvals_required: 1,
             approval_expires: std::time::Duration::from_secs(3600),
@@ -509,5 +526,46 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+    }
+}
+
+#[cfg(test)]
+mod approval_tests {
+    use super::*;
+
+    fn rails(deny_patterns: &[&str], approval: &[&str], approval_patterns: &[&str]) -> Guardrails {
+        let cfg = GuardrailsConfig {
+            deny: Vec::new(),
+            require_approval: approval.iter().map(|s| s.to_string()).collect(),
+            read_only: false,
+            deny_patterns: deny_patterns.iter().map(|s| s.to_string()).collect(),
+            allow_unparsed: false,
+            approval_patterns: approval_patterns.iter().map(|s| s.to_string()).collect(),
+            approvers: Vec::new(),
+            approvals_required: 1,
+            approval_expires: std::time::Duration::from_secs(3600),
+            approval_window: None,
+        };
+        Guardrails::new(&cfg).unwrap()
+    }
+
+    #[test]
+    fn patterns_hold_and_denials_win_over_holds() {
+        let r = rails(&["from secrets"], &["delete"], &["from payroll"]);
+        assert!(matches!(
+            r.check("select * from payroll"),
+            Verdict::NeedsApproval { .. }
+        ));
+        assert_eq!(r.check("select 1"), Verdict::Allow);
+        // A held statement in the same Query as a denied one: denied, so no
+        // approval can ever carry the denied part.
+        assert!(matches!(
+            r.check("delete from t where id = 1; select * from secrets"),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(
+            r.check("delete from secrets where id = 1"),
+            Verdict::Deny { .. }
+        ));
     }
 }

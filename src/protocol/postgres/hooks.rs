@@ -107,7 +107,7 @@ impl<'a> ClientHook<'a> {
                 action: "used".into(),
                 by: None,
                 reason: None,
-                review_audit_id: None,
+                review_audit_id: Some(self.approved.review_audit_id.clone()),
             });
             return None;
         }
@@ -141,6 +141,8 @@ pub struct Hold {
 #[derive(Default)]
 pub struct Approved {
     pub review_id: String,
+    /// The audit id of the request the review held.
+    pub review_audit_id: String,
     pub hashes: std::collections::HashSet<String>,
     pub window: bool,
 }

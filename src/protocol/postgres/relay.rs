@@ -239,6 +239,7 @@ async fn run(
         hook.approvable = crate::approvals::approvable(conn);
         if let Some(r) = &session.approval {
             hook.approved.review_id = r.request.id.clone();
+            hook.approved.review_audit_id = r.request.audit_id.clone();
             hook.approved.window = r.request.window_secs.is_some();
             hook.approved
                 .hashes
