@@ -1,0 +1,206 @@
+//! The semantic checks of a loaded config, each located for the person
+//! fixing it: what the type system cannot express.
+
+use super::*;
+
+impl Config {
+    /// Semantic checks the type system cannot express, each with the span to blame.
+    pub(super) fn problems(&self) -> Vec<(std::ops::Range<usize>, String)> {
+        let mut out = Vec::new();
+        if self.identity.audiences.is_empty() {
+            out.push((0..0, "identity.audiences is empty: list the gateway's URL (the audience of the ID tokens callers present)".into()));
+        }
+        if self.identity.issuers.is_empty() {
+            out.push((0..0, "identity.issuers is empty: add [[identity.issuers]] with issuer = \"https://accounts.google.com\" or your IdP".into()));
+        }
+        for iss in &self.identity.issuers {
+            if let Err(m) = check_issuer_url(iss.issuer.get_ref()) {
+                out.push((iss.issuer.span(), format!("issuer {m}")));
+            }
+            if let Some(j) = &iss.jwks_uri {
+                if let Err(m) = check_issuer_url(j.get_ref()) {
+                    out.push((j.span(), format!("jwks_uri {m}")));
+                }
+            }
+        }
+        let store = self.recording.store.get_ref();
+        if !(store.starts_with("file://") || store.starts_with("gs://")) {
+            out.push((
+                self.recording.store.span(),
+                format!("recording.store {store:?} must be file://DIR or gs://BUCKET/PREFIX"),
+            ));
+        }
+        if let Some(k) = &self.recording.signing_key {
+            if let Err(e) = k.get_ref().parse::<SecretRef>() {
+                out.push((k.span(), format!("recording.signing_key: {e}")));
+            }
+        }
+        for m in &self.identity.admins {
+            if let Err(e) = m.get_ref().parse::<Member>() {
+                out.push((m.span(), e.to_string()));
+            }
+        }
+        if let Some(k) = &self.identity.signing_key {
+            if let Err(e) = k.get_ref().parse::<SecretRef>() {
+                out.push((k.span(), format!("identity.signing_key: {e}")));
+            }
+        }
+        let r = &self.recording;
+        if r.segment_bytes == 0 || r.segment_bytes > r.memory_budget {
+            out.push((0..0, format!("recording.segment_bytes ({}) must be between 1 and recording.memory_budget ({})", r.segment_bytes, r.memory_budget)));
+        }
+        if r.flush_interval.is_zero() {
+            out.push((
+                0..0,
+                "recording.flush_interval must be above zero, e.g. \"5s\"".into(),
+            ));
+        }
+        if let Some(p) = &self.telemetry.otlp_protocol {
+            if p != "grpc" && p != "http/protobuf" {
+                out.push((
+                    0..0,
+                    format!("telemetry.otlp_protocol {p:?}: use \"grpc\" or \"http/protobuf\""),
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for c in &self.connections {
+            let name = c.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                out.push((
+                    c.name.span(),
+                    format!(
+                        "connection name {name:?} may only use letters, digits, '-', '_' and '.'"
+                    ),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                out.push((
+                    c.name.span(),
+                    format!("connection {name:?} is defined twice"),
+                ));
+            }
+            for m in &c.allow {
+                if let Err(e) = m.get_ref().parse::<Member>() {
+                    out.push((m.span(), e.to_string()));
+                }
+            }
+            if let Some(mask) = &c.masking {
+                for m in &mask.exempt {
+                    if let Err(e) = m.get_ref().parse::<Member>() {
+                        out.push((m.span(), e.to_string()));
+                    }
+                }
+            }
+            if let Some(d) = &c.delegation {
+                for m in d.originators.iter().chain(&d.via) {
+                    if let Err(e) = m.get_ref().parse::<Member>() {
+                        out.push((m.span(), e.to_string()));
+                    }
+                }
+                if let Some(a) = &d.max_age {
+                    if let Err(e) = parse_duration(a.get_ref()) {
+                        out.push((a.span(), e));
+                    }
+                }
+            }
+            if let Some(g) = &c.guardrails {
+                for m in &g.approvers {
+                    if let Err(e) = m.get_ref().parse::<Member>() {
+                        out.push((m.span(), e.to_string()));
+                    }
+                }
+                if let Some(w) = &g.approval_window {
+                    if let Err(e) = parse_duration(w.get_ref()) {
+                        out.push((w.span(), e));
+                    }
+                }
+            }
+            if let Some(g) = &c.guardrails {
+                if let Err(e) = crate::policy::guardrails::Guardrails::new(g) {
+                    out.push((c.name.span(), format!("connection {name:?}: {e}")));
+                }
+            }
+            if let Some(m) = &c.masking {
+                let key = m.hash_key.as_ref().map(|_| b"config-check".as_slice());
+                if let Err(e) = crate::mask::Engine::new(&m.engine_config(key)) {
+                    out.push((c.name.span(), format!("connection {name:?} masking: {e}")));
+                }
+            }
+            let hash_key = c.masking.as_ref().and_then(|m| m.hash_key.as_ref());
+            for secret in [c.password.as_ref(), c.private_key.as_ref(), hash_key]
+                .into_iter()
+                .flatten()
+            {
+                if let Err(e) = secret.get_ref().parse::<SecretRef>() {
+                    out.push((secret.span(), e.to_string()));
+                }
+            }
+            if c.allow.is_empty() {
+                out.push((c.name.span(), format!("connection {name:?} has an empty allow list, so nobody can use it; add members such as \"group:sre@example.com\"")));
+            }
+            let misplaced: &[(&str, bool)] = match c.kind {
+                Kind::Postgres => &[
+                    ("private_key", c.private_key.is_some()),
+                    ("host_key", c.host_key.is_some()),
+                ],
+                Kind::Ssh => &[
+                    ("password", c.password.is_some()),
+                    ("database", c.database.is_some()),
+                    (
+                        "[connections.masking] columns",
+                        c.masking.as_ref().is_some_and(|m| !m.columns.is_empty()),
+                    ),
+                    ("[connections.guardrails]", c.guardrails.is_some()),
+                ],
+            };
+            for (field, present) in misplaced {
+                if *present {
+                    out.push((
+                        c.name.span(),
+                        format!(
+                            "connection {name:?} is kind = {:?}, which never uses {field}",
+                            c.kind
+                        ),
+                    ));
+                }
+            }
+            if c.kind == Kind::Postgres {
+                for (field, v) in [("database", &c.database), ("user", &c.user)] {
+                    if v.is_none() {
+                        out.push((
+                            c.name.span(),
+                            format!("postgres connection {name:?} needs `{field}`"),
+                        ));
+                    }
+                }
+                if c.password.is_none() {
+                    out.push((c.name.span(), format!("postgres connection {name:?} needs `password` (a secret reference: sm://PROJECT/SECRET, env:NAME or file:PATH)")));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Plain http is accepted only on loopback, where a developer's local issuer lives.
+pub fn check_issuer_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        if host == "localhost" || host == "[::1]" || host.starts_with("127.") {
+            return Ok(());
+        }
+        return Err(format!(
+            "{url:?} uses plain http on a non-loopback host: use https"
+        ));
+    }
+    Err(format!("{url:?} must be an https:// URL"))
+}

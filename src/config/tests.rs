@@ -1,0 +1,77 @@
+//! Config parsing and validation.
+
+mod parsing {
+    use super::super::*;
+
+    const BASE: &str = r#"
+[identity]
+audiences = ["http://127.0.0.1:8080"]
+[[identity.issuers]]
+issuer = "http://127.0.0.1:9000"
+[recording]
+store = "file:///tmp/rec"
+"#;
+
+    #[test]
+    fn plain_password_is_refused_with_position() {
+        let text = format!(
+            "{BASE}\n[[connections]]\nname = \"pg\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword = \"hunter2\"\n"
+        );
+        let err = Config::parse("c.toml", &text).unwrap_err().to_string();
+        assert!(err.contains("c.toml:15:12"), "{err}");
+        assert!(err.contains("plain secret"), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the refusal must not echo the secret: {err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_and_bad_member_are_located() {
+        let err = Config::parse("c.toml", &format!("{BASE}\nbogus = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml:9:1"), "{err}");
+        let text = format!(
+            "{BASE}\n[[connections]]\nname = \"pg\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword = \"env:X\"\nallow = [\"alice@example.com\"]\n"
+        );
+        let err = Config::parse("c.toml", &text).unwrap_err().to_string();
+        assert!(err.contains(":16:10:"), "{err}");
+    }
+
+    #[test]
+    fn issuer_http_only_on_loopback() {
+        assert!(check_issuer_url("http://127.0.0.1:9000").is_ok());
+        assert!(check_issuer_url("http://localhost:9000/x").is_ok());
+        assert!(check_issuer_url("https://accounts.google.com").is_ok());
+        assert!(check_issuer_url("http://idp.example.com").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("9999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+    }
+}
+
+mod reachability {
+    use super::super::*;
+
+    #[test]
+    fn unusable_settings_are_reported() {
+        let text = "[identity]\naudiences = [\"a\"]\n[[identity.issuers]]\nissuer = \"https://i\"\n[[connections]]\nname = \"pg\"\nkind = \"postgres\"\nhost = \"h\"\ndatabase = \"d\"\nuser = \"u\"\npassword = \"env:P\"\nhost_key = \"ssh-ed25519 AAAA\"\n";
+        let err = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(err.contains("empty allow list"), "{err}");
+        assert!(err.contains("never uses host_key"), "{err}");
+    }
+}
