@@ -92,6 +92,17 @@ pub async fn approve_session(
     session: &Session,
     id: &str,
 ) -> Result<Review, ApiError> {
+    covering(gw, session, id, None).await
+}
+
+/// Loads review `id`, checks it covers this session (and statement hash,
+/// when given), and uses it up if it is single-use.
+async fn covering(
+    gw: &Gateway,
+    session: &Session,
+    id: &str,
+    hash: Option<&str>,
+) -> Result<Review, ApiError> {
     let store = gw.recorder.store.as_ref();
     let t = now();
     let r = review::load(store, id, t)
@@ -100,7 +111,7 @@ pub async fn approve_session(
     if let Err(e) = r.covers(
         &session.permit.chain.members(),
         session.permit.connection.name(),
-        None,
+        hash,
         t,
     ) {
         return Err(refuse_use(session, &r, e).await);
@@ -174,22 +185,7 @@ pub async fn use_approval(
     id: &str,
     statement: &str,
 ) -> Result<Review, ApiError> {
-    let store = gw.recorder.store.as_ref();
-    let t = now();
-    let r = review::load(store, id, t)
-        .await
-        .map_err(|e| api_error(e, &session.audit_id))?;
-    if let Err(e) = r.covers(
-        &session.permit.chain.members(),
-        session.permit.connection.name(),
-        Some(&review::statement_hash(statement)),
-        t,
-    ) {
-        return Err(refuse_use(session, &r, e).await);
-    }
-    review::claim(store, &r, &session.audit_id, t)
-        .await
-        .map_err(|e| api_error(e, &session.audit_id))?;
+    let r = covering(gw, session, id, Some(&review::statement_hash(statement))).await?;
     let _ = session
         .tap()
         .record(EventBody::Review {
