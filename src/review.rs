@@ -124,10 +124,19 @@ impl Review {
         match (&self.decision, &self.used) {
             (_, Some(_)) if self.request.window_secs.is_none() => "used",
             (Some(d), _) if d.state == "denied" => "denied",
-            (Some(d), _) => match self.request.window_secs {
-                Some(w) if now > d.at + w as i64 => "expired",
-                _ => "approved",
-            },
+            // An approval lasts its window, or (single use) as long as the
+            // review could wait for it: approval_expires after the decision.
+            (Some(d), _) => {
+                let lasts = match self.request.window_secs {
+                    Some(w) => w as i64,
+                    None => self.request.expires - self.request.created,
+                };
+                if now >= d.at + lasts {
+                    "expired"
+                } else {
+                    "approved"
+                }
+            }
             (None, _) if now >= self.request.expires => "expired",
             (None, _) => "pending",
         }

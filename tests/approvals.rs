@@ -268,6 +268,19 @@ fn approvals_count_expire_and_race() {
     let (code, _, err) = cli(&gw, &bob, &["review", "approve", &id]);
     assert!(code == 2 && err.contains("expired"), "{err}");
 
+    // An approval not used in time expires too.
+    let stmt = "delete from nothing_here where id = 4";
+    let id = held(&gw, "pg-quick", stmt);
+    let (code, _, err) = cli(&gw, &bob, &["review", "approve", &id]);
+    assert_eq!(code, 0, "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let (code, _, err) = cli(
+        &gw,
+        &token("alice@example.com"),
+        &["exec", "pg-quick", "--review", &id, "--", stmt],
+    );
+    assert!(code == 2 && err.contains("it is expired"), "{err}");
+
     // Two approvers racing on one review: exactly one decides.
     for _ in 0..3 {
         let id = held(&gw, "pg-held", "delete from nothing_here where id = 3");
