@@ -100,6 +100,33 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// Files (or, with `dirs`, folders ending in '/') directly inside `dir`, sorted.
+    async fn entries(&self, dir: &str, dirs: bool) -> Result<Vec<String>, RecordError> {
+        let path = self.root.join(dir);
+        let mut rd = match tokio::fs::read_dir(&path).await {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(&path, e)),
+        };
+        let mut out = Vec::new();
+        while let Some(entry) = rd.next_entry().await.map_err(|e| self.io(&path, e))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+            if is_dir != dirs || name.starts_with(".tmp-") {
+                continue;
+            }
+            out.push(if dirs {
+                format!("{dir}{name}/")
+            } else {
+                format!("{dir}{name}")
+            });
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
 impl ObjectStore for FileStore {
     fn create<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), RecordError>> {
         Box::pin(async move {
@@ -145,42 +172,11 @@ impl ObjectStore for FileStore {
     }
 
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
-        Box::pin(async move {
-            let path = self.root.join(dir);
-            let mut rd = match tokio::fs::read_dir(&path).await {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(self.io(&path, e)),
-            };
-            let mut keys = Vec::new();
-            while let Some(entry) = rd.next_entry().await.map_err(|e| self.io(&path, e))? {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(".tmp-") {
-                    keys.push(format!("{dir}{name}"));
-                }
-            }
-            keys.sort();
-            Ok(keys)
-        })
+        Box::pin(async move { self.entries(dir, false).await })
     }
 
     fn list_dirs<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
-        Box::pin(async move {
-            let path = self.root.join(dir);
-            let mut rd = match tokio::fs::read_dir(&path).await {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return Err(self.io(&path, e)),
-            };
-            let mut dirs = Vec::new();
-            while let Some(entry) = rd.next_entry().await.map_err(|e| self.io(&path, e))? {
-                if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
-                    dirs.push(format!("{dir}{}/", entry.file_name().to_string_lossy()));
-                }
-            }
-            dirs.sort();
-            Ok(dirs)
-        })
+        Box::pin(async move { self.entries(dir, true).await })
     }
 
     fn url(&self) -> String {
