@@ -248,7 +248,8 @@ fn announce(
             .build();
         if let Ok(c) = client {
             if let Err(e) = c.post(&url).json(&body).send().await {
-                tracing::warn!(error = %e, "review webhook failed");
+                // Without the URL: Slack-style webhook URLs carry their secret in the path.
+                tracing::warn!(error = %e.without_url(), "review webhook failed");
             }
         }
     });
