@@ -29,6 +29,13 @@ fi
 # Debian's postgresql package starts a cluster on 5432; the tests start their own.
 id postgres >/dev/null 2>&1 || { echo "the postgres user is missing (install postgresql-15)"; exit 1; }
 
+# A clean debug + release build with every test binary takes ~6 GB; a full
+# disk shows up as a linker crash (SIGBUS), so say it plainly up front.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt 8000000 ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free on $(df -P . | awk 'NR==2 {print $6}'); the build needs ~8 GB (clear old target/ directories)" >&2
+fi
+
 log "format"
 cargo fmt --check
 

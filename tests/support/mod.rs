@@ -46,9 +46,10 @@ fn pg_cmd(bin: &str) -> Command {
 
 /// Starts `cmd` under a shell that kills it once this test process exits,
 /// so no server outlives the test binary.
-fn spawn_tied(cmd: &str, log: &Path) -> Child {
+/// `after` runs once the server has exited.
+fn spawn_tied(cmd: &str, log: &Path, after: &str) -> Child {
     let script = format!(
-        "{cmd} >>'{}' 2>&1 & child=$!; while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; kill $child 2>/dev/null; wait",
+        "{cmd} >>'{}' 2>&1 & child=$!; while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done; kill $child 2>/dev/null; wait; {after}",
         log.display(),
         std::process::id()
     );
@@ -147,9 +148,12 @@ fn start_pg() -> Pg {
     } else {
         ""
     };
+    // The static Pg is never dropped, so the tied shell removes the data
+    // directory (~46 MB) once the server is gone.
     let child = spawn_tied(
         &format!("{runner}{PG_BIN}/postgres -D '{}'", data.display()),
         &dir.join("pg.log"),
+        &format!("rm -rf '{}'", dir.display()),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
