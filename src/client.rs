@@ -39,6 +39,9 @@ pub enum ClientError {
         reason: String,
         audit_id: Option<String>,
     },
+    /// The remote command of an SSH exec did not succeed; its own stderr said why.
+    #[error("the remote command exited with status {status}")]
+    RemoteExit { status: u8 },
     #[error("{0}")]
     Usage(String),
     #[error("local I/O: {0}")]
@@ -61,6 +64,7 @@ impl ClientError {
             ClientError::Refused { status, .. } if (400..500).contains(status) => 2,
             ClientError::Token(_) => 2,
             ClientError::Held { .. } => 3,
+            ClientError::RemoteExit { status } => i32::from(*status),
             _ => 1,
         }
     }
@@ -440,6 +444,29 @@ pub async fn exec(
     }
     let mut stdout = std::io::stdout();
     use std::io::Write;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    // An SSH connection answers stdout/stderr/exit_status: print them as the
+    // command would have, and exit with its status (128+n style for signals).
+    if v.get("exit_status").is_some() && format != Format::Json {
+        stdout.write_all(v["stdout"].as_str().unwrap_or_default().as_bytes())?;
+        stdout.flush()?;
+        eprint!("{}", v["stderr"].as_str().unwrap_or_default());
+        if v["truncated"].as_bool() == Some(true) {
+            eprintln!("custody: output was cut at the gateway's limit");
+        }
+        let status = match (v["exit_status"].as_u64(), v["signal"].as_str()) {
+            (Some(s), _) => s.min(255) as u8,
+            (None, Some(sig)) => {
+                eprintln!("custody: the remote command was killed by signal {sig}");
+                255
+            }
+            _ => 255,
+        };
+        return match status {
+            0 => Ok(()),
+            s => Err(ClientError::RemoteExit { status: s }),
+        };
+    }
     match format {
         Format::Csv => stdout.write_all(&body)?,
         Format::Json => {

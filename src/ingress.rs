@@ -19,8 +19,8 @@ use crate::identity::{bearer, Principal};
 /// Header carrying a delegation token (the CLI sets it from CUSTODY_DELEGATION).
 pub const DELEGATION_HEADER: &str = "x-custody-delegation";
 use crate::approvals;
+use crate::policy;
 use crate::policy::guardrails::Verdict;
-use crate::policy::{self, PolicyError};
 use crate::protocol::postgres::exec::{self, ExecOutcome};
 use crate::protocol::postgres::relay;
 use crate::recording::{EventBody, Recording};
@@ -239,10 +239,7 @@ async fn admit(
     };
     let now = chrono::Utc::now().timestamp();
     let permit = policy::authorize(&principal, &chain, conn, now).map_err(|e| {
-        let status = match e {
-            PolicyError::Unenforceable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::FORBIDDEN,
-        };
+        let status = StatusCode::FORBIDDEN;
         tracing::warn!(target: "custody::audit", audit_id, client = %client, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
         let reason = e.to_string();
         let (store, id, who, conn, from) = (gw.recorder.clone(), audit_id.to_string(), principal.member(), name.to_string(), client.clone());
@@ -399,7 +396,16 @@ async fn tunnel_handler(
         .on_upgrade(move |socket| async move {
             let _live = gw.live.enter();
             let (tx, rx) = tunnel::split(socket);
-            relay::serve(&gw, session, tx, rx).instrument(span).await;
+            match session.permit.connection.kind {
+                crate::config::Kind::Ssh => {
+                    crate::protocol::ssh::front::serve(gw.clone(), session, tx, rx)
+                        .instrument(span)
+                        .await
+                }
+                crate::config::Kind::Postgres => {
+                    relay::serve(&gw, session, tx, rx).instrument(span).await
+                }
+            }
         });
     with_audit(&audit_id, resp)
 }
@@ -455,6 +461,9 @@ async fn exec_inner(
         }
     };
     let conn = session.permit.connection.clone();
+    if conn.kind == crate::config::Kind::Ssh {
+        return crate::protocol::ssh::exec::respond(gw, session, headers, &req.input).await;
+    }
     // What is checked is exactly what the upstream will get.
     let input = req.input.replace('\0', "");
     if let Some(rails) = gw.rails.get(conn.name()) {
@@ -586,7 +595,7 @@ fn refused(span: &tracing::Span, e: ApiError) -> Response {
     e.into_response()
 }
 
-fn recording_failed(why: &str, audit_id: &str) -> ApiError {
+pub(crate) fn recording_failed(why: &str, audit_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "recording_unavailable",
@@ -595,7 +604,7 @@ fn recording_failed(why: &str, audit_id: &str) -> ApiError {
     )
 }
 
-fn end_event(reason: &str, statements: u64, rows: u64) -> EventBody {
+pub(crate) fn end_event(reason: &str, statements: u64, rows: u64) -> EventBody {
     EventBody::SessionEnd {
         reason: reason.into(),
         statements,

@@ -33,8 +33,38 @@ use recording::Recorder;
 use secrets::SecretStore;
 use session::CancelRegistry;
 
+/// `[ssh] host_key`, else a fresh Ed25519 key (fine locally; on Cloud Run
+/// every instance would present a different key, so configure one).
+async fn ssh_host_key(
+    config: &Config,
+    secrets: &SecretStore,
+) -> Result<russh::keys::PrivateKey, ServeError> {
+    let Some(raw) = &config.ssh.host_key else {
+        tracing::warn!(
+            "ssh.host_key is not set: using a new host key for this process; clients cannot pin it"
+        );
+        let mut seed = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+        let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
+        return Ok(russh::keys::PrivateKey::from(pair));
+    };
+    let bad = |why: String| ServeError::SshHostKey(why);
+    let r = raw
+        .get_ref()
+        .parse::<secrets::SecretRef>()
+        .map_err(|e| bad(e.to_string()))?;
+    let text = secrets
+        .get(&r)
+        .await
+        .map_err(|e| bad(format!("cannot read {r}: {e}")))?;
+    russh::keys::decode_secret_key(text.expose(), None)
+        .map_err(|e| bad(format!("{r} is not an OpenSSH or PEM private key ({e})")))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("ssh.host_key: {0}")]
+    SshHostKey(String),
     #[error(transparent)]
     Recording(#[from] recording::RecordError),
     #[error("server: {0}")]
@@ -66,6 +96,8 @@ pub struct Gateway {
     /// Flips to true on SIGTERM: live sessions end and seal their recordings.
     pub shutdown: tokio::sync::watch::Sender<bool>,
     pub live: Arc<session::LiveSessions>,
+    /// The gateway's SSH host key, when any connection is kind = "ssh".
+    pub ssh_host_key: Option<russh::keys::PrivateKey>,
 }
 
 /// Cloud Run allows 10 s between SIGTERM and SIGKILL; sessions get most of it.
@@ -130,6 +162,15 @@ impl Gateway {
                 rails.insert(c.name().to_string(), Arc::new(compiled));
             }
         }
+        let ssh_host_key = if config
+            .connections
+            .iter()
+            .any(|c| c.kind == config::Kind::Ssh)
+        {
+            Some(ssh_host_key(&config, &secrets).await?)
+        } else {
+            None
+        };
         let masks = config
             .connections
             .iter()
@@ -137,6 +178,7 @@ impl Gateway {
             .map(|c| (c.name().to_string(), tokio::sync::OnceCell::new()))
             .collect();
         Ok(Gateway {
+            ssh_host_key,
             rails,
             masks,
             catalogs: std::sync::Mutex::default(),

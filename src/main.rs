@@ -117,9 +117,10 @@ enum Command {
         /// Recording store: file://DIR or gs://BUCKET/PREFIX (STORAGE_EMULATOR_HOST is honoured)
         #[arg(long, env = "CUSTODY_STORE")]
         store: String,
-        /// text (readable) or json (one event per line, for machines)
-        #[arg(long, value_enum, default_value = "text")]
-        format: ListFormat,
+        /// auto (asciicast for SSH terminal sessions, else text), text, json
+        /// (one event per line) or asciicast (v2, for `asciinema play`)
+        #[arg(long, value_enum, default_value = "auto")]
+        format: ReplayFormat,
         /// Same as --format json
         #[arg(long, hide = true)]
         json: bool,
@@ -177,6 +178,14 @@ enum Command {
 enum ListFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum ReplayFormat {
+    Auto,
+    Text,
+    Json,
+    Asciicast,
 }
 
 /// "24h" / "7d" back from now, or a date or RFC 3339 time.
@@ -297,6 +306,7 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<ClientError>() {
+            Some(ClientError::RemoteExit { status }) => ExitCode::from(*status),
             Some(ce) => {
                 let audit = ce
                     .audit_id()
@@ -484,10 +494,22 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             format,
             json,
         } => {
-            let json = json || matches!(format, ListFormat::Json);
+            let json = json || matches!(format, ReplayFormat::Json);
             let store = recording::open_store(&store, None).await?;
             let rec = recording::fetch(store.as_ref(), &audit_id).await?;
-            if json {
+            let events = if json {
+                Vec::new()
+            } else {
+                recording::parse(&rec)?
+            };
+            let cast = match format {
+                ReplayFormat::Asciicast => true,
+                ReplayFormat::Auto => recording::asciicast::has_terminal(&events),
+                _ => false,
+            };
+            if cast {
+                print!("{}", recording::asciicast::render(&events));
+            } else if json {
                 let mut out = Vec::new();
                 for (_, _, line) in recording::event_lines(&rec) {
                     out.extend_from_slice(line);
@@ -495,7 +517,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 }
                 print!("{}", String::from_utf8_lossy(&out));
             } else {
-                print!("{}", recording::render(&recording::parse(&rec)?));
+                print!("{}", recording::render(&events));
             }
             if rec.manifest.is_none() {
                 eprintln!("custody: recording {audit_id} is not sealed (still running, or its gateway stopped abruptly)");

@@ -40,6 +40,11 @@ impl Config {
                 out.push((m.span(), e.to_string()));
             }
         }
+        if let Some(k) = &self.ssh.host_key {
+            if let Err(e) = k.get_ref().parse::<SecretRef>() {
+                out.push((k.span(), format!("ssh.host_key: {e}")));
+            }
+        }
         if let Some(k) = &self.identity.signing_key {
             if let Err(e) = k.get_ref().parse::<SecretRef>() {
                 out.push((k.span(), format!("identity.signing_key: {e}")));
@@ -155,7 +160,12 @@ impl Config {
                         "[connections.masking] columns",
                         c.masking.as_ref().is_some_and(|m| !m.columns.is_empty()),
                     ),
-                    ("[connections.guardrails]", c.guardrails.is_some()),
+                    (
+                        "[connections.guardrails] deny, require_approval, read_only or allow_unparsed (SSH commands are checked by deny_patterns and approval_patterns)",
+                        c.guardrails.as_ref().is_some_and(|g| {
+                            !g.deny.is_empty() || !g.require_approval.is_empty() || g.read_only || g.allow_unparsed
+                        }),
+                    ),
                 ],
             };
             for (field, present) in misplaced {
@@ -167,6 +177,37 @@ impl Config {
                             c.kind
                         ),
                     ));
+                }
+            }
+            if c.kind == Kind::Ssh {
+                if c.private_key.is_none() {
+                    out.push((c.name.span(), format!("ssh connection {name:?} needs `private_key` (a secret reference to an OpenSSH or PEM key)")));
+                }
+                match c.host_key.as_deref().map(crate::protocol::ssh::HostKeyPin::parse) {
+                    None => out.push((c.name.span(), format!("ssh connection {name:?} needs `host_key`: the upstream's key as a known_hosts line (`ssh-keyscan HOST`) or its SHA256: fingerprint"))),
+                    Some(Err(e)) => out.push((c.name.span(), format!("connection {name:?} host_key: {e}"))),
+                    Some(Ok(_)) => {}
+                }
+                for dest in &c.local_forwarding {
+                    if crate::protocol::ssh::parse_destination(dest).is_none() {
+                        out.push((
+                            c.name.span(),
+                            format!(
+                                "connection {name:?} local_forwarding {dest:?} is not host:port"
+                            ),
+                        ));
+                    }
+                }
+            } else {
+                for (field, set) in [
+                    ("users", !c.users.is_empty()),
+                    ("allow_env", c.allow_env.is_some()),
+                    ("record_input", c.record_input),
+                    ("local_forwarding", !c.local_forwarding.is_empty()),
+                ] {
+                    if set {
+                        out.push((c.name.span(), format!("connection {name:?} is kind = \"postgres\", which never uses {field}")));
+                    }
                 }
             }
             if c.kind == Kind::Postgres {

@@ -63,6 +63,8 @@ pub struct Config {
     #[serde(default)]
     pub approvals: ApprovalsConfig,
     #[serde(default)]
+    pub ssh: SshConfig,
+    #[serde(default)]
     pub connections: Vec<ConnectionConfig>,
 }
 
@@ -339,6 +341,57 @@ pub struct ConnectionConfig {
     pub masking: Option<MaskingConfig>,
     pub guardrails: Option<GuardrailsConfig>,
     pub delegation: Option<DelegationPolicy>,
+    /// SSH: upstream accounts the client's SSH user name may select
+    /// (`ssh deploy@web-1`); any other name gets `user`.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// SSH: environment variables a client may set (`*` globs); default LANG, LC_*.
+    pub allow_env: Option<Vec<String>>,
+    /// SSH: also record what the client types ("i" events); off by default,
+    /// since passwords typed at prompts would land in the recording.
+    #[serde(default)]
+    pub record_input: bool,
+    /// SSH: destinations ("host:port") the client may reach with `ssh -L`.
+    #[serde(default)]
+    pub local_forwarding: Vec<String>,
+    /// SSH: end a session after this long without traffic (default "30m").
+    #[serde(default = "default_ssh_idle", with = "duration")]
+    pub idle_timeout: Duration,
+    /// SSH: end a session after this long (default "60m", Cloud Run's request limit).
+    #[serde(default = "default_ssh_max", with = "duration")]
+    pub max_duration: Duration,
+}
+
+fn default_ssh_idle() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_ssh_max() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+
+/// The gateway's own SSH server side (the end `ssh` talks to inside the tunnel).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// The gateway's SSH host key (OpenSSH or PEM private key), a secret
+    /// reference. Unset: a new Ed25519 key per process, which clients cannot pin.
+    pub host_key: Option<Spanned<String>>,
+    /// A client must finish the SSH handshake and login within this (default "30s").
+    #[serde(default = "default_login_timeout", with = "duration")]
+    pub login_timeout: Duration,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            host_key: None,
+            login_timeout: default_login_timeout(),
+        }
+    }
+}
+
+fn default_login_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Which chains of custody may use a connection. When present, every

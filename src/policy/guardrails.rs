@@ -111,6 +111,18 @@ impl Guardrails {
         v
     }
 
+    /// An SSH command or typed shell line: only the patterns apply (the SQL
+    /// rules have nothing to parse). The reason names the pattern, never the command.
+    pub fn check_command(&self, command: &str) -> Verdict {
+        match self.check_patterns(&normalize(command)) {
+            Verdict::Deny { rule, .. } => Verdict::Deny {
+                reason: format!("the command matches the {rule}"),
+                rule,
+            },
+            v => v,
+        }
+    }
+
     fn check_with(&self, sql: &str, dialect: &dyn Dialect) -> Verdict {
         let statements = match Parser::parse_sql(dialect, sql) {
             Ok(s) => s,

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::config::{ConnectionConfig, Kind};
+use crate::config::ConnectionConfig;
 use crate::delegation::Chain;
 use crate::identity::Principal;
 
@@ -25,11 +25,6 @@ pub enum PolicyError {
         connection: String,
         chain: String,
         reason: String,
-    },
-    #[error("connection {connection} configures {feature}, which this build cannot enforce yet; the gateway refuses rather than run it unprotected")]
-    Unenforceable {
-        connection: String,
-        feature: &'static str,
     },
 }
 
@@ -176,17 +171,6 @@ pub fn authorize(
             connection: conn.name().to_string(),
         });
     };
-    let unenforceable = if conn.kind == Kind::Ssh {
-        Some("kind = \"ssh\"")
-    } else {
-        None
-    };
-    if let Some(feature) = unenforceable {
-        return Err(PolicyError::Unenforceable {
-            connection: conn.name().to_string(),
-            feature,
-        });
-    }
     Ok(Permit {
         principal: principal.clone(),
         connection: conn.clone(),

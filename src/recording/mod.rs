@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod asciicast;
 pub mod gcs;
 pub mod seal;
 pub mod sessions;
@@ -129,6 +130,57 @@ pub enum EventBody {
     },
     Refused {
         reason: String,
+    },
+    /// An SSH channel request (shell, exec, subsystem, env, pty, forwarding,
+    /// x11, agent) and what the gateway did with it.
+    SshRequest {
+        channel: u32,
+        request: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        outcome: String,
+    },
+    /// A PTY was granted: the asciicast header's size and TERM.
+    Pty {
+        channel: u32,
+        term: String,
+        width: u32,
+        height: u32,
+    },
+    Resize {
+        channel: u32,
+        width: u32,
+        height: u32,
+    },
+    /// Output as the client received it (masked): stream "o" stdout, "e" stderr.
+    Output {
+        channel: u32,
+        stream: String,
+        data: String,
+    },
+    /// What the client typed (only with `record_input`).
+    Input {
+        channel: u32,
+        data: String,
+    },
+    Exit {
+        channel: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+    },
+    /// A file touched over SFTP (scp uses SFTP too): names and sizes, never contents.
+    File {
+        channel: u32,
+        op: String,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        #[serde(default)]
+        bytes_written: u64,
+        #[serde(default)]
+        bytes_read: u64,
     },
     Error {
         message: String,
@@ -282,6 +334,65 @@ pub fn render(events: &[Event]) -> String {
                 ""
             ),
             EventBody::Refused { reason } => writeln!(out, "{ts}  REFUSED: {reason}"),
+            EventBody::SshRequest {
+                channel,
+                request,
+                detail,
+                outcome,
+            } => writeln!(
+                out,
+                "{ts}  [ssh ch{channel}] {request}{} → {outcome}",
+                detail.as_ref().map(|d| format!(" {d}")).unwrap_or_default()
+            ),
+            EventBody::Pty {
+                channel,
+                term,
+                width,
+                height,
+            } => writeln!(out, "{ts}  [ssh ch{channel}] pty {term} {width}x{height}"),
+            EventBody::Resize {
+                channel,
+                width,
+                height,
+            } => writeln!(out, "{ts}  [ssh ch{channel}] resize {width}x{height}"),
+            EventBody::Output {
+                channel,
+                stream,
+                data,
+            } => writeln!(
+                out,
+                "{ts}  [ssh ch{channel}] {}: {}",
+                if stream == "e" { "stderr" } else { "stdout" },
+                data.escape_debug()
+            ),
+            EventBody::Input { channel, data } => {
+                writeln!(out, "{ts}  [ssh ch{channel}] input: {}", data.escape_debug())
+            }
+            EventBody::Exit {
+                channel,
+                status,
+                signal,
+            } => writeln!(
+                out,
+                "{ts}  [ssh ch{channel}] exit {}",
+                match (status, signal) {
+                    (Some(s), _) => format!("status {s}"),
+                    (None, Some(sig)) => format!("signal {sig}"),
+                    _ => "unknown".into(),
+                }
+            ),
+            EventBody::File {
+                channel,
+                op,
+                path,
+                to,
+                bytes_written,
+                bytes_read,
+            } => writeln!(
+                out,
+                "{ts}  [ssh ch{channel}] file {op} {path}{} ({bytes_written} bytes written, {bytes_read} bytes read)",
+                to.as_ref().map(|t| format!(" → {t}")).unwrap_or_default()
+            ),
             EventBody::Error { message } => writeln!(out, "{ts}  error: {message}"),
             EventBody::SessionEnd {
                 reason,

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use custody::devissuer::DevIssuer;
 
+pub mod sshd;
+
 pub const AUDIENCE: &str = "https://custody.test";
 pub const PG_PASSWORD: &str = "app-Pa55-5f3c9e1d";
 pub const PASSWORD_ENV: &str = "CUSTODY_TEST_PG_PASSWORD";
