@@ -2,7 +2,7 @@
 # Loopback benchmark of the Custody data path against plain TCP forwarders.
 #
 # Usage: scripts/bench.sh pg        PostgreSQL: pgbench direct, via socat->socat, via custody
-#        scripts/bench.sh ssh       (not implemented yet, issue 4)
+#        scripts/bench.sh ssh       SSH: 256 MiB output and scp, direct vs through custody (scripts/bench-ssh.sh)
 #        scripts/bench.sh --help
 #
 # Environment:
@@ -31,10 +31,7 @@ usage() {
 
 case "${1:-}" in
   pg) ;;
-  ssh)
-    echo "scripts/bench.sh ssh: not implemented yet (issue 4)" >&2
-    exit 2
-    ;;
+  ssh) exec "$(dirname "$0")/bench-ssh.sh" ;;
   -h | --help | help)
     usage
     exit 0

@@ -173,13 +173,19 @@ impl Config {
                     out.push((
                         c.name.span(),
                         format!(
-                            "connection {name:?} is kind = {:?}, which never uses {field}",
-                            c.kind
+                            "connection {name:?} is kind = \"{}\", which never uses {field}",
+                            match c.kind {
+                                Kind::Postgres => "postgres",
+                                Kind::Ssh => "ssh",
+                            }
                         ),
                     ));
                 }
             }
             if c.kind == Kind::Ssh {
+                if c.user.is_none() {
+                    out.push((c.name.span(), format!("ssh connection {name:?} needs `user`: the upstream account the gateway logs in as")));
+                }
                 if c.private_key.is_none() {
                     out.push((c.name.span(), format!("ssh connection {name:?} needs `private_key` (a secret reference to an OpenSSH or PEM key)")));
                 }

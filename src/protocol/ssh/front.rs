@@ -118,7 +118,11 @@ enum Kind {
 
 struct Chan {
     number: u32,
-    up: ChannelWriteHalf<client::Msg>,
+    up: Arc<ChannelWriteHalf<client::Msg>>,
+    /// Client data, EOF and close for the upstream, in order, written by a
+    /// task of their own so decrypting the next packet overlaps encrypting
+    /// this one (the session loop would otherwise wait on each write).
+    to_up: mpsc::Sender<Upward>,
     replies: mpsc::Receiver<bool>,
     kind: Arc<Mutex<Kind>>,
     pty: bool,
@@ -225,6 +229,9 @@ impl Front {
         // handler calls. Its write half respects the client's window.
         let (_unused, client_wr) = channel.split();
         let (reply_tx, reply_rx) = mpsc::channel(16);
+        let up_wr = Arc::new(up_wr);
+        let (to_up, from_client) = mpsc::channel(UPWARD_QUEUE);
+        let writer = tokio::spawn(write_up(up_wr.clone(), from_client));
         let kind = Arc::new(Mutex::new(kind));
         let task = tokio::spawn(pump(
             self.shared.clone(),
@@ -239,12 +246,14 @@ impl Front {
         if let Ok(mut pumps) = self.shared.pumps.lock() {
             pumps.retain(|p| !p.is_finished());
             pumps.push(task);
+            pumps.push(writer);
         }
         self.channels.insert(
             id,
             Chan {
                 number,
                 up: up_wr,
+                to_up,
                 replies: reply_rx,
                 kind,
                 pty: false,
@@ -681,7 +690,7 @@ impl server::Handler for Front {
                 .await;
         }
         let number = ch.number;
-        if !forward.is_empty() && ch.up.data_bytes(forward).await.is_err() {
+        if !forward.is_empty() && ch.to_up.send(Upward::Data(forward)).await.is_err() {
             return Ok(());
         }
         for op in ops {
@@ -711,7 +720,7 @@ impl server::Handler for Front {
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
         if let Some(ch) = self.channels.get(&channel) {
-            let _ = ch.up.eof().await;
+            let _ = ch.to_up.send(Upward::Eof).await;
         }
         Ok(())
     }
@@ -722,9 +731,34 @@ impl server::Handler for Front {
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
         if let Some(ch) = self.channels.remove(&channel) {
-            let _ = ch.up.close().await;
+            let _ = ch.to_up.send(Upward::Close).await;
         }
         Ok(())
+    }
+}
+
+/// Chunks of client data queued per channel (each at most one SSH packet).
+const UPWARD_QUEUE: usize = 64;
+
+enum Upward {
+    Data(Bytes),
+    Eof,
+    Close,
+}
+
+async fn write_up(up: Arc<ChannelWriteHalf<client::Msg>>, mut rx: mpsc::Receiver<Upward>) {
+    while let Some(msg) = rx.recv().await {
+        let sent = match msg {
+            Upward::Data(b) => up.data_bytes(b).await,
+            Upward::Eof => up.eof().await,
+            Upward::Close => {
+                let _ = up.close().await;
+                return;
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
     }
 }
 
@@ -1023,7 +1057,12 @@ pub async fn serve(gw: Arc<Gateway>, session: Session, mut tx: TunnelTx, mut rx:
         tap: session.tap().clone(),
         mask,
         rails: gw.rails.get(conn.name()).cloned(),
-        approved: session.approval.is_some(),
+        // Only a time-boxed (JIT) approval covers arbitrary held commands;
+        // a single-statement approval is used by `custody exec` instead.
+        approved: session
+            .approval
+            .as_ref()
+            .is_some_and(|r| r.request.window_secs.is_some()),
         authed: AtomicBool::new(false),
         commands: AtomicU64::new(0),
         end: end_tx,
@@ -1134,7 +1173,25 @@ pub async fn serve(gw: Arc<Gateway>, session: Session, mut tx: TunnelTx, mut rx:
         std::future::pending().await
     };
     let mut shutdown = gw.shutdown.subscribe();
-    let max = conn.max_duration;
+    // Like PostgreSQL tunnels: a session under a delegation or a JIT window ends with it.
+    let window_end = session.approval.as_ref().and_then(|r| {
+        let w = r.request.window_secs?;
+        Some(r.decision.as_ref()?.at + w as i64)
+    });
+    let expiry = match (session.permit.chain.exp, window_end) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let left = expiry.map(|e| (e - chrono::Utc::now().timestamp()).max(0) as u64);
+    let max = match left {
+        Some(l) if l < conn.max_duration.as_secs() => Duration::from_secs(l),
+        _ => conn.max_duration,
+    };
+    let max_reason = if max < conn.max_duration {
+        "the delegation or approval window this session runs under has expired".to_string()
+    } else {
+        format!("the session reached its maximum duration ({}s); Cloud Run also ends requests at 60 minutes; reconnect to continue", max.as_secs())
+    };
     let end = tokio::select! {
         e = ssh_to_client => e,
         e = client_to_ssh => Some(e),
@@ -1145,7 +1202,7 @@ pub async fn serve(gw: Arc<Gateway>, session: Session, mut tx: TunnelTx, mut rx:
         }),
         _ = tokio::time::sleep(max) => Some(End {
             code: tunnel::CLOSE_POLICY,
-            reason: format!("the session reached its maximum duration ({}s); Cloud Run also ends requests at 60 minutes; reconnect to continue", max.as_secs()),
+            reason: max_reason,
         }),
         why = session.tap().failure() => Some(End {
             code: tunnel::CLOSE_ERROR,

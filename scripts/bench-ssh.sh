@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# SSH throughput through Custody against a direct connection, in one run
+# (called by `scripts/bench.sh ssh`).
+#
+#   1. 256 MiB of text output: base64 -w 76 /dev/urandom | head -c 268435456
+#   2. a 256 MiB scp upload
+#
+# each direct (ssh -> sshd) and through Custody (ssh -> custody connect
+# --stdio -> gateway, recording on -> sshd), printing MB/s and the ratio.
+# It also checks that every Custody session ended and sealed its recording.
+#
+# Environment: BENCH_MIB (default 256), BENCH_STORE file (default) | gcs,
+# BENCH_KEEP=1 keeps the temporary directory, BENCH_NO_BUILD=1 skips the
+# release build check.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+BIN=$root/target/release/custody
+MIB=${BENCH_MIB:-256}
+BYTES=$((MIB * 1024 * 1024))
+USER_NAME=custodytest
+
+log() { echo "bench: $*" >&2; }
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || {
+  log "installing openssh-server"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+}
+if [ "${BENCH_NO_BUILD:-0}" != 1 ] && { [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml Cargo.lock -newer "$BIN" -print -quit)" ]; }; then
+  log "building target/release/custody"
+  cargo build --release --quiet
+fi
+id "$USER_NAME" >/dev/null 2>&1 || useradd -m -s /bin/bash "$USER_NAME"
+usermod -p '*' "$USER_NAME"
+
+tmp=$(mktemp -d -t custody-bench-ssh.XXXXXX)
+chmod 755 "$tmp"
+pids=()
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $tmp"; else rm -rf "$tmp"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; die "nothing listens on $1"; }
+
+# ---------------------------------------------------------------- sshd
+ssh-keygen -q -t ed25519 -N "" -f "$tmp/host"
+ssh-keygen -q -t ed25519 -N "" -f "$tmp/key"
+cp "$tmp/key.pub" "$tmp/authorized_keys"
+chmod 644 "$tmp/authorized_keys"
+sshd_port=$(free_port)
+cat >"$tmp/sshd_config" <<EOF
+Port $sshd_port
+ListenAddress 127.0.0.1
+HostKey $tmp/host
+AuthorizedKeysFile $tmp/authorized_keys
+PidFile $tmp/sshd.pid
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+AcceptEnv LANG LC_* CUSTODY_AUDIT_ID TRACEPARENT
+Subsystem sftp internal-sftp
+EOF
+mkdir -p /run/sshd
+/usr/sbin/sshd -D -e -f "$tmp/sshd_config" 2>"$tmp/sshd.log" &
+pids+=($!)
+wait_port "$sshd_port"
+
+# ---------------------------------------------------------------- issuer + gateway
+iss_port=$(free_port)
+issuer=http://127.0.0.1:$iss_port
+mkdir -p "$tmp/keys" "$tmp/recordings"
+"$BIN" dev issuer --listen "127.0.0.1:$iss_port" --key-dir "$tmp/keys" >"$tmp/issuer.log" 2>&1 &
+pids+=($!)
+wait_port "$iss_port"
+"$BIN" dev keygen --out "$tmp/recording.pem" >/dev/null 2>&1
+gw_port=$(free_port)
+gateway=http://127.0.0.1:$gw_port
+store_toml="store = \"file://$tmp/recordings\""
+if [ "${BENCH_STORE:-file}" = gcs ]; then
+  (exec 3<>/dev/tcp/127.0.0.3/80) 2>/dev/null || die "BENCH_STORE=gcs needs fake-gcs-server on 127.0.0.3:80 (scripts/bench.sh pg starts one)"
+  bucket="bench-ssh-$(date +%s)-$$"
+  curl -fsS -X POST -H 'Content-Type: application/json' -d "{\"name\":\"$bucket\"}" "http://127.0.0.3/storage/v1/b?project=bench" >/dev/null
+  store_toml="store = \"gs://$bucket/custody\"
+endpoint = \"http://127.0.0.3\""
+fi
+cat >"$tmp/custody.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+
+[identity]
+audiences = ["$gateway"]
+
+[[identity.issuers]]
+issuer = "$issuer"
+
+[recording]
+$store_toml
+signing_key = "file:$tmp/recording.pem"
+
+[[connections]]
+name = "web"
+kind = "ssh"
+host = "127.0.0.1"
+port = $sshd_port
+user = "$USER_NAME"
+private_key = "file:$tmp/key"
+host_key = "$(cat "$tmp/host.pub")"
+allow = ["user:bench@example.com"]
+EOF
+CUSTODY_LOG=warn "$BIN" serve --config "$tmp/custody.toml" --listen "127.0.0.1:$gw_port" >"$tmp/serve.log" 2>&1 &
+serve_pid=$!
+pids+=("$serve_pid")
+wait_port "$gw_port"
+token=$("$BIN" dev token --key-dir "$tmp/keys" --issuer "$issuer" --audience "$gateway" --email bench@example.com)
+
+common=(-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR)
+direct=("${common[@]}" -i "$tmp/key" -p "$sshd_port" -o IdentitiesOnly=yes)
+custody=("${common[@]}" -o "ProxyCommand=$BIN connect --stdio %n --gateway $gateway")
+scp_direct=("${common[@]}" -i "$tmp/key" -P "$sshd_port" -o IdentitiesOnly=yes)
+export CUSTODY_TOKEN=$token CUSTODY_LOG=warn
+
+cmd="base64 -w 76 /dev/urandom | head -c $BYTES"
+head -c "$BYTES" /dev/urandom >"$tmp/payload.bin"
+
+timed() { # timed OUTFILE CMD... -> seconds
+  local start end out=$1
+  shift
+  start=$(date +%s.%N)
+  "$@" >"$out.out" 2>"$out.err" || { cat "$out.err" >&2; die "failed: $*"; }
+  end=$(date +%s.%N)
+  awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }'
+}
+mbs() { awk -v m="$MIB" -v t="$1" 'BEGIN { printf "%.1f", m * 1.048576 / t }'; }
+ratio() { awk -v d="$1" -v c="$2" 'BEGIN { printf "%.2f", d / c }'; }
+
+log "output ${MIB} MiB direct"
+t_out_direct=$(timed "$tmp/o1" ssh "${direct[@]}" "$USER_NAME@127.0.0.1" "$cmd")
+[ "$(stat -c %s "$tmp/o1.out")" = "$BYTES" ] || die "direct output is short"
+log "output ${MIB} MiB through custody"
+t_out_custody=$(timed "$tmp/o2" ssh "${custody[@]}" web "$cmd")
+[ "$(stat -c %s "$tmp/o2.out")" = "$BYTES" ] || die "custody output is short ($(stat -c %s "$tmp/o2.out"))"
+log "scp ${MIB} MiB direct"
+t_scp_direct=$(timed "$tmp/s1" scp "${scp_direct[@]}" "$tmp/payload.bin" "$USER_NAME@127.0.0.1:/tmp/custody-bench-direct.bin")
+log "scp ${MIB} MiB through custody"
+t_scp_custody=$(timed "$tmp/s2" scp "${custody[@]}" "$tmp/payload.bin" "web:/tmp/custody-bench-custody.bin")
+cmp "$tmp/payload.bin" /tmp/custody-bench-custody.bin || die "the file copied through custody differs"
+rm -f /tmp/custody-bench-direct.bin /tmp/custody-bench-custody.bin
+
+# Every session must have ended (and sealed) once its channel closed.
+sleep 2
+sessions=$(find "$tmp/recordings" -name 000001.jsonl | wc -l)
+sealed=$(find "$tmp/recordings" -name manifest.json | wc -l)
+
+printf '\n%-28s %10s %10s %8s\n' "SSH ($MIB MiB)" "direct" "custody" "ratio"
+printf '%-28s %7s MB/s %5s MB/s %8s\n' "text output (recorded)" "$(mbs "$t_out_direct")" "$(mbs "$t_out_custody")" "$(ratio "$t_out_direct" "$t_out_custody")"
+printf '%-28s %7s MB/s %5s MB/s %8s\n' "scp upload" "$(mbs "$t_scp_direct")" "$(mbs "$t_scp_custody")" "$(ratio "$t_scp_direct" "$t_scp_custody")"
+printf 'sessions sealed: %s of %s (store %s)\n' "$sealed" "$sessions" "${BENCH_STORE:-file}"
+[ "$sealed" = "$sessions" ] || die "some sessions did not end when their channel closed"
