@@ -77,7 +77,10 @@ issuer=http://127.0.0.1:$iss_port
 mkdir -p "$tmp/keys" "$tmp/recordings"
 "$BIN" dev issuer --listen "127.0.0.1:$iss_port" --key-dir "$tmp/keys" >"$tmp/issuer.log" 2>&1 &
 pids+=($!)
-wait_port "$iss_port"
+# The issuer binds before it writes its keys: wait until it serves them, or
+# `dev token` below would mint with keys of its own.
+for _ in $(seq 1 100); do curl -fsS "$issuer/jwks.json" >/dev/null 2>&1 && break; sleep 0.1; done
+[ -s "$tmp/keys/rsa.pem" ] && [ -s "$tmp/keys/ec.pem" ] || die "the dev issuer did not write its keys"
 "$BIN" dev keygen --out "$tmp/recording.pem" >/dev/null 2>&1
 gw_port=$(free_port)
 gateway=http://127.0.0.1:$gw_port
@@ -126,6 +129,10 @@ scp_direct=("${common[@]}" -i "$tmp/key" -P "$sshd_port" -o IdentitiesOnly=yes)
 export CUSTODY_TOKEN=$token CUSTODY_LOG=warn
 
 cmd="base64 -w 76 /dev/urandom | head -c $BYTES"
+if [ -n "${BENCH_HOLD:-}" ]; then # debugging: print the environment and wait
+  echo "gateway=$gateway token=$token tmp=$tmp sshd_port=$sshd_port" >&2
+  sleep "$BENCH_HOLD"
+fi
 head -c "$BYTES" /dev/urandom >"$tmp/payload.bin"
 
 timed() { # timed OUTFILE CMD... -> seconds

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::sftp::{FileOp, SftpTap};
 use super::text::StreamText;
-use super::upstream::{self, Upstream, PACKET, WINDOW};
+use super::upstream::{self, Upstream};
 use crate::config::ConnectionConfig;
 use crate::mask::Engine;
 use crate::policy::guardrails::{Guardrails, Verdict};
@@ -35,6 +35,8 @@ pub const MAX_COMMAND: usize = 64 << 10;
 /// Held output (a prompt without newline) is released after this long.
 const FLUSH_IDLE: Duration = Duration::from_millis(40);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+const CLIENT_WINDOW: u32 = 2 << 20;
+const CLIENT_PACKET: u32 = 32 << 10;
 
 /// What the session's channels share.
 struct Shared {
@@ -1276,8 +1278,11 @@ fn server_config(gw: &Gateway, conn: &ConnectionConfig) -> Arc<server::Config> {
         auth_rejection_time: Duration::from_millis(50),
         auth_rejection_time_initial: Some(Duration::ZERO),
         inactivity_timeout: Some(conn.idle_timeout),
-        window_size: WINDOW,
-        maximum_packet_size: PACKET,
+        // OpenSSH's own session window and packet size: a larger window
+        // only makes the ssh client buffer (and memmove) more, measured
+        // 0.26 of direct scp with 16 MiB.
+        window_size: CLIENT_WINDOW,
+        maximum_packet_size: CLIENT_PACKET,
         preferred: upstream::tuned_preferred(),
         ..Default::default()
     })
