@@ -329,8 +329,38 @@ pub async fn listen(
 pub async fn stdio(target: Target, connection: String) -> Result<String, ClientError> {
     let (ws, audit) = open_tunnel(&target, &connection).await?;
     eprintln!("custody: session {audit} opened → {connection}");
-    let why = pump(ws, tokio::io::stdin(), tokio::io::stdout()).await?;
+    let why = pump(ws, stdin_reader(), stdout_writer()).await?;
     Ok(why)
+}
+
+/// Under ProxyCommand stdin and stdout are pipes: read and write them on the
+/// reactor (non-blocking) instead of tokio's blocking-thread stdio, which
+/// hands every chunk to another thread. Anything else (a terminal, a file)
+/// keeps the portable path.
+fn stdin_reader() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    use std::os::fd::AsFd;
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    match pipe {
+        Some(p) => Box::new(p),
+        None => Box::new(tokio::io::stdin()),
+    }
+}
+
+fn stdout_writer() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    use std::os::fd::AsFd;
+    let pipe = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
+    match pipe {
+        Some(p) => Box::new(p),
+        None => Box::new(tokio::io::stdout()),
+    }
 }
 
 fn audit_suffix(e: &ClientError) -> String {
