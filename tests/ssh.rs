@@ -309,3 +309,63 @@ fn garbage_and_silent_clients_end_with_a_reason() {
     let (code, out, _) = run(cmd, None, LIMIT);
     assert_eq!((code, out.as_str()), (0, "alive\n"));
 }
+
+#[test]
+fn env_listen_sftp_and_huge_commands() {
+    let gw = gateway("");
+    let t = token("alice@example.com");
+    // Environment requests: LANG is allowed by default, others are refused,
+    // and a client cannot forge the audit id.
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args([
+        "-o",
+        "SetEnv=LANG=C.UTF-8 FOO=bar CUSTODY_AUDIT_ID=forged",
+        "web-1",
+        "echo \"$LANG/$FOO/$CUSTODY_AUDIT_ID\"",
+    ]);
+    let (code, out, err) = run(cmd, None, LIMIT);
+    assert_eq!(code, 0, "{err}");
+    let audit = audit_of(&err);
+    assert_eq!(out, format!("C.UTF-8//{audit}\n"));
+
+    // `custody connect --listen` for plain `ssh -p`.
+    let (_conn, addr) = gw.connect("web-1", &t);
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-p",
+        &addr.port().to_string(),
+        "127.0.0.1",
+        "echo via-listen",
+    ]);
+    let (code, out, err) = run(cmd, None, LIMIT);
+    assert_eq!((code, out.as_str()), (0, "via-listen\n"), "{err}");
+
+    // sftp: file operations are recorded by name.
+    let dir = format!("/tmp/custody-sftp-{}", std::process::id());
+    let mut cmd = ssh_client("sftp", &gw, &t);
+    cmd.args(["-b", "-", "web-1"]);
+    let script = format!("mkdir {dir}\nrename {dir} {dir}-moved\nrmdir {dir}-moved\n");
+    let (code, _, err) = run(cmd, Some(&script), LIMIT);
+    assert_eq!(code, 0, "{err}");
+    let rec = gw.wait_recordings("\"op\":\"rmdir\"");
+    for op in ["mkdir", "rename", "rmdir"] {
+        assert!(rec.contains(&format!("\"op\":\"{op}\"")), "{op}: {rec}");
+    }
+    assert!(rec.contains(&format!("{dir}-moved")), "{rec}");
+
+    // A command over 64 KiB is refused before it reaches the upstream.
+    let huge = format!("echo {}", "a".repeat(100_000));
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args(["web-1", &huge]);
+    let (code, _, err) = run(cmd, None, LIMIT);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("at most 65536"), "{err}");
+}
