@@ -5,6 +5,7 @@
 //! the grace period is ended because its recording failed. Nothing is
 //! dropped silently.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +131,13 @@ impl Recorder {
 #[derive(Clone)]
 pub struct Tap {
     tx: mpsc::Sender<(DateTime<Utc>, EventBody)>,
+    /// Wakes the writer early (queue half full, or the session ending);
+    /// otherwise events wait for the flush clock without a wake-up each.
+    drain: Arc<tokio::sync::Notify>,
+    /// Estimated bytes queued but not yet in the budget; past `drain_at`
+    /// the writer is woken, so memory outside the budget stays small.
+    queued: Arc<AtomicUsize>,
+    drain_at: usize,
     failed: watch::Receiver<Option<String>>,
     /// Statement spans, when spans are exported.
     trace: Option<SessionTrace>,
@@ -141,10 +149,16 @@ impl Tap {
         if let Some(t) = &self.trace {
             t.event(now, &body);
         }
+        let body_size = queued_size(&body);
         self.tx
             .send((now, body))
             .await
-            .map_err(|_| RecordError::Stopped(self.failed.borrow().clone().unwrap_or_default()))
+            .map_err(|_| RecordError::Stopped(self.failed.borrow().clone().unwrap_or_default()))?;
+        let queued = self.queued.fetch_add(body_size, Relaxed) + body_size;
+        if queued >= self.drain_at || self.tx.capacity() < self.tx.max_capacity() / 2 {
+            self.drain.notify_one();
+        }
+        Ok(())
     }
 
     /// Resolves when the writer fails, so the relay can end the session.
@@ -193,10 +207,20 @@ impl Recording {
         log.write_segment(rec, &buf, 1, deadline).await?;
         let (tx, rx) = mpsc::channel(rec.queue_events);
         let (fail_tx, fail_rx) = watch::channel(None);
-        let task = tokio::spawn(write_loop(rec.clone(), log, rx, fail_tx));
+        let drain = Arc::new(tokio::sync::Notify::new());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(write_loop(
+            rec.clone(),
+            log,
+            (rx, drain.clone(), queued.clone()),
+            fail_tx,
+        ));
         Ok(Recording {
             tap: Tap {
                 tx,
+                drain,
+                queued,
+                drain_at: (rec.budget_total / 64).clamp(256, 16 << 10),
                 failed: fail_rx,
                 trace,
             },
@@ -207,7 +231,9 @@ impl Recording {
     /// Records the final event, writes the last segment and the signed manifest.
     pub async fn finish(self, last: EventBody) -> Result<(), RecordError> {
         let sent = self.tap.record(last).await;
+        let drain = self.tap.drain.clone();
         drop(self.tap);
+        drain.notify_one();
         let done = self
             .task
             .await
@@ -327,7 +353,7 @@ struct Pending {
 async fn write_loop(
     rec: Arc<Recorder>,
     mut log: SegmentLog,
-    mut rx: mpsc::Receiver<(DateTime<Utc>, EventBody)>,
+    (mut rx, drain, queued): (Queue, Arc<tokio::sync::Notify>, Arc<AtomicUsize>),
     failed: watch::Sender<Option<String>>,
 ) -> Result<(), RecordError> {
     let mut p = Pending {
@@ -336,7 +362,7 @@ async fn write_loop(
         held: None,
         due: None,
     };
-    let result = run(&rec, &mut log, &mut rx, &mut p).await;
+    let result = run(&rec, &mut log, (&mut rx, &drain, &queued), &mut p).await;
     if let Err(e) = &result {
         tracing::error!(target: "custody::audit", audit_id = %log.audit_id, error = %e, "recording failed; the session is ended");
         let _ = failed.send(Some(e.to_string()));
@@ -344,40 +370,78 @@ async fn write_loop(
     result
 }
 
+type Queue = mpsc::Receiver<(DateTime<Utc>, EventBody)>;
+
 async fn run(
     rec: &Recorder,
     log: &mut SegmentLog,
-    rx: &mut mpsc::Receiver<(DateTime<Utc>, EventBody)>,
+    (rx, drain, queued): (&mut Queue, &tokio::sync::Notify, &AtomicUsize),
     p: &mut Pending,
 ) -> Result<(), RecordError> {
     loop {
-        let next = match p.due {
-            Some(due) => tokio::select! {
-                m = rx.recv() => m,
-                _ = tokio::time::sleep_until(due) => {
-                    flush(rec, log, p).await?;
-                    continue;
-                }
-            },
-            None => rx.recv().await,
+        let Some(due) = p.due else {
+            // Idle: the first event wakes us and starts the flush clock.
+            match rx.recv().await {
+                Some(ev) => take(rec, log, p, queued, ev).await?,
+                None => return close(rec, log, p).await,
+            }
+            continue;
         };
-        let Some((ts, body)) = next else {
-            flush(rec, log, p).await?;
-            return log.seal(rec, Instant::now() + rec.failure_grace).await;
+        // Events arriving now queue up without waking us one by one (a
+        // wake-up per statement costs the relay latency on shared cores);
+        // they are taken when the flush is due or a tap says to.
+        let due_now = tokio::select! {
+            _ = tokio::time::sleep_until(due) => true,
+            _ = drain.notified() => false,
         };
-        let before = p.buf.len();
-        let seq = log.next_seq;
-        log.observe(seq, ts, &body);
-        encode(&mut p.buf, seq, ts, &body);
-        log.next_seq += 1;
-        p.events += 1;
-        p.due
-            .get_or_insert_with(|| Instant::now() + rec.flush_interval);
-        reserve(rec, log, p, p.buf.len() - before).await?;
-        if p.buf.len() >= rec.segment_bytes {
+        loop {
+            match rx.try_recv() {
+                Ok(ev) => take(rec, log, p, queued, ev).await?,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return close(rec, log, p).await,
+            }
+        }
+        if due_now {
             flush(rec, log, p).await?;
         }
     }
+}
+
+async fn take(
+    rec: &Recorder,
+    log: &mut SegmentLog,
+    p: &mut Pending,
+    queued: &AtomicUsize,
+    (ts, body): (DateTime<Utc>, EventBody),
+) -> Result<(), RecordError> {
+    queued.fetch_sub(queued_size(&body), Relaxed);
+    let before = p.buf.len();
+    let seq = log.next_seq;
+    log.observe(seq, ts, &body);
+    encode(&mut p.buf, seq, ts, &body);
+    log.next_seq += 1;
+    p.events += 1;
+    p.due
+        .get_or_insert_with(|| Instant::now() + rec.flush_interval);
+    reserve(rec, log, p, p.buf.len() - before).await?;
+    if p.buf.len() >= rec.segment_bytes {
+        flush(rec, log, p).await?;
+    }
+    Ok(())
+}
+
+/// A cheap estimate of an event's encoded size (no encoding on the relay's path).
+fn queued_size(body: &EventBody) -> usize {
+    match body {
+        EventBody::Output { data, .. } | EventBody::Input { data, .. } => data.len() + 96,
+        EventBody::Statement { sql, .. } | EventBody::Guardrail { sql, .. } => sql.len() + 192,
+        _ => 256,
+    }
+}
+
+async fn close(rec: &Recorder, log: &mut SegmentLog, p: &mut Pending) -> Result<(), RecordError> {
+    flush(rec, log, p).await?;
+    log.seal(rec, Instant::now() + rec.failure_grace).await
 }
 
 /// Takes `n` bytes of the shared budget. When the budget is short this
