@@ -398,7 +398,7 @@ async fn tunnel_handler(
             let (tx, rx) = tunnel::split(socket);
             match session.permit.connection.kind {
                 crate::config::Kind::Ssh => {
-                    crate::protocol::ssh::front::serve(gw.clone(), session, tx, rx)
+                    crate::protocol::ssh::serve::serve(gw.clone(), session, tx, rx)
                         .instrument(span)
                         .await
                 }

@@ -4,8 +4,10 @@
 //! a key from a secret reference that the caller never sees, checking the
 //! target's host key against the pin in the config.
 
+pub mod channel;
 pub mod exec;
 pub mod front;
+pub mod serve;
 pub mod sftp;
 pub mod text;
 pub mod upstream;
