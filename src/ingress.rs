@@ -485,7 +485,7 @@ async fn exec_inner(
             }
             (Some(rule), None) => {
                 let shown = match gw.masking_for(&conn, &session.permit.principal).await {
-                    Ok(Some(engine)) => crate::protocol::postgres::masking::text(
+                    Ok(Some(engine)) => crate::protocol::postgres::masking::sql(
                         &engine,
                         &input,
                         &mut Default::default(),

@@ -155,10 +155,12 @@ impl Gateway {
         let mut rails = HashMap::new();
         for c in &config.connections {
             if let Some(g) = &c.guardrails {
-                let compiled = Guardrails::new(g).map_err(|source| ServeError::Guardrails {
-                    connection: c.name().to_string(),
-                    source,
-                })?;
+                let compiled = Guardrails::new(g)
+                    .map_err(|source| ServeError::Guardrails {
+                        connection: c.name().to_string(),
+                        source,
+                    })?
+                    .with_limit(config.server.max_inspected_statement_bytes);
                 rails.insert(c.name().to_string(), Arc::new(compiled));
             }
         }

@@ -147,6 +147,10 @@ pub struct ServerConfig {
     /// How often the gateway pings an idle tunnel so Google's front end keeps it open.
     #[serde(default = "default_ping", with = "duration")]
     pub ping_interval: Duration,
+    /// Largest statement guardrails or masking parse (bytes; also bounds its
+    /// tokens to one per 32 bytes); larger ones are refused on such connections.
+    #[serde(default = "default_max_inspected")]
+    pub max_inspected_statement_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +160,7 @@ impl Default for ServerConfig {
             max_message_bytes: default_max_message(),
             exec_max_rows: default_exec_max_rows(),
             ping_interval: default_ping(),
+            max_inspected_statement_bytes: default_max_inspected(),
         }
     }
 }
@@ -168,6 +173,9 @@ fn default_max_message() -> usize {
 }
 fn default_exec_max_rows() -> usize {
     10_000
+}
+fn default_max_inspected() -> usize {
+    crate::policy::guardrails::DEFAULT_MAX_INSPECTED
 }
 fn default_ping() -> Duration {
     Duration::from_secs(30)
@@ -501,7 +509,7 @@ pub struct GuardrailsConfig {
     /// Regexes matched against the normalized statement (lowercase, single spaces).
     #[serde(default)]
     pub deny_patterns: Vec<String>,
-    /// Let statements sqlparser cannot parse through (checked by patterns only).
+    /// Let statements PostgreSQL's parser rejects through (checked by patterns only).
     #[serde(default)]
     pub allow_unparsed: bool,
     /// Regexes (over the normalized statement) whose matches are held for approval.

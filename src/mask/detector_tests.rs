@@ -207,9 +207,11 @@ fn private_key() {
             &pem.replace("RSA", "ENCRYPTED"),
         ],
     );
-    // A GCP service-account file holds the key with escaped newlines.
+    // A GCP service-account file holds the key with escaped newlines; a body
+    // line shaped like an API key is still part of the key block.
+    let body = GCP_KEY.replace('-', "0");
     let json = format!(
-        r#"{{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n{GCP_KEY}\n-----END PRIVATE KEY-----\n", "client_email": "svc@proj.iam.gserviceaccount.com"}}"#
+        r#"{{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n{body}\n-----END PRIVATE KEY-----\n", "client_email": "svc@proj.iam.gserviceaccount.com"}}"#
     );
     let (out, counts) = mask_with(&engine(DEFAULT), &json);
     assert_eq!(
@@ -296,4 +298,14 @@ fn values_split_across_types() {
         mask_with(&email_only, "jo@x.io 4111111111111111").0,
         "[EMAIL] 4111111111111111"
     );
+}
+
+#[test]
+fn private_key_markers_never_swallow_text_between_them() {
+    // The attack: two markers around SQL hid the SQL from the approver.
+    let sql = "delete from orders where note = '-----BEGIN PRIVATE KEY-----' or id > 0 or note = '-----END PRIVATE KEY-----'";
+    let out = mask(sql);
+    assert!(out.contains("or id > 0 or note"), "{out}");
+    let multi = "-----BEGIN PRIVATE KEY-----\ndelete\nfrom\norders\n-----END PRIVATE KEY-----";
+    assert!(mask(multi).contains("from\norders"), "{}", mask(multi));
 }

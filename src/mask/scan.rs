@@ -64,11 +64,14 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
         .expect("static email regex")
 });
 
-/// A whole PEM private key block; `.` also crosses the literal `\n` of a key
-/// embedded in JSON (GCP service-account files).
+/// A whole PEM private key block: optional RFC 1421 headers, then base64
+/// lines (16-76 characters, the last may be shorter) between its markers.
+/// Line breaks may be real or the literal `\n` of a key embedded in JSON
+/// (GCP service-account files). Nothing else may sit between the markers,
+/// so two markers can never hide the text between them.
 static PEM_BLOCK: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?s-u)^-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----",
+        r"(?-u)^-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:\r?\n|(?:\\r)?\\n)(?:[A-Za-z-]{1,32}: [A-Za-z0-9,\-]{1,128}(?:\r?\n|(?:\\r)?\\n)){0,4}(?:\r?\n|(?:\\r)?\\n)?(?:[A-Za-z0-9+/=]{16,76}(?:\r?\n|(?:\\r)?\\n))*(?:[A-Za-z0-9+/=]{1,76}(?:\r?\n|(?:\\r)?\\n))?-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----",
     )
     .expect("static pem regex")
 });
@@ -76,7 +79,7 @@ static PEM_BLOCK: LazyLock<Regex> = LazyLock::new(|| {
 /// A truncated block (no END line): the header and the base64 body that follows.
 static PEM_HEAD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?-u)^-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\r\n]|\\[rn])*",
+        r"(?-u)^-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:(?:\r?\n|(?:\\r)?\\n)[A-Za-z0-9+/=]{8,76})*",
     )
     .expect("static pem head regex")
 });

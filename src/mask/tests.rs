@@ -465,7 +465,8 @@ fn adversarial_input_stays_linear() {
         "{}\n-----END PRIVATE KEY-----",
         "-----BEGIN PRIVATE KEY-----\n".repeat(2000)
     );
-    assert_eq!(mask(&many_begins), "[PRIVATE_KEY]");
+    // No base64 between the markers: each header is hidden on its own.
+    assert!(!mask(&many_begins).contains("BEGIN PRIVATE KEY"));
     let long_local = format!("{}@example.com", "a".repeat(256 << 10));
     assert_eq!(mask(&long_local), "[EMAIL]");
 }

@@ -1,12 +1,16 @@
 //! SQL guardrails: a pure decision over the statements of one Query or
-//! Parse. Statements are parsed with sqlparser (PostgreSQL dialect); a
-//! statement that cannot be parsed is refused unless the connection allows it.
+//! Parse. Statements are parsed by PostgreSQL's own grammar (pg_query wraps
+//! libpg_query), and classified from every node of the tree, so a statement
+//! hidden in COPY, a CTE, PREPARE, a rule or EXPLAIN ANALYZE is seen as what
+//! PostgreSQL will run. A statement that cannot be parsed is refused unless
+//! the connection allows it.
 
+use pg_query::protobuf::{self, node::Node as N};
+use pg_query::ParserOptions;
 use regex::Regex;
-use sqlparser::ast::{Query, SetExpr, Statement};
-use sqlparser::dialect::{Dialect, PostgreSqlDialect};
-use sqlparser::parser::Parser;
 
+use super::sqltext;
+use super::sqltree::{self, Found};
 use crate::config::GuardrailsConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +36,12 @@ pub const RULES: &[&str] = &[
     "insert",
     "delete_without_where",
     "update_without_where",
+    "write_function",
 ];
+
+/// Statements larger than this are refused when guardrails or masking must
+/// read them: parsing costs memory in proportion to the statement.
+pub const DEFAULT_MAX_INSPECTED: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -55,6 +64,7 @@ pub struct Guardrails {
     patterns: Vec<(String, Regex)>,
     approval_patterns: Vec<(String, Regex)>,
     allow_unparsed: bool,
+    max_bytes: usize,
 }
 
 fn rule_name(name: &str) -> Result<&'static str, GuardrailError> {
@@ -93,28 +103,53 @@ impl Guardrails {
             patterns,
             approval_patterns,
             allow_unparsed: cfg.allow_unparsed,
+            max_bytes: DEFAULT_MAX_INSPECTED,
         })
+    }
+
+    /// `[server] max_inspected_statement_bytes`.
+    pub fn with_limit(mut self, max_bytes: usize) -> Guardrails {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// Decides on every statement of `sql`; the first refusal wins, so a
     /// multi-statement Query runs entirely or not at all.
     pub fn check(&self, sql: &str) -> Verdict {
+        if let Some(v) = inspect_limit(sql, self.max_bytes) {
+            return v;
+        }
         if sql.trim().trim_matches(';').trim().is_empty() {
             return Verdict::Allow;
         }
-        let v = self.check_with(sql, &PostgreSqlDialect {});
         // With standard_conforming_strings off, PostgreSQL reads \' as a quote
-        // inside a string: check that reading too, or a DROP hides in a literal.
-        if v == Verdict::Allow && sql.contains('\\') {
-            return self.check_with(sql, &BackslashEscapes);
+        // inside a string: every reading that parses must be allowed, or a
+        // DROP hides in a literal.
+        let standard = self.check_with(sql, ParserOptions::DEFAULT);
+        if !sql.contains('\\') {
+            return standard;
         }
-        v
+        let escaped = self.check_with(sql, ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS);
+        let real_denial =
+            |v: &Verdict| matches!(v, Verdict::Deny { rule, .. } if rule != "unparsed");
+        if real_denial(&standard) {
+            return standard;
+        }
+        if real_denial(&escaped) {
+            return escaped;
+        }
+        match (standard, escaped) {
+            // Only one reading parses: PostgreSQL rejects the other itself.
+            (Verdict::Deny { .. }, v) | (v, Verdict::Deny { .. }) => v,
+            (v @ Verdict::NeedsApproval { .. }, _) | (_, v @ Verdict::NeedsApproval { .. }) => v,
+            (Verdict::Allow, Verdict::Allow) => Verdict::Allow,
+        }
     }
 
     /// An SSH command or typed shell line: only the patterns apply (the SQL
     /// rules have nothing to parse). The reason names the pattern, never the command.
     pub fn check_command(&self, command: &str) -> Verdict {
-        match self.check_patterns(&normalize(command)) {
+        match self.check_patterns(&[normalize(command)]) {
             Verdict::Deny { rule, .. } => Verdict::Deny {
                 reason: format!("the command matches the {rule}"),
                 rule,
@@ -123,27 +158,36 @@ impl Guardrails {
         }
     }
 
-    fn check_with(&self, sql: &str, dialect: &dyn Dialect) -> Verdict {
-        let statements = match Parser::parse_sql(dialect, sql) {
-            Ok(s) => s,
+    fn check_with(&self, sql: &str, options: ParserOptions) -> Verdict {
+        let tree = match pg_query::parse(sql, options) {
+            Ok(t) => t,
             Err(e) => {
                 if self.allow_unparsed {
-                    return self.check_patterns(&normalize(sql));
+                    return self.check_patterns(&sqltext::pattern_forms(sql, options));
                 }
                 return Verdict::Deny {
                     rule: "unparsed".into(),
-                    reason: format!("the statement could not be parsed, and guardrails refuse what they cannot check ({e})"),
+                    reason: format!(
+                        "the statement could not be parsed, and guardrails refuse what they cannot check ({})",
+                        parse_error(&e)
+                    ),
                 };
             }
         };
         // A denial anywhere wins over a hold anywhere: an approval must never
         // carry a statement that a deny rule or pattern refuses.
         let mut held = None;
-        for st in &statements {
-            for v in [
-                self.check_statement(st),
-                self.check_patterns(&normalize(&st.to_string())),
-            ] {
+        let has_patterns = !self.patterns.is_empty() || !self.approval_patterns.is_empty();
+        let version = tree.protobuf.version;
+        for raw in tree.protobuf.stmts {
+            let by_rules = self.check_statement(&raw);
+            let by_patterns = if has_patterns {
+                let text = statement_text(sql, &raw);
+                self.check_patterns(&sqltext::statement_forms(raw, version, text))
+            } else {
+                Verdict::Allow
+            };
+            for v in [by_rules, by_patterns] {
                 match v {
                     Verdict::Deny { .. } => return v,
                     Verdict::NeedsApproval { .. } if held.is_none() => held = Some(v),
@@ -154,9 +198,9 @@ impl Guardrails {
         held.unwrap_or(Verdict::Allow)
     }
 
-    fn check_patterns(&self, normalized: &str) -> Verdict {
+    fn check_patterns(&self, forms: &[String]) -> Verdict {
         for (p, re) in &self.patterns {
-            if re.is_match(normalized) {
+            if forms.iter().any(|f| re.is_match(f)) {
                 return Verdict::Deny {
                     rule: format!("pattern {p}"),
                     reason: format!("the statement matches the deny pattern {p:?}"),
@@ -164,7 +208,7 @@ impl Guardrails {
             }
         }
         for (p, re) in &self.approval_patterns {
-            if re.is_match(normalized) {
+            if forms.iter().any(|f| re.is_match(f)) {
                 return Verdict::NeedsApproval {
                     rule: format!("pattern {p}"),
                 };
@@ -173,9 +217,12 @@ impl Guardrails {
         Verdict::Allow
     }
 
-    fn check_statement(&self, st: &Statement) -> Verdict {
-        let mut kinds = Vec::new();
-        classify(st, &mut kinds);
+    fn check_statement(&self, raw: &protobuf::RawStmt) -> Verdict {
+        let found = found_in(raw);
+        if let Some(v) = encoding_change(&found) {
+            return v;
+        }
+        let kinds: Vec<Kind> = found.iter().filter_map(kind_of).collect();
         for k in &kinds {
             if let Some(rule) = k.rules().find(|r| self.deny.contains(r)) {
                 return Verdict::Deny {
@@ -204,30 +251,189 @@ impl Guardrails {
     }
 }
 
-/// PostgreSQL with backslash escapes in string literals.
-#[derive(Debug)]
-struct BackslashEscapes;
+/// Parse trees cost several hundred bytes per token, so the number of
+/// tokens is bounded too (one per 32 bytes of the byte limit); the scanner
+/// that counts them costs tens of bytes per token.
+pub fn inspect_limit(sql: &str, max: usize) -> Option<Verdict> {
+    let deny = |what: String| {
+        Verdict::Deny {
+        rule: "statement_size".into(),
+        reason: format!("{what}: larger statements cannot be inspected by guardrails or masking (raise [server] max_inspected_statement_bytes, or send smaller statements)"),
+    }
+    };
+    if sql.len() > max {
+        return Some(deny(format!(
+            "the statement is {} bytes, over the limit of {max}",
+            sql.len()
+        )));
+    }
+    let max_tokens = (max / 32).max(64);
+    // Only a statement that could reach the token limit is counted.
+    if sql.len() <= max_tokens {
+        return None;
+    }
+    match pg_query::scan_tokens(sql) {
+        Ok(tokens) if tokens.len() > max_tokens => Some(deny(format!(
+            "the statement has {} tokens, over the limit of {max_tokens}",
+            tokens.len()
+        ))),
+        _ => None,
+    }
+}
 
-impl Dialect for BackslashEscapes {
-    fn dialect(&self) -> std::any::TypeId {
-        std::any::TypeId::of::<PostgreSqlDialect>()
+/// The parser's message without the statement text it may quote.
+fn parse_error(e: &pg_query::Error) -> String {
+    let m = e.to_string();
+    match m.find(" at or near") {
+        Some(i) => m[..i].to_string(),
+        None => m,
     }
-    fn is_identifier_start(&self, ch: char) -> bool {
-        PostgreSqlDialect {}.is_identifier_start(ch)
+}
+
+/// The source text of one statement of a multi-statement string.
+fn statement_text<'a>(sql: &'a str, raw: &protobuf::RawStmt) -> &'a str {
+    let start = usize::try_from(raw.stmt_location)
+        .unwrap_or(0)
+        .min(sql.len());
+    let end = match usize::try_from(raw.stmt_len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(n) => (start + n).min(sql.len()),
+    };
+    sql.get(start..end).unwrap_or(sql)
+}
+
+/// What one statement contains. Plain EXPLAIN runs nothing, so its query
+/// is not walked; EXPLAIN ANALYZE runs it, so it is. (EXPLAIN only exists
+/// at the top level of PostgreSQL's grammar.)
+fn found_in(raw: &protobuf::RawStmt) -> Vec<Found> {
+    let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+        return Vec::new();
+    };
+    if let N::ExplainStmt(e) = node {
+        if !explain_runs(&e.options) {
+            return vec![Found::Stmt("ExplainStmt")];
+        }
+        let mut f = vec![Found::Stmt("ExplainAnalyze")];
+        f.extend(sqltree::walk(&e.query));
+        return f;
     }
-    fn is_identifier_part(&self, ch: char) -> bool {
-        PostgreSqlDialect {}.is_identifier_part(ch)
+    sqltree::walk(node)
+}
+
+fn explain_runs(options: &[protobuf::Node]) -> bool {
+    options.iter().any(|o| match &o.node {
+        Some(N::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => {
+            match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+                None => true,
+                Some(N::String(s)) => !matches!(
+                    s.sval.to_ascii_lowercase().as_str(),
+                    "false" | "off" | "0" | "no"
+                ),
+                Some(N::Boolean(b)) => b.boolval,
+                Some(N::Integer(i)) => i.ival != 0,
+                // Anything else: assume it runs (fail closed).
+                Some(_) => true,
+            }
+        }
+        _ => false,
+    })
+}
+
+/// Client encodings in which a multibyte character can contain an ASCII
+/// byte such as `\` or `'`: the gateway and PostgreSQL would read the same
+/// bytes differently, so they are refused wherever statements are inspected.
+pub fn unsafe_encoding(name: &str) -> bool {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(
+        clean.as_str(),
+        "sjis"
+            | "shiftjis"
+            | "mskanji"
+            | "win932"
+            | "windows932"
+            | "shiftjis2004"
+            | "big5"
+            | "win950"
+            | "windows950"
+            | "gbk"
+            | "win936"
+            | "windows936"
+            | "cp936"
+            | "uhc"
+            | "win949"
+            | "windows949"
+            | "gb18030"
+            | "johab"
+    )
+}
+
+/// A statement that would switch the session to an unsafe client encoding.
+/// `set_config` on client_encoding (or on a computed name) is refused
+/// outright: its value can be computed, so it cannot be checked.
+fn encoding_change(found: &[Found]) -> Option<Verdict> {
+    let deny = |reason: String| {
+        Some(Verdict::Deny {
+            rule: "client_encoding".into(),
+            reason,
+        })
+    };
+    for f in found {
+        match f {
+            Found::Set {
+                name,
+                first_arg: Some(v),
+                reset: false,
+            } if name == "client_encoding" && unsafe_encoding(v) => {
+                return deny(format!("client_encoding {v} is refused while guardrails or masking inspect statements: in it a multibyte character can hide a quote or backslash; use UTF8"));
+            }
+            Found::Call { name, first_arg } if name.rsplit('.').next() == Some("set_config") => {
+                let settable = first_arg
+                    .as_deref()
+                    .is_some_and(|a| !a.trim().eq_ignore_ascii_case("client_encoding"));
+                if !settable {
+                    return deny("set_config on client_encoding (or on a setting name computed at run time) is refused while guardrails or masking inspect statements; use SET client_encoding".into());
+                }
+            }
+            _ => {}
+        }
     }
-    fn supports_string_literal_backslash_escape(&self) -> bool {
-        true
+    None
+}
+
+/// For connections with masking but no guardrails: the encoding check alone,
+/// parsing only statements that could change the encoding.
+pub fn encoding_refusal(sql: &str, max_bytes: usize) -> Option<Verdict> {
+    if let Some(v) = inspect_limit(sql, max_bytes) {
+        return Some(v);
     }
+    if !sqltext::may_change_encoding(sql) {
+        return None;
+    }
+    let mut verdict = None;
+    for options in [
+        ParserOptions::DEFAULT,
+        ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
+    ] {
+        if let Ok(tree) = pg_query::parse(sql, options) {
+            for raw in &tree.protobuf.stmts {
+                if let Some(v) = encoding_change(&found_in(raw)) {
+                    verdict = Some(v);
+                }
+            }
+        }
+    }
+    verdict
 }
 
 /// What one (possibly nested) statement does, in rule vocabulary.
 #[derive(Debug)]
 struct Kind {
     rule: &'static str,
-    implied: Vec<&'static str>,
+    implied: &'static [&'static str],
     what: &'static str,
     writes: bool,
 }
@@ -238,153 +444,183 @@ impl Kind {
     }
 }
 
-fn kind(rule: &'static str, implied: &[&'static str], what: &'static str, writes: bool) -> Kind {
+const fn k(
+    rule: &'static str,
+    implied: &'static [&'static str],
+    what: &'static str,
+    writes: bool,
+) -> Kind {
     Kind {
         rule,
-        implied: implied.to_vec(),
+        implied,
         what,
         writes,
     }
 }
 
-/// Collects the kinds of `st` and of every statement nested in it (CTEs,
-/// EXPLAIN ANALYZE, which executes its statement).
-fn classify(st: &Statement, out: &mut Vec<Kind>) {
-    match st {
-        Statement::Query(q) => classify_query(q, out),
-        // PREPARE p AS <statement> is judged by what EXECUTE p will run.
-        Statement::Prepare { statement, .. } => classify(statement, out),
-        Statement::Delete(d) if d.selection.is_none() => out.push(kind(
+/// Functions that change data or the server when called from a SELECT.
+const WRITE_FUNCTIONS: &[&str] = &[
+    "setval",
+    "nextval",
+    "lo_import",
+    "lo_export",
+    "lo_unlink",
+    "lo_create",
+    "lo_creat",
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_promote",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_stat_reset",
+    "pg_stat_reset_shared",
+    "pg_stat_reset_single_table_counters",
+    "pg_stat_reset_single_function_counters",
+    "pg_stat_reset_slru",
+    "pg_stat_reset_replication_slot",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_replication_origin_create",
+    "pg_replication_origin_drop",
+    "pg_logical_emit_message",
+    "pg_notify",
+    "pg_import_system_collations",
+    "dblink",
+    "dblink_exec",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+];
+
+/// Code guardrails cannot see into (a DO block, a procedure) may do anything.
+const EVERYTHING: &[&str] = RULES;
+
+fn kind_of(f: &Found) -> Option<Kind> {
+    Some(match f {
+        Found::Dml {
+            stmt: "DeleteStmt",
+            has_where: false,
+        } => k(
             "delete_without_where",
             &["delete"],
             "DELETE without WHERE",
             true,
-        )),
-        Statement::Delete(_) => out.push(kind("delete", &[], "DELETE", true)),
-        Statement::Update(u) if u.selection.is_none() => out.push(kind(
+        ),
+        Found::Dml {
+            stmt: "DeleteStmt", ..
+        } => k("delete", &[], "DELETE", true),
+        Found::Dml {
+            has_where: false, ..
+        } => k(
             "update_without_where",
             &["update"],
             "UPDATE without WHERE",
             true,
-        )),
-        Statement::Update(_) => out.push(kind("update", &[], "UPDATE", true)),
-        Statement::Insert(_) => out.push(kind("insert", &[], "INSERT", true)),
-        Statement::Merge { .. } => out.push(kind("update", &["insert", "delete"], "MERGE", true)),
-        Statement::Copy { to, target, .. } => {
-            if matches!(target, sqlparser::ast::CopyTarget::Program { .. }) {
-                out.push(kind("copy_program", &[], "COPY ... PROGRAM", true));
-            } else if !to {
-                out.push(kind("insert", &[], "COPY FROM", true));
-            } else {
-                out.push(kind("read", &[], "COPY TO", false));
+        ),
+        Found::Dml { .. } => k("update", &[], "UPDATE", true),
+        Found::Copy {
+            is_program: true, ..
+        } => k("copy_program", &[], "COPY ... PROGRAM", true),
+        Found::Copy { is_from: true, .. } => k("insert", &[], "COPY FROM", true),
+        Found::Copy { .. } => k("read", &[], "COPY TO", false),
+        Found::Grant { is_grant: true, .. } => k("grant", &[], "GRANT", true),
+        Found::Grant { .. } => k("revoke", &[], "REVOKE", true),
+        // OBJECT_ROLE in PostgreSQL's ObjectType.
+        Found::Rename { rename_type: 34 } => {
+            k("alter", &["ddl", "create_role"], "ALTER ROLE", true)
+        }
+        Found::Rename { .. } => k("alter", &["ddl"], "ALTER", true),
+        Found::SelectInto => k("ddl", &[], "SELECT INTO", true),
+        Found::Call { name, .. } => {
+            let short = name.rsplit('.').next().unwrap_or(name);
+            if !WRITE_FUNCTIONS.contains(&short) {
+                return None;
             }
-        }
-        Statement::Explain {
-            analyze,
-            statement,
-            options,
-            ..
-        } => {
-            let runs = *analyze
-                || options.iter().flatten().any(|o| {
-                    let text = o.to_string().to_ascii_lowercase();
-                    text.starts_with("analyze")
-                        && !text.ends_with("false")
-                        && !text.ends_with("off")
-                });
-            if runs {
-                classify(statement, out);
-            } else {
-                out.push(kind("read", &[], "EXPLAIN", false));
-            }
-        }
-        Statement::Truncate(_) => out.push(kind("truncate", &["ddl"], "TRUNCATE", true)),
-        Statement::Grant(_) | Statement::GrantRole(_) => {
-            out.push(kind("grant", &[], "GRANT", true))
-        }
-        Statement::Revoke(_) | Statement::RevokeRole(_) => {
-            out.push(kind("revoke", &[], "REVOKE", true))
-        }
-        Statement::CreateRole(_) => out.push(kind("create_role", &["ddl"], "CREATE ROLE", true)),
-        other => out.push(by_keyword(other)),
-    }
-}
-
-fn classify_query(q: &Query, out: &mut Vec<Kind>) {
-    if let Some(with) = &q.with {
-        for cte in &with.cte_tables {
-            classify_query(&cte.query, out);
-        }
-    }
-    classify_set_expr(&q.body, out);
-}
-
-fn classify_set_expr(body: &SetExpr, out: &mut Vec<Kind>) {
-    match body {
-        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
-            classify(s, out)
-        }
-        SetExpr::Query(q) => classify_query(q, out),
-        SetExpr::SetOperation { left, right, .. } => {
-            classify_set_expr(left, out);
-            classify_set_expr(right, out);
-        }
-        SetExpr::Select(s) if s.into.is_some() => out.push(kind("ddl", &[], "SELECT INTO", true)),
-        _ => out.push(kind("read", &[], "SELECT", false)),
-    }
-}
-
-/// Everything else, by its leading keyword in sqlparser's canonical form:
-/// robust to the AST's many DDL variants.
-fn by_keyword(st: &Statement) -> Kind {
-    let text = st.to_string();
-    let first = text
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    match first.as_str() {
-        "DROP" => {
-            let role = text.to_ascii_uppercase().starts_with("DROP ROLE")
-                || text.to_ascii_uppercase().starts_with("DROP USER");
-            kind(
-                "drop",
-                if role {
-                    &["ddl", "create_role"]
-                } else {
-                    &["ddl"]
-                },
-                "DROP",
+            k(
+                "write_function",
+                &[],
+                "a call of a function that writes",
                 true,
             )
         }
-        "ALTER" => {
-            let role = text.to_ascii_uppercase().starts_with("ALTER ROLE")
-                || text.to_ascii_uppercase().starts_with("ALTER USER");
-            kind(
-                "alter",
-                if role {
-                    &["ddl", "create_role"]
-                } else {
-                    &["ddl"]
-                },
-                "ALTER",
-                true,
-            )
-        }
-        "CREATE" | "COMMENT" | "RENAME" | "REINDEX" | "CLUSTER" => kind("ddl", &[], "DDL", true),
-        "SELECT" | "SHOW" | "EXPLAIN" | "SET" | "RESET" | "BEGIN" | "START" | "COMMIT"
-        | "ROLLBACK" | "END" | "SAVEPOINT" | "RELEASE" | "DECLARE" | "FETCH" | "CLOSE"
-        | "DISCARD" | "DEALLOCATE" | "PREPARE" | "EXECUTE" | "LISTEN" | "UNLISTEN" | "VALUES" => {
-            kind("read", &[], "read", false)
-        }
-        _ => kind("other", &[], "data-changing or administrative", true),
-    }
+        Found::Set { .. } => return None,
+        Found::Stmt(s) => by_statement(s)?,
+    })
 }
 
-/// Lowercase with whitespace collapsed: what `deny_patterns` match against.
-pub fn normalize(sql: &str) -> String {
-    sql.split_whitespace()
+fn by_statement(s: &str) -> Option<Kind> {
+    Some(match s {
+        "SelectStmt" | "VariableShowStmt" | "TransactionStmt" | "DeclareCursorStmt"
+        | "FetchStmt" | "ClosePortalStmt" | "DiscardStmt" | "DeallocateStmt" | "PrepareStmt"
+        | "ExecuteStmt" | "ListenStmt" | "UnlistenStmt" | "ConstraintsSetStmt" | "ExplainStmt"
+        | "ExplainAnalyze" | "ReturnStmt" => return None,
+        "InsertStmt" => k("insert", &[], "INSERT", true),
+        "MergeStmt" => k("update", &["insert", "delete"], "MERGE", true),
+        "TruncateStmt" => k("truncate", &["ddl"], "TRUNCATE", true),
+        "CreateRoleStmt" => k("create_role", &["ddl"], "CREATE ROLE", true),
+        "AlterRoleStmt" | "AlterRoleSetStmt" => {
+            k("alter", &["ddl", "create_role"], "ALTER ROLE", true)
+        }
+        "DropRoleStmt" => k("drop", &["ddl", "create_role"], "DROP ROLE", true),
+        "DoStmt" => k(
+            "ddl",
+            EVERYTHING,
+            "DO block (code guardrails cannot see into)",
+            true,
+        ),
+        "CallStmt" => k(
+            "ddl",
+            EVERYTHING,
+            "CALL (a procedure guardrails cannot see into)",
+            true,
+        ),
+        s if s.starts_with("Drop") => k("drop", &["ddl"], "DROP", true),
+        s if s.starts_with("Alter") || s == "ReassignOwnedStmt" => {
+            k("alter", &["ddl"], "ALTER", true)
+        }
+        s if s.starts_with("Create")
+            || s.starts_with("Define")
+            || matches!(
+                s,
+                "IndexStmt"
+                    | "ViewStmt"
+                    | "RuleStmt"
+                    | "CommentStmt"
+                    | "SecLabelStmt"
+                    | "CompositeTypeStmt"
+                    | "ReindexStmt"
+                    | "ClusterStmt"
+                    | "RefreshMatViewStmt"
+                    | "ImportForeignSchemaStmt"
+            ) =>
+        {
+            k("ddl", &[], "DDL", true)
+        }
+        // VariableSetStmt is a Found::Set; every other statement (NOTIFY,
+        // VACUUM, LOCK, CHECKPOINT, LOAD, …) counts as a write.
+        _ => k("other", &[], "data-changing or administrative", true),
+    })
+}
+
+/// Lowercase with whitespace collapsed: what `deny_patterns` match against
+/// for SSH commands.
+pub fn normalize(text: &str) -> String {
+    text.split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
         .to_lowercase()
@@ -579,5 +815,161 @@ mod approval_tests {
             r.check("delete from secrets where id = 1"),
             Verdict::Deny { .. }
         ));
+    }
+}
+
+#[cfg(test)]
+mod attack_tests {
+    use super::*;
+
+    fn rails(deny: &[&str], approval: &[&str], read_only: bool, patterns: &[&str]) -> Guardrails {
+        Guardrails::new(&GuardrailsConfig {
+            deny: deny.iter().map(|s| s.to_string()).collect(),
+            require_approval: approval.iter().map(|s| s.to_string()).collect(),
+            read_only,
+            deny_patterns: patterns.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn rule(v: Verdict) -> String {
+        match v {
+            Verdict::Deny { rule, .. } | Verdict::NeedsApproval { rule } => rule,
+            Verdict::Allow => "allow".into(),
+        }
+    }
+
+    #[test]
+    fn dml_inside_copy_is_classified() {
+        let ro = rails(&[], &[], true, &[]);
+        assert_eq!(
+            rule(ro.check("copy (delete from victim returning *) to stdout")),
+            "read_only"
+        );
+        let g = rails(&["delete_without_where"], &["delete"], false, &[]);
+        assert_eq!(
+            rule(g.check("copy (delete from victim returning *) to stdout")),
+            "delete_without_where"
+        );
+        assert_eq!(
+            rule(g.check("COPY (DELETE FROM victim WHERE id = 1 RETURNING *) TO STDOUT")),
+            "delete"
+        );
+        assert_eq!(rule(ro.check("copy victim to stdout")), "allow");
+    }
+
+    #[test]
+    fn every_spelling_of_role_management() {
+        let g = rails(&["create_role"], &[], false, &[]);
+        for sql in [
+            "create user mallory",
+            "CREATE USER mallory WITH SUPERUSER PASSWORD 'x'",
+            "create group admins",
+            "create role r login",
+            "alter user app with superuser",
+            "alter group admins add user mallory",
+            "alter role app set search_path = x",
+            "drop user mallory",
+            "drop group admins",
+            "alter role app rename to bob",
+        ] {
+            assert_eq!(rule(g.check(sql)), "create_role", "{sql}");
+        }
+    }
+
+    #[test]
+    fn nested_and_opaque_code() {
+        let g = rails(&["delete_without_where", "drop"], &[], false, &[]);
+        assert_eq!(
+            rule(g.check("create rule r as on insert to t do also delete from victim")),
+            "delete_without_where"
+        );
+        assert_eq!(
+            rule(g.check("prepare p as delete from victim")),
+            "delete_without_where"
+        );
+        assert_eq!(
+            rule(g.check("explain (analyze, format json) delete from victim")),
+            "delete_without_where"
+        );
+        assert_eq!(
+            rule(g.check("explain (analyze false) delete from victim")),
+            "allow"
+        );
+        // A DO block or a procedure may do anything: every rule applies.
+        assert!(matches!(
+            g.check("do $$ begin delete from victim; end $$"),
+            Verdict::Deny { .. }
+        ));
+        assert!(matches!(g.check("call cleanup()"), Verdict::Deny { .. }));
+        let ro = rails(&[], &[], true, &[]);
+        assert_eq!(rule(ro.check("select setval('s', 1)")), "read_only");
+        assert_eq!(
+            rule(ro.check("select pg_terminate_backend(1)")),
+            "read_only"
+        );
+        assert_eq!(rule(ro.check("select lower('A')")), "allow");
+    }
+
+    #[test]
+    fn unsafe_client_encodings_are_refused() {
+        let g = rails(&[], &[], false, &[]);
+        for sql in [
+            "set client_encoding = 'SJIS'",
+            "SET client_encoding TO sjis",
+            "set names 'Shift_JIS'",
+            "set session client_encoding to 'big5'",
+            "select set_config('client_encoding', 'GBK', false)",
+            "select pg_catalog.set_config('CLIENT_ENCODING', 'UTF8', false)",
+            "select set_config('client_' || 'encoding', 'SJIS', false)",
+            r"select set_config(E'client\x5fencoding', 'SJIS', false)",
+        ] {
+            assert_eq!(rule(g.check(sql)), "client_encoding", "{sql}");
+        }
+        for ok in [
+            "set client_encoding = 'UTF8'",
+            "set client_encoding to 'LATIN1'",
+            "reset client_encoding",
+            "select set_config('search_path', 'public', false)",
+        ] {
+            assert_eq!(rule(g.check(ok)), "allow", "{ok}");
+        }
+        assert!(encoding_refusal("set names 'sjis'", DEFAULT_MAX_INSPECTED).is_some());
+        assert!(encoding_refusal("select 1", DEFAULT_MAX_INSPECTED).is_none());
+    }
+
+    #[test]
+    fn patterns_see_through_quoting() {
+        let g = rails(&[], &[], false, &[r"pg_sleep\(", "from payroll"]);
+        for sql in [
+            r#"select "pg_sleep"(0.1)"#,
+            r#"select U&"pg\005fsleep"(0.1)"#,
+            "select pg_catalog.pg_sleep (0.1)",
+            "select * from public.payroll",
+            r#"select * from "payroll""#,
+            r#"select * from "public"."payroll""#,
+            "select * from/**/payroll",
+        ] {
+            assert!(rule(g.check(sql)).starts_with("pattern"), "{sql}");
+        }
+        assert_eq!(
+            rule(g.check("select * from payroll_archive")),
+            "pattern from payroll"
+        );
+        assert_eq!(rule(g.check("select 1")), "allow");
+    }
+
+    #[test]
+    fn oversized_statements_are_refused_before_parsing() {
+        let g = rails(&[], &[], false, &[]).with_limit(1024);
+        let big = format!("select {}1", "1,".repeat(600));
+        assert_eq!(rule(g.check(&big)), "statement_size");
+        // Under the byte limit, but too many tokens to parse cheaply.
+        let dense = format!("select {}1", "1,".repeat(200));
+        assert_eq!(rule(g.check(&dense)), "statement_size");
+        let text = format!("select '{}'", "x".repeat(900));
+        assert_eq!(rule(g.check(&text)), "allow");
+        assert_eq!(rule(g.check("select 1")), "allow");
     }
 }

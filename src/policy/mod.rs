@@ -2,6 +2,8 @@
 //! only starts with the `Permit` it returns, so no code path skips the check.
 
 pub mod guardrails;
+pub mod sqltext;
+pub mod sqltree;
 
 use std::fmt;
 use std::str::FromStr;

@@ -126,7 +126,21 @@ fn env_filter() -> EnvFilter {
     let filter = std::env::var("CUSTODY_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());
-    EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"))
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Libraries that print protocol payloads at debug or trace level stay at
+    // info whatever the level asked for: logs never carry statements, rows or keys.
+    [
+        "russh=info",
+        "tungstenite=info",
+        "tokio_tungstenite=info",
+        "hyper=info",
+        "h2=info",
+        "tokio_postgres=info",
+        "reqwest=info",
+    ]
+    .iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, |f, d| f.add_directive(d))
 }
 
 /// `CUSTODY_LOG_FORMAT=json`, or running on Cloud Run (`K_SERVICE` set),

@@ -2,6 +2,8 @@
 //! startup packets a client sends, the few frames the gateway inspects, and
 //! the messages it writes itself. No I/O here.
 
+use std::borrow::Cow;
+
 use bytes::{Buf, BufMut, BytesMut};
 
 use super::PgError;
@@ -214,15 +216,39 @@ pub fn cancel_request(pid: i32, key: i32) -> [u8; 16] {
 }
 
 /// Query ('Q') body → SQL text.
-pub fn query_sql(mut body: &[u8]) -> Result<&str, PgError> {
-    cstr(&mut body)
+pub fn query_sql(mut body: &[u8]) -> Result<Cow<'_, str>, PgError> {
+    Ok(client_text(cbytes(&mut body)?))
 }
 
 /// Parse ('P') body → (statement name, SQL).
-pub fn parse_msg(mut body: &[u8]) -> Result<(&str, &str), PgError> {
-    let name = cstr(&mut body)?;
-    let sql = cstr(&mut body)?;
+pub fn parse_msg(mut body: &[u8]) -> Result<(Cow<'_, str>, Cow<'_, str>), PgError> {
+    let name = client_text(cbytes(&mut body)?);
+    let sql = client_text(cbytes(&mut body)?);
     Ok((name, sql))
+}
+
+/// A NUL-terminated byte string, in whatever encoding the client uses.
+pub fn cbytes<'a>(body: &mut &'a [u8]) -> Result<&'a [u8], PgError> {
+    let end = body
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| PgError::Protocol("unterminated string in message".into()))?;
+    let s = &body[..end];
+    *body = &body[end + 1..];
+    Ok(s)
+}
+
+/// Client text as the gateway reads it. Every encoding PostgreSQL accepts
+/// while statements are inspected is ASCII-safe (the others are refused at
+/// startup and on SET): ASCII bytes are themselves, and bytes >= 0x80 only
+/// ever form non-ASCII characters. So text that is not UTF-8 is read byte
+/// by byte as Latin-1, which keeps every quote, backslash and keyword
+/// exactly where PostgreSQL sees it (non-ASCII letters may print oddly).
+pub fn client_text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(bytes.iter().map(|&b| b as char).collect()),
+    }
 }
 
 /// Bind ('B') body → (portal, statement).

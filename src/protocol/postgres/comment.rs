@@ -108,7 +108,7 @@ mod tests {
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len());
         let (name, sql) = codec::parse_msg(&out[5..]).unwrap();
-        assert_eq!((name, sql), ("s1", "select $1 /*c*/"));
+        assert_eq!((name.as_ref(), sql.as_ref()), ("s1", "select $1 /*c*/"));
         assert!(out.ends_with(b"\x00\x01\x00\x00\x00\x17"));
     }
 }

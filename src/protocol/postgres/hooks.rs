@@ -12,10 +12,10 @@ use super::codec::{self, put_frame};
 use super::comment;
 use super::masking::{self, CopyPlan};
 use super::scanner::Inspect;
-use super::tracker::Tracker;
+use super::tracker::{RowDesc, Tracker};
 use super::PgError;
 use crate::mask::{Counts, Engine};
-use crate::policy::guardrails::{Guardrails, Verdict};
+use crate::policy::guardrails::{self, Guardrails, Verdict};
 use crate::recording::EventBody;
 
 /// What masking needs in the relay: the engine and the column-rule catalog.
@@ -53,6 +53,8 @@ pub struct ClientHook<'a> {
     skipping: Option<Skipping>,
     /// Whether this pipeline segment (since the last Sync) reached the upstream.
     segment_forwarded: bool,
+    /// `[server] max_inspected_statement_bytes`.
+    pub max_inspected: usize,
 }
 
 impl<'a> ClientHook<'a> {
@@ -76,22 +78,37 @@ impl<'a> ClientHook<'a> {
             holds: Vec::new(),
             skipping: None,
             segment_forwarded: false,
+            max_inspected: guardrails::DEFAULT_MAX_INSPECTED,
         }
     }
 
     /// The refusal message for a statement, or None when it may run.
     fn refuse(&mut self, sql: &str, protocol: &str) -> Option<String> {
-        let (event, message) = match self.copy_refusal(sql, protocol == "extended") {
+        // Nothing is parsed before its size is checked.
+        let limit = (self.rails.is_some() || self.mask.is_some())
+            .then(|| guardrails::inspect_limit(sql, self.max_inspected))
+            .flatten();
+        let (event, message) = match limit
+            .and_then(|v| refusal_for(v, sql, protocol, self.audit_id))
+        {
             Some(r) => r,
-            None => {
-                let verdict = self.rails?.check(sql);
-                match verdict {
-                    Verdict::NeedsApproval { rule } if self.approvable => {
-                        return self.hold(sql, protocol, rule);
+            None => match self.copy_refusal(sql, protocol == "extended") {
+                Some(r) => r,
+                None => {
+                    let verdict = match (self.rails, self.mask) {
+                        (Some(r), _) => r.check(sql),
+                        // Masking alone still refuses a switch to an unsafe encoding.
+                        (None, Some(_)) => guardrails::encoding_refusal(sql, self.max_inspected)?,
+                        (None, None) => return None,
+                    };
+                    match verdict {
+                        Verdict::NeedsApproval { rule } if self.approvable => {
+                            return self.hold(sql, protocol, rule);
+                        }
+                        v => refusal_for(v, sql, protocol, self.audit_id)?,
                     }
-                    v => refusal_for(v, sql, protocol, self.audit_id)?,
                 }
-            }
+            },
         };
         self.events.push(event);
         Some(message)
@@ -204,8 +221,18 @@ fn refusal_for(
             (rule, "approval_required", m)
         }
     };
+    // An oversized statement is recorded by its head only.
+    let sql = if rule == "statement_size" {
+        let mut end = sql.len().min(1024);
+        while !sql.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}… [{} bytes]", &sql[..end], sql.len())
+    } else {
+        sql.to_string()
+    };
     let event = EventBody::Guardrail {
-        sql: sql.to_string(),
+        sql,
         protocol: protocol.into(),
         rule,
         outcome: outcome.into(),
@@ -225,7 +252,7 @@ impl ClientHook<'_> {
             CopyPlan::Rules(_) => return None,
         };
         let event = EventBody::Guardrail {
-            sql: masking::text(m.engine, sql, &mut Counts::default()),
+            sql: masking::sql(m.engine, sql, &mut Counts::default()),
             protocol: "simple".into(),
             rule: "masking".into(),
             outcome: "denied".into(),
@@ -276,7 +303,8 @@ impl Inspect for ClientHook<'_> {
         }
         match tag {
             b'Q' => {
-                let sql = codec::query_sql(body)?;
+                let text = codec::query_sql(body)?;
+                let sql = text.as_ref();
                 let refused = self.refuse(sql, "simple");
                 let mut t = lock(self.tracker)?;
                 t.on_query(sql);
@@ -289,13 +317,19 @@ impl Inspect for ClientHook<'_> {
                         t.set_copy_rules(rules);
                     }
                 }
-                if let Some(c) = self.comment.filter(|_| !comment::ends_with_comment(sql)) {
+                // Text that is not UTF-8 is forwarded as the client's own bytes.
+                let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
+                if let Some(c) = self
+                    .comment
+                    .filter(|_| utf8 && !comment::ends_with_comment(sql))
+                {
                     comment::put_query(out, sql, c);
                     return Ok(());
                 }
             }
             b'P' => {
-                let (name, sql) = codec::parse_msg(body)?;
+                let (name, text) = codec::parse_msg(body)?;
+                let (name, sql) = (name.as_ref(), text.as_ref());
                 if let Some(message) = self.refuse(sql, "extended") {
                     self.skipping = Some(Skipping {
                         error: error_bytes(&message),
@@ -304,7 +338,11 @@ impl Inspect for ClientHook<'_> {
                     return Ok(());
                 }
                 lock(self.tracker)?.on_parse(name, sql);
-                if let Some(c) = self.comment.filter(|_| !comment::ends_with_comment(sql)) {
+                let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
+                if let Some(c) = self
+                    .comment
+                    .filter(|_| utf8 && !comment::ends_with_comment(sql))
+                {
                     comment::put_parse(out, body, name, sql, c);
                     self.segment_forwarded = true;
                     return Ok(());
@@ -325,7 +363,21 @@ impl Inspect for ClientHook<'_> {
                 };
                 lock(self.tracker)?.on_bind(portal, stmt, formats);
             }
-            b'E' => lock(self.tracker)?.on_execute(codec::execute_portal(body)?),
+            b'E' => {
+                let portal = codec::execute_portal(body)?;
+                let mut t = lock(self.tracker)?;
+                // Under column rules, rows are masked by what the upstream
+                // says this portal returns now, never by a cached Describe.
+                if self.mask.is_some_and(|m| m.engine.has_column_rules()) {
+                    t.on_internal_describe(portal);
+                    let mut d = Vec::with_capacity(portal.len() + 2);
+                    d.push(b'P');
+                    d.extend_from_slice(portal.as_bytes());
+                    d.push(0);
+                    put_frame(out, b'D', &d);
+                }
+                t.on_execute(portal);
+            }
             b'D' if self.mask.is_some() => {
                 let (kind, name) = codec::describe_msg(body)?;
                 lock(self.tracker)?.on_describe(kind, name);
@@ -356,28 +408,54 @@ pub struct ServerHook<'a> {
     pub tracker: &'a Mutex<Tracker>,
     pub done: &'a mut Vec<EventBody>,
     pub mask: Option<MaskCtx<'a>>,
+    /// Guardrails or masking inspect this session's statements.
+    pub guarded: bool,
 }
 
 impl Inspect for ServerHook<'_> {
     fn wants(&self, tag: u8) -> bool {
         matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
+            || (self.guarded && tag == b'S')
             || (self.mask.is_some() && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N' | b'A'))
     }
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
+        if tag == b'S' {
+            // Whatever path switched the session to an unsafe encoding (a
+            // function, a role default), statements after it could be read
+            // differently by the gateway and PostgreSQL: end the session.
+            let mut rest = body;
+            let name = codec::cbytes(&mut rest)?;
+            let value = codec::client_text(codec::cbytes(&mut rest)?);
+            if name.eq_ignore_ascii_case(b"client_encoding") && guardrails::unsafe_encoding(&value)
+            {
+                return Err(PgError::Protocol(format!(
+                    "the upstream session switched client_encoding to {value}, which is refused while guardrails or masking inspect statements"
+                )));
+            }
+            put_frame(out, tag, body);
+            return Ok(());
+        }
         let mut t = lock(self.tracker)?;
         if let Some(m) = self.mask {
             let mut counts = Counts::default();
             let written = match tag {
                 b'T' => {
                     let cols = masking::row_description(body)?;
-                    if let Some(cols) = t.on_row_description(cols) {
-                        t.active = Some(masking::resolve(&cols, m.engine, m.catalog));
+                    match t.on_row_description(cols) {
+                        RowDesc::Rows(cols) => {
+                            t.active = Some(masking::resolve(&cols, m.engine, m.catalog))
+                        }
+                        RowDesc::Described => {}
+                        // The gateway's own Describe: the client never asked.
+                        RowDesc::Internal => return Ok(()),
                     }
                     false
                 }
                 b'n' => {
-                    t.on_no_data();
+                    if t.on_no_data() {
+                        return Ok(());
+                    }
                     false
                 }
                 b'D' => {
@@ -466,12 +544,12 @@ pub fn scrub(mask: Option<MaskCtx>, ev: &mut EventBody) {
     let mut counts = Counts::default();
     match ev {
         EventBody::Statement { sql, error, .. } => {
-            *sql = masking::text(m.engine, sql, &mut counts);
+            *sql = masking::sql(m.engine, sql, &mut counts);
             if let Some(e) = error {
                 e.message = masking::text(m.engine, &e.message, &mut counts);
             }
         }
-        EventBody::Guardrail { sql, .. } => *sql = masking::text(m.engine, sql, &mut counts),
+        EventBody::Guardrail { sql, .. } => *sql = masking::sql(m.engine, sql, &mut counts),
         _ => {}
     }
 }

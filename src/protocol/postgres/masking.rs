@@ -352,6 +352,51 @@ pub fn text(engine: &Engine, s: &str, counts: &mut Counts) -> String {
     }
 }
 
+/// SQL text as recordings, reviews, webhooks and spans show it: detectors
+/// run over each literal and comment on its own (PostgreSQL's scanner cuts
+/// the tokens), so a match can never swallow SQL structure between two
+/// literals. Keywords, names and operators are kept as they are. Text the
+/// scanner rejects (PostgreSQL rejects it too) is masked as plain text.
+pub fn sql(engine: &Engine, s: &str, counts: &mut Counts) -> String {
+    use pg_query::protobuf::Token;
+    if !engine.has_detectors() {
+        return s.to_string();
+    }
+    let Ok(tokens) = pg_query::scan_tokens(s) else {
+        return text(engine, s, counts);
+    };
+    let valued = [
+        Token::Sconst,
+        Token::Usconst,
+        Token::Xconst,
+        Token::Bconst,
+        Token::Iconst,
+        Token::Fconst,
+        Token::SqlComment,
+        Token::CComment,
+        Token::Ident,
+        Token::Uident,
+    ]
+    .map(|t| t as i32);
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0usize;
+    for t in &tokens {
+        let (start, end) = (t.start as usize, t.end as usize);
+        let (Some(gap), Some(tok)) = (s.get(at..start), s.get(start..end)) else {
+            continue;
+        };
+        out.push_str(gap);
+        if valued.contains(&t.token) {
+            out.push_str(&text(engine, tok, counts));
+        } else {
+            out.push_str(tok);
+        }
+        at = end;
+    }
+    out.push_str(s.get(at..).unwrap_or(""));
+    out
+}
+
 /// How a `COPY ... TO STDOUT` is masked when column rules exist.
 #[derive(Debug, PartialEq)]
 pub enum CopyPlan {
@@ -367,43 +412,50 @@ pub enum CopyPlan {
 /// one COPY per query, from a table the catalog resolves or with an explicit
 /// column list. With detectors only: anything but binary format.
 pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
-    use sqlparser::ast::{CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement};
-    if !sql.to_ascii_lowercase().contains("copy") {
+    use pg_query::protobuf::node::Node as N;
+    // COPY is a keyword, and keywords cannot be escaped: no "copy", no COPY.
+    if !sql
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"copy"))
+    {
         return CopyPlan::NotCopyOut;
     }
     let rules = engine.has_column_rules();
-    let parsed =
-        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql);
-    let Ok(statements) = parsed else {
-        // Not SQL we can read: if it is a COPY, refuse rather than guess.
+    let tree = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).or_else(|_| {
+        pg_query::parse(
+            sql,
+            pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
+        )
+    });
+    // Neither reading parses: PostgreSQL cannot run it either.
+    let Ok(tree) = tree else {
         return CopyPlan::NotCopyOut;
     };
     let mut plan = CopyPlan::NotCopyOut;
-    for st in statements {
-        let Statement::Copy {
-            source,
-            to: true,
-            target: CopyTarget::Stdout,
-            options,
-            legacy_options,
-            ..
-        } = st
-        else {
+    for raw in &tree.protobuf.stmts {
+        let Some(N::CopyStmt(c)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
             continue;
         };
+        if c.is_from || c.is_program || !c.filename.is_empty() {
+            continue;
+        }
         if plan != CopyPlan::NotCopyOut {
             return CopyPlan::Refuse("only one COPY TO STDOUT per query can be masked".into());
         }
-        let format = |f: &str| {
-            options
-                .iter()
-                .any(|o| matches!(o, CopyOption::Format(x) if x.value.eq_ignore_ascii_case(f)))
-                || (f == "binary"
-                    && legacy_options
-                        .iter()
-                        .any(|o| matches!(o, CopyLegacyOption::Binary)))
+        let option = |name: &str| {
+            c.options.iter().find_map(|o| match &o.node {
+                Some(N::DefElem(d)) if d.defname.eq_ignore_ascii_case(name) => {
+                    Some(match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+                        Some(N::String(v)) => v.sval.to_ascii_lowercase(),
+                        _ => String::new(),
+                    })
+                }
+                _ => None,
+            })
         };
-        if format("binary") {
+        let format = option("format");
+        if format.as_deref() == Some("binary") {
             return CopyPlan::Refuse(
                 "binary COPY TO STDOUT cannot be masked; use text or csv format".into(),
             );
@@ -412,60 +464,50 @@ pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
             plan = CopyPlan::Rules(Vec::new());
             continue;
         }
-        let plain = legacy_options.is_empty()
-            && options.iter().all(
-                |o| matches!(o, CopyOption::Format(f) if f.value.eq_ignore_ascii_case("text")),
-            );
+        let plain = c.options.len() == usize::from(format.is_some())
+            && format.as_deref().is_none_or(|f| f == "text");
         if !plain {
             return CopyPlan::Refuse("only text-format COPY TO STDOUT without options can be masked by column rules; use SELECT".into());
         }
-        let CopySource::Table {
-            table_name,
-            columns,
-        } = source
-        else {
+        let Some(rel) = c.relation.as_ref().filter(|_| c.query.is_none()) else {
             return CopyPlan::Refuse("COPY (query) TO STDOUT cannot be masked by column rules; run the query with SELECT".into());
         };
-        // Unquoted identifiers fold to lower case, as PostgreSQL folds them.
-        let parts: Vec<String> = table_name
-            .0
-            .iter()
-            .map(|p| {
-                let s = p.to_string();
-                match s.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
-                    Some(q) => q.to_string(),
-                    None => s.to_lowercase(),
-                }
-            })
-            .collect();
-        let (schema, table) = match parts.as_slice() {
-            [t] => {
-                let found: Vec<&String> = catalog
-                    .tables
-                    .keys()
-                    .filter(|(_, tb)| tb == t)
-                    .map(|(sc, _)| sc)
-                    .collect();
-                match found.as_slice() {
-                    [] => ("public".to_string(), t.clone()),
-                    [one] => ((*one).clone(), t.clone()),
-                    _ => {
-                        return CopyPlan::Refuse(format!(
-                            "table {t} exists in several schemas; qualify it as schema.{t}"
-                        ))
-                    }
+        // The parser already folded unquoted names to lower case.
+        let t = rel.relname.clone();
+        let (schema, table) = if rel.schemaname.is_empty() {
+            let found: Vec<&String> = catalog
+                .tables
+                .keys()
+                .filter(|(_, tb)| *tb == t)
+                .map(|(sc, _)| sc)
+                .collect();
+            match found.as_slice() {
+                [] => ("public".to_string(), t),
+                [one] => ((*one).clone(), t),
+                _ => {
+                    return CopyPlan::Refuse(format!(
+                        "table {t} exists in several schemas; qualify it as schema.{t}"
+                    ))
                 }
             }
-            [.., sc, t] => (sc.clone(), t.clone()),
-            [] => return CopyPlan::Refuse("COPY without a table".into()),
+        } else {
+            (rel.schemaname.clone(), t)
         };
+        let columns: Vec<&str> = c
+            .attlist
+            .iter()
+            .filter_map(|n| match &n.node {
+                Some(N::String(s)) => Some(s.sval.as_str()),
+                _ => None,
+            })
+            .collect();
         plan = if !columns.is_empty() {
             CopyPlan::Rules(
                 columns
                     .iter()
                     .map(|c| {
                         engine
-                            .column_rule(Some((&schema, &table)), &c.value)
+                            .column_rule(Some((&schema, &table)), c)
                             .map(|(s, p)| (s, p.to_string()))
                     })
                     .collect(),

@@ -13,6 +13,7 @@ use super::hooks::{self, ClientHook, MaskCtx, ServerHook};
 use super::scanner::Scanner;
 use super::tracker::Tracker;
 use super::{upstream, PgError};
+use crate::policy::guardrails::unsafe_encoding;
 use crate::recording::EventBody;
 use crate::session::{CancelTarget, Session};
 use crate::tunnel::{self, TunnelRx, TunnelTx};
@@ -180,6 +181,27 @@ async fn run(
         },
         None => Default::default(),
     };
+    // Guardrails and masking read statements in the session's encoding; in
+    // the client-only encodings a multibyte character can hide a quote, so
+    // the two readers would disagree. Refused at startup (the client's own
+    // parameter, or a role/database default the upstream reports).
+    let guarded = gw.rails.contains_key(conn.name()) || engine.is_some();
+    if guarded {
+        let unsafe_enc = params
+            .iter()
+            .chain(up.params.iter())
+            .find(|(k, v)| k.eq_ignore_ascii_case("client_encoding") && unsafe_encoding(v));
+        if let Some((_, v)) = unsafe_enc {
+            let why = format!("client_encoding {v} is refused on connection {}: guardrails or masking read statements, and in this encoding a multibyte character can hide a quote or backslash; use UTF8 (audit id {})", conn.name(), session.audit_id);
+            let _ = session
+                .tap()
+                .record(EventBody::Error {
+                    message: why.clone(),
+                })
+                .await;
+            return End::failed(tunnel::CLOSE_POLICY, "0A000", why);
+        }
+    }
     let mask = engine.as_deref().map(|engine| MaskCtx {
         engine,
         catalog: &catalog,
@@ -235,6 +257,7 @@ async fn run(
         .then(|| comment::sqlcommenter(session.traceparent.as_deref(), &session.audit_id));
     let client_to_upstream = async {
         let mut hook = ClientHook::new(tracker, rails, mask, &session.audit_id);
+        hook.max_inspected = gw.config.server.max_inspected_statement_bytes;
         hook.comment = comment.as_deref();
         hook.approvable = crate::approvals::approvable(conn);
         if let Some(r) = &session.approval {
@@ -264,9 +287,7 @@ async fn run(
             }
             for h in std::mem::take(&mut hook.holds) {
                 let shown = match mask {
-                    Some(m) => {
-                        super::masking::text(m.engine, &h.statement, &mut Default::default())
-                    }
+                    Some(m) => super::masking::sql(m.engine, &h.statement, &mut Default::default()),
                     None => h.statement.clone(),
                 };
                 let stored = crate::approvals::store_hold(
@@ -337,6 +358,7 @@ async fn run(
                 tracker,
                 done: &mut done,
                 mask,
+                guarded,
             };
             server_scan
                 .feed(&buf, &mut hook, &mut out)

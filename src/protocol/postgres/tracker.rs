@@ -34,6 +34,19 @@ enum Pending {
 enum Described {
     Statement(String),
     Portal(String),
+    /// The gateway's own Describe of the portal about to execute: its answer
+    /// is consumed, never forwarded.
+    Internal(String),
+}
+
+/// What a RowDescription was.
+pub enum RowDesc {
+    /// Rows of a simple query follow: mask them by these columns.
+    Rows(Vec<Col>),
+    /// The answer to the client's Describe: forward it.
+    Described,
+    /// The answer to the gateway's own Describe: swallow it.
+    Internal,
 }
 
 struct Stmt {
@@ -84,6 +97,11 @@ pub struct Tracker {
     portal_desc: HashMap<String, Arc<Vec<Col>>>,
     /// Portal → (statement, result formats) from Bind.
     binds: HashMap<String, (String, Vec<i16>)>,
+    /// Columns of the portal about to execute, from the gateway's own
+    /// Describe (None: NoData). Under column rules this is the only source:
+    /// cached descriptions can be stale (SQL-level PREPARE, DEALLOCATE, a
+    /// function doing either) and names past MAX_NAMED are not tracked.
+    internal: Option<(String, Option<Arc<Vec<Col>>>)>,
     /// Masks for the rows now streaming, set at their RowDescription or first DataRow.
     pub active: Option<Vec<ColMask>>,
     pub statements: u64,
@@ -101,6 +119,7 @@ impl Default for Tracker {
             stmt_desc: HashMap::new(),
             portal_desc: HashMap::new(),
             binds: HashMap::new(),
+            internal: None,
             active: None,
             statements: 0,
             rows: 0,
@@ -177,6 +196,13 @@ impl Tracker {
         self.pending.push_back(Pending::Describe(d));
     }
 
+    /// The gateway describes `portal` itself before executing it.
+    pub fn on_internal_describe(&mut self, portal: &str) {
+        self.internal = None;
+        self.pending
+            .push_back(Pending::Describe(Described::Internal(portal.to_string())));
+    }
+
     pub fn on_close(&mut self, kind: u8, name: &str) {
         if kind == b'S' {
             self.prepared.remove(name);
@@ -197,8 +223,14 @@ impl Tracker {
 
     /// RowDescription: answers a Describe (stored, returns None) or starts
     /// a simple query's rows (returns the columns to mask them by).
-    pub fn on_row_description(&mut self, cols: Vec<Col>) -> Option<Vec<Col>> {
+    pub fn on_row_description(&mut self, cols: Vec<Col>) -> RowDesc {
         match self.pending.front() {
+            Some(Pending::Describe(Described::Internal(_))) => {
+                if let Some(Pending::Describe(Described::Internal(p))) = self.pending.pop_front() {
+                    self.internal = Some((p, Some(Arc::new(cols))));
+                }
+                RowDesc::Internal
+            }
             Some(Pending::Describe(_)) => {
                 if let Some(Pending::Describe(d)) = self.pending.pop_front() {
                     match d {
@@ -215,16 +247,26 @@ impl Tracker {
                         _ => {}
                     }
                 }
-                None
+                RowDesc::Described
             }
-            _ => Some(cols),
+            _ => RowDesc::Rows(cols),
         }
     }
 
-    /// NoData answers a Describe.
-    pub fn on_no_data(&mut self) {
-        if matches!(self.pending.front(), Some(Pending::Describe(_))) {
-            self.pending.pop_front();
+    /// NoData answers a Describe; true when it answers the gateway's own.
+    pub fn on_no_data(&mut self) -> bool {
+        match self.pending.front() {
+            Some(Pending::Describe(Described::Internal(_))) => {
+                if let Some(Pending::Describe(Described::Internal(p))) = self.pending.pop_front() {
+                    self.internal = Some((p, None));
+                }
+                true
+            }
+            Some(Pending::Describe(_)) => {
+                self.pending.pop_front();
+                false
+            }
+            _ => false,
         }
     }
 
@@ -234,6 +276,12 @@ impl Tracker {
         let Some(Pending::Exec(s)) = self.pending.front() else {
             return None;
         };
+        if let Some((portal, cols)) = &self.internal {
+            return match cols {
+                Some(c) if *portal == s.portal => Some(c.as_ref().clone()),
+                _ => None,
+            };
+        }
         if let Some(cols) = self.portal_desc.get(&s.portal) {
             return Some(cols.as_ref().clone());
         }
