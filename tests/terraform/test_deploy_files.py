@@ -44,15 +44,18 @@ class DockerfileTest(unittest.TestCase):
 
     def test_stages(self):
         froms = self.of("FROM")
-        self.assertEqual(froms[0], "rust:1.95-alpine AS builder")
+        self.assertEqual(froms[0], "rust:1.95-bookworm AS builder")
         self.assertEqual(froms[-1], "gcr.io/distroless/static-debian12:nonroot")
 
     def test_build_step_is_the_ci_command(self):
-        self.assertIn("apk add --no-cache musl-dev", self.of("RUN"))
-        self.assertIn("cargo build --release --locked", self.of("RUN"))
+        run = " ".join(self.of("RUN"))
+        # libclang for pg_query's bindgen, musl-gcc for the static target.
+        self.assertIn("libclang-dev", run)
+        self.assertIn("musl-tools", run)
+        self.assertIn("cargo build --release --locked --target x86_64-unknown-linux-musl", self.of("RUN"))
 
     def test_runtime(self):
-        self.assertIn("--from=builder /src/target/release/custody /custody", self.of("COPY"))
+        self.assertIn("--from=builder /src/target/x86_64-unknown-linux-musl/release/custody /custody", self.of("COPY"))
         self.assertEqual(json.loads(self.of("ENTRYPOINT")[-1]), ["/custody", "serve"])
         self.assertEqual(self.of("USER")[-1], "nonroot:nonroot")
         self.assertEqual(self.of("EXPOSE")[-1], "8080")

@@ -84,30 +84,27 @@ impl<'a> ClientHook<'a> {
 
     /// The refusal message for a statement, or None when it may run.
     fn refuse(&mut self, sql: &str, protocol: &str) -> Option<String> {
-        // Nothing is parsed before its size is checked.
-        let limit = (self.rails.is_some() || self.mask.is_some())
-            .then(|| guardrails::inspect_limit(sql, self.max_inspected))
-            .flatten();
-        let (event, message) = match limit
-            .and_then(|v| refusal_for(v, sql, protocol, self.audit_id))
-        {
-            Some(r) => r,
-            None => match self.copy_refusal(sql, protocol == "extended") {
+        let verdict = match (self.rails, self.mask) {
+            // Guardrails check the size before they parse anything.
+            (Some(r), _) => r.check(sql),
+            // Masking alone: the size, then a switch to an unsafe encoding.
+            (None, Some(_)) => {
+                guardrails::encoding_refusal(sql, self.max_inspected).unwrap_or(Verdict::Allow)
+            }
+            (None, None) => return None,
+        };
+        // A guardrail's denial names the real reason; then masking's own
+        // refusal of a COPY it cannot cover; only then a hold.
+        let (event, message) = match verdict {
+            v @ Verdict::Deny { .. } => refusal_for(v, sql, protocol, self.audit_id)?,
+            v => match self.copy_refusal(sql, protocol == "extended") {
                 Some(r) => r,
-                None => {
-                    let verdict = match (self.rails, self.mask) {
-                        (Some(r), _) => r.check(sql),
-                        // Masking alone still refuses a switch to an unsafe encoding.
-                        (None, Some(_)) => guardrails::encoding_refusal(sql, self.max_inspected)?,
-                        (None, None) => return None,
-                    };
-                    match verdict {
-                        Verdict::NeedsApproval { rule } if self.approvable => {
-                            return self.hold(sql, protocol, rule);
-                        }
-                        v => refusal_for(v, sql, protocol, self.audit_id)?,
+                None => match v {
+                    Verdict::NeedsApproval { rule } if self.approvable => {
+                        return self.hold(sql, protocol, rule);
                     }
-                }
+                    v => refusal_for(v, sql, protocol, self.audit_id)?,
+                },
             },
         };
         self.events.push(event);

@@ -1,0 +1,296 @@
+//! The security review's SQL attacks, each against the real binary and a
+//! real PostgreSQL: client encodings, DML inside COPY, role statements,
+//! quoted names past patterns, a stale Describe past masking, one huge
+//! statement, and SQL hidden from the recording by a detector.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::*;
+
+const RULES: &str = r#"
+[connections.guardrails]
+deny = ["drop", "create_role", "delete_without_where"]
+require_approval = ["delete"]
+deny_patterns = ['pg_sleep\(', 'from payroll']
+[connections.masking]
+detectors = ["email", "private_key"]
+columns = { "sec_people.ssn" = "redact" }
+"#;
+
+fn setup() -> Gateway {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        pg().admin(
+            "create table if not exists victim (id int); alter table victim owner to app; \
+             insert into victim select generate_series(1, 3) where not exists (select 1 from victim); \
+             create table if not exists payroll (id int); alter table payroll owner to app; \
+             create table if not exists sec_people (id int, name text, ssn text); alter table sec_people owner to app; \
+             insert into sec_people select 1, 'ada', '123-45-6789' where not exists (select 1 from sec_people);",
+        );
+    });
+    Gateway::start(RULES)
+}
+
+fn count(sql: &str) -> String {
+    let out = pg().admin(sql);
+    out.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn victims() -> String {
+    count("select count(*) from victim")
+}
+
+/// A raw PostgreSQL wire client: what psql and drivers never send.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect(addr: SocketAddr, params: &[(&str, &str)]) -> (Raw, Vec<(u8, Vec<u8>)>) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut body = 196608u32.to_be_bytes().to_vec();
+        for (k, v) in [("user", "app"), ("database", "app")].iter().chain(params) {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        pkt.extend(body);
+        s.write_all(&pkt).unwrap();
+        let mut raw = Raw(s);
+        let hello = raw.until_ready();
+        (raw, hello)
+    }
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn send(&mut self, frames: &[Vec<u8>]) {
+        let all: Vec<u8> = frames.concat();
+        self.0.write_all(&all).unwrap();
+    }
+
+    /// Frames up to and including ReadyForQuery (or the end of the stream).
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            if self.0.read_exact(&mut head).is_err() {
+                return out;
+            }
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            if self.0.read_exact(&mut body).is_err() {
+                return out;
+            }
+            let done = head[0] == b'Z';
+            out.push((head[0], body));
+            if done {
+                return out;
+            }
+        }
+    }
+
+    fn query(&mut self, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut b = sql.to_vec();
+        b.push(0);
+        self.send(&[Raw::frame(b'Q', &b)]);
+        self.until_ready()
+    }
+}
+
+fn cstr(parts: &[&[u8]]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for p in parts {
+        b.extend_from_slice(p);
+        b.push(0);
+    }
+    b
+}
+
+fn errors(frames: &[(u8, Vec<u8>)]) -> String {
+    frames
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| String::from_utf8_lossy(b).replace('\0', " "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn data_rows(frames: &[(u8, Vec<u8>)]) -> String {
+    frames
+        .iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn sjis_cannot_hide_a_drop_in_a_literal() {
+    let gw = setup();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    // At startup: refused with a clear error before any statement runs.
+    let (_raw, hello) = Raw::connect(addr, &[("client_encoding", "SJIS")]);
+    let e = errors(&hello);
+    assert!(e.contains("client_encoding SJIS is refused"), "{e}");
+    // Through SET, SET NAMES and set_config: refused, the session stays UTF8.
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    for set in [
+        &b"set client_encoding = 'SJIS'"[..],
+        b"set names 'sjis'",
+        b"select set_config('client_encoding', 'SJIS', false)",
+    ] {
+        let e = errors(&raw.query(set));
+        assert!(e.contains("client_encoding"), "{e}");
+    }
+    // The attack's bytes, in a UTF8 session: PostgreSQL rejects them.
+    let mut attack = b"select E'".to_vec();
+    attack.extend_from_slice(&[0xC2, 0x81, 0x5C]);
+    attack.extend_from_slice(b"'; drop table victim; --'");
+    let _ = raw.query(&attack);
+    assert_eq!(victims(), "3", "the DROP ran");
+    // Latin-1 (ASCII-safe) works and is read byte for byte.
+    let (mut latin, hello) = Raw::connect(addr, &[("client_encoding", "LATIN1")]);
+    assert!(errors(&hello).is_empty(), "{}", errors(&hello));
+    let rows = latin.query(b"select 'caf\xe9'");
+    assert!(errors(&rows).is_empty(), "{}", errors(&rows));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dml_in_copy_role_spellings_and_quoted_names_are_seen() {
+    let gw = setup();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let c = pg_client(addr).await;
+    for (sql, rule) in [
+        (
+            "copy (delete from victim returning *) to stdout",
+            "delete_without_where",
+        ),
+        ("create user mallory", "create_role"),
+        ("CREATE GROUP admins", "create_role"),
+        ("alter user app with superuser", "create_role"),
+        (r#"select "pg_sleep"(0.1)"#, "pattern pg_sleep"),
+        (r#"select U&"pg\005fsleep"(0.1)"#, "pattern pg_sleep"),
+        ("select * from public.payroll", "from payroll"),
+        (r#"select * from "payroll""#, "from payroll"),
+        ("do $$ begin delete from victim; end $$", "drop"),
+    ] {
+        let e = c.batch_execute(sql).await.unwrap_err();
+        let m = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(m.contains(rule), "{sql}: {m}");
+    }
+    assert_eq!(victims(), "3");
+    assert_eq!(
+        count("select count(*) from pg_roles where rolname = 'mallory'"),
+        "0"
+    );
+}
+
+#[test]
+fn a_stale_describe_never_unmasks_a_column() {
+    let gw = setup();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    // Parse s as a harmless query and Describe it.
+    raw.send(&[
+        Raw::frame(
+            b'P',
+            &[
+                &cstr(&[b"s", b"select name from sec_people where id = 1"])[..],
+                &[0, 0],
+            ]
+            .concat(),
+        ),
+        Raw::frame(b'D', &[b"S".as_slice(), b"s\0"].concat()),
+        Raw::frame(b'S', b""),
+    ]);
+    let described = raw.until_ready();
+    assert!(errors(&described).is_empty(), "{}", errors(&described));
+    // Swap s behind the gateway's back at SQL level.
+    let swapped = raw.query(b"deallocate s; prepare s as select ssn from sec_people where id = 1");
+    assert!(errors(&swapped).is_empty(), "{}", errors(&swapped));
+    // Bind and Execute s: the SSN must not come back in clear.
+    raw.send(&[
+        Raw::frame(
+            b'B',
+            &[&cstr(&[b"", b"s"])[..], &[0, 0, 0, 0, 0, 0]].concat(),
+        ),
+        Raw::frame(b'E', &[b"\0".as_slice(), &[0, 0, 0, 0]].concat()),
+        Raw::frame(b'S', b""),
+    ]);
+    let rows = raw.until_ready();
+    let shown = data_rows(&rows);
+    assert!(!shown.contains("123-45-6789"), "clear SSN: {shown}");
+    assert!(shown.contains("[REDACTED]"), "{shown} {}", errors(&rows));
+    // The client sees no RowDescription it did not ask for.
+    assert!(
+        !rows.iter().any(|(t, _)| *t == b'T'),
+        "unexpected RowDescription"
+    );
+}
+
+#[test]
+fn a_huge_statement_is_refused_and_costs_little() {
+    let gw = setup();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    let pid = gw.proc.child.id();
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .map(|v| v.parse::<u64>().unwrap_or(0))
+            })
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let huge = format!("select {}1", "1,".repeat(450_000));
+    let e = errors(&raw.query(huge.as_bytes()));
+    assert!(e.contains("max_inspected_statement_bytes"), "{e}");
+    // Just under the byte limit but dense: refused by its token count.
+    let dense = format!("select {}1", "1,".repeat(100_000));
+    let e = errors(&raw.query(dense.as_bytes()));
+    assert!(e.contains("tokens"), "{e}");
+    let after = rss();
+    eprintln!("custody serve peak RSS: {before} kB before, {after} kB after a 900 kB and a 200 kB statement");
+    assert!(
+        after < before + 64 * 1024,
+        "peak grew from {before} kB to {after} kB"
+    );
+    // The session still works.
+    assert!(errors(&raw.query(b"select 1")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detectors_never_hide_sql_structure_in_the_recording() {
+    let gw = setup();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let c = pg_client(addr).await;
+    let _ = c
+        .batch_execute("select 1 /*-----BEGIN PRIVATE KEY-----*/; select count(*) from victim where id > 0; /*-----END PRIVATE KEY-----*/")
+        .await;
+    drop(c);
+    let rec = gw.wait_recordings("count(*) from victim where id > 0");
+    assert!(rec.contains("[PRIVATE_KEY]"), "{rec}");
+}
