@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::delegation::{self, Chain, DelegationError};
+use crate::forwarded::Origin;
 use crate::identity::{bearer, Principal};
 
 /// Header carrying a delegation token (the CLI sets it from CUSTODY_DELEGATION).
@@ -94,15 +95,9 @@ pub fn new_audit_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The client address as Cloud Run's front end reports it.
-fn client_addr(headers: &HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        // Google's front end appends the real client: the last entry, not the first.
-        .and_then(|v| v.rsplit(',').next())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| peer.to_string())
+/// The TCP peer and the client behind it (see [`Origin::of`]).
+fn origin(gw: &Gateway, headers: &HeaderMap, peer: SocketAddr) -> Origin {
+    Origin::of(peer, headers, &gw.trusted_proxies)
 }
 
 /// The caller and the chain it acts under: its own OIDC identity, plus a
@@ -112,9 +107,11 @@ pub(crate) async fn identify(
     gw: &Gateway,
     headers: &HeaderMap,
     audit_id: &str,
-    client: &str,
+    origin: &Origin,
     connection: &str,
 ) -> Result<(Principal, Chain), ApiError> {
+    let client = origin.client.to_string();
+    let client = client.as_str();
     let principal = authenticate(gw, headers, audit_id, client).await?;
     let token = headers
         .get(DELEGATION_HEADER)
@@ -127,7 +124,7 @@ pub(crate) async fn identify(
             audit_id.to_string(),
             principal.member(),
             connection.to_string(),
-            client.to_string(),
+            origin.clone(),
             reason.clone(),
         );
         tokio::spawn(async move { record_refusal(rec, id, who, conn, from, why).await });
@@ -222,7 +219,7 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
 async fn admit(
     gw: &Gateway,
     (principal, chain): (Principal, Chain),
-    client: String,
+    origin: &Origin,
     trace: Option<String>,
     span: &tracing::Span,
     name: &str,
@@ -240,13 +237,14 @@ async fn admit(
     let now = chrono::Utc::now().timestamp();
     let permit = policy::authorize(&principal, &chain, conn, now).map_err(|e| {
         let status = StatusCode::FORBIDDEN;
-        tracing::warn!(target: "custody::audit", audit_id, client = %client, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
+        let client = origin.client;
+        tracing::warn!(target: "custody::audit", audit_id, client = %client, peer = %origin.peer, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
         let reason = e.to_string();
-        let (store, id, who, conn, from) = (gw.recorder.clone(), audit_id.to_string(), principal.member(), name.to_string(), client.clone());
+        let (store, id, who, conn, from) = (gw.recorder.clone(), audit_id.to_string(), principal.member(), name.to_string(), origin.clone());
         tokio::spawn(async move { record_refusal(store, id, who, conn, from, reason).await });
         ApiError::new(status, "forbidden", e.to_string(), audit_id)
     })?;
-    Session::start(&gw.recorder, audit_id.to_string(), permit, mode, Some(client), trace, span.clone())
+    Session::start(&gw.recorder, audit_id.to_string(), permit, mode, origin, trace, span.clone())
         .await
         .map_err(|e| {
             tracing::error!(target: "custody::audit", audit_id, error = %e, "session refused: cannot record");
@@ -265,7 +263,7 @@ pub(crate) async fn record_refusal(
     audit_id: String,
     principal: String,
     connection: String,
-    client: String,
+    origin: Origin,
     reason: String,
 ) {
     let first = EventBody::SessionStart {
@@ -274,7 +272,8 @@ pub(crate) async fn record_refusal(
         groups: Vec::new(),
         connection,
         mode: "refused".into(),
-        client_addr: Some(client),
+        client_addr: Some(origin.client.to_string()),
+        peer: Some(origin.peer.to_string()),
         granted_by: None,
         trace_id: None,
         chain: Vec::new(),
@@ -321,8 +320,8 @@ async fn connections(
     headers: HeaderMap,
 ) -> Response {
     let audit_id = new_audit_id();
-    let principal = match authenticate(&gw, &headers, &audit_id, &client_addr(&headers, peer)).await
-    {
+    let client = origin(&gw, &headers, peer).client.to_string();
+    let principal = match authenticate(&gw, &headers, &audit_id, &client).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -347,9 +346,9 @@ async fn tunnel_handler(
 ) -> Response {
     let audit_id = new_audit_id();
     let span = telemetry::session_span(&headers, &audit_id, &name, "tunnel");
-    let client = client_addr(&headers, peer);
+    let origin = origin(&gw, &headers, peer);
     // Authenticate before looking at the upgrade, so a bad token is a 401 whatever else is wrong.
-    let who = match identify(&gw, &headers, &audit_id, &client, &name)
+    let who = match identify(&gw, &headers, &audit_id, &origin, &name)
         .instrument(span.clone())
         .await
     {
@@ -369,7 +368,7 @@ async fn tunnel_handler(
         }
     };
     let trace = telemetry::span_trace_id(&span).or_else(|| trace_id(&headers));
-    let mut session = match admit(&gw, who, client, trace, &span, &name, "tunnel", &audit_id)
+    let mut session = match admit(&gw, who, &origin, trace, &span, &name, "tunnel", &audit_id)
         .instrument(span.clone())
         .await
     {
@@ -442,10 +441,10 @@ async fn exec_inner(
     audit_id: &str,
     span: &tracing::Span,
 ) -> Result<Response, ApiError> {
-    let client = client_addr(headers, peer);
-    let who = identify(gw, headers, audit_id, &client, name).await?;
+    let origin = origin(gw, headers, peer);
+    let who = identify(gw, headers, audit_id, &origin, name).await?;
     let trace = telemetry::span_trace_id(span).or_else(|| trace_id(headers));
-    let mut session = admit(gw, who, client, trace, span, name, "exec", audit_id).await?;
+    let mut session = admit(gw, who, &origin, trace, span, name, "exec", audit_id).await?;
     session.traceparent = telemetry::traceparent(span, headers);
     let req: ExecRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -614,8 +613,20 @@ pub(crate) fn end_event(reason: &str, statements: u64, rows: u64) -> EventBody {
     }
 }
 
+/// CSV for spreadsheets. A cell a spreadsheet would run as a formula (it
+/// starts with `=`, `+`, `-`, `@`, tab or carriage return) gets a leading
+/// `'`, as OWASP's CSV injection guidance says, so `=HYPERLINK(...)` from a
+/// table is shown, not followed. Plain numbers such as `-12.5` are left alone:
+/// a spreadsheet reads them as numbers, never as formulas.
 pub fn to_csv(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
     fn field(out: &mut String, v: &str) {
+        let neutral;
+        let v = if formula_like(v) {
+            neutral = format!("'{v}");
+            neutral.as_str()
+        } else {
+            v
+        };
         if v.contains([',', '"', '\n', '\r']) {
             out.push('"');
             out.push_str(&v.replace('"', "\"\""));
@@ -644,9 +655,70 @@ pub fn to_csv(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
     out
 }
 
+/// Would a spreadsheet treat this cell as a formula?
+fn formula_like(v: &str) -> bool {
+    v.starts_with(['=', '+', '-', '@', '\t', '\r']) && !plain_number(v)
+}
+
+/// `-12`, `+3.5`, `-1e-9`: a sign, digits, at most one point, an optional exponent.
+fn plain_number(v: &str) -> bool {
+    let body = v.strip_prefix(['+', '-']).unwrap_or(v);
+    let (mantissa, exponent) = match body.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.strip_prefix(['+', '-']).unwrap_or(e))),
+        None => (body, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((i, f)) => {
+            (digits(i) || i.is_empty())
+                && (digits(f) || f.is_empty())
+                && !(i.is_empty() && f.is_empty())
+        }
+        None => digits(mantissa),
+    };
+    mantissa_ok && exponent.is_none_or(digits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_neutralises_formulas() {
+        let cols = vec!["=cmd".to_string(), "b".to_string()];
+        let rows = vec![
+            vec![
+                Some("=HYPERLINK(\"http://evil.example\",\"x\")".to_string()),
+                Some("+1+1".to_string()),
+            ],
+            vec![
+                Some("-2+3+cmd|' /C calc'!A0".to_string()),
+                Some("@SUM(A1)".to_string()),
+            ],
+            vec![Some("\t=1".to_string()), Some("\r=1".to_string())],
+            vec![Some("-12.5".to_string()), Some("+3e-7".to_string())],
+            vec![Some("a=b".to_string()), None],
+            vec![Some("-".to_string()), Some("-.".to_string())],
+        ];
+        assert_eq!(
+            to_csv(&cols, &rows),
+            "'=cmd,b\n\
+             \"'=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\",'+1+1\n\
+             '-2+3+cmd|' /C calc'!A0,'@SUM(A1)\n\
+             '\t=1,\"'\r=1\"\n\
+             -12.5,+3e-7\n\
+             a=b,\n\
+             '-,'-.\n"
+        );
+        for n in ["1", "-1", "+1.", "-.5", "1e5", "-1E+5"] {
+            assert!(plain_number(n), "{n}");
+        }
+        for n in [
+            "", "-", ".", "1e", "1..2", "-1e5x", "--1", "0x10", "inf", "-inf", "NaN",
+        ] {
+            assert!(!plain_number(n), "{n}");
+        }
+    }
 
     #[test]
     fn trace_ids_from_both_headers() {
