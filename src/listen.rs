@@ -101,6 +101,10 @@ async fn connection(
                 break;
             }
             _ = &mut first_request, if !seen.load(Ordering::Relaxed) => {
+                // The request may have arrived in this very poll.
+                if seen.load(Ordering::Relaxed) {
+                    continue;
+                }
                 tracing::info!(%peer, timeout = ?header_read_timeout, "connection dropped: no complete request headers in time ([server] header_read_timeout)");
                 break;
             }
