@@ -299,3 +299,101 @@ async fn csv_formula_cells_are_neutralised() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), NEUTRALISED);
 }
+
+/// An OTLP http/protobuf receiver: every span's name and string attributes.
+async fn span_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
+    type Got = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>)>>>;
+    async fn traces(
+        axum::extract::State(got): axum::extract::State<Got>,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+            return axum::http::StatusCode::BAD_REQUEST;
+        };
+        let mut out = got.lock().unwrap();
+        for s in req
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+        {
+            let attrs = s
+                .attributes
+                .iter()
+                .map(|kv| {
+                    let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) => s.clone(),
+                        Some(Value::IntValue(i)) => i.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (kv.key.clone(), v)
+                })
+                .collect();
+            out.push((s.name, attrs));
+        }
+        axum::http::StatusCode::OK
+    }
+    let got = Got::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(traces))
+        .with_state(got.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_span_names_the_peer_not_a_forged_client() {
+    let (endpoint, got) = span_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("recordings");
+    let gw = Gateway::start_env(
+        dir,
+        &config(&store, ""),
+        store,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let forged = "203.0.113.99 (forged-by-alice)";
+    let (status, audit, body) = exec(&gw, "select 1", &[("x-forwarded-for", forged)]).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attrs = loop {
+        let spans = got.lock().unwrap().clone();
+        let session = spans.into_iter().find(|(name, attrs)| {
+            name == "custody.session"
+                && attrs
+                    .iter()
+                    .any(|(k, v)| k == "custody.audit_id" && *v == audit)
+        });
+        if let Some((_, attrs)) = session {
+            break attrs;
+        }
+        assert!(Instant::now() < deadline, "no session span for {audit}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let get = |key: &str| {
+        attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {key} in {attrs:?}"))
+    };
+    assert_eq!(get("client.address"), "127.0.0.1");
+    assert_eq!(get("network.peer.address"), "127.0.0.1");
+    assert!(get("network.peer.port").parse::<u16>().is_ok());
+    assert!(
+        !attrs.iter().any(|(_, v)| v.contains("203.0.113.99")),
+        "{attrs:?}"
+    );
+}
