@@ -4,6 +4,7 @@
 pub mod approvals;
 pub mod client;
 pub mod config;
+pub mod csv;
 pub mod delegation;
 pub mod devissuer;
 pub mod exchange;
