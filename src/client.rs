@@ -434,9 +434,6 @@ pub async fn exec(
             format!("Bearer {}", target.token),
         )
         .json(&serde_json::json!({ "input": input }));
-    if format == Format::Csv {
-        req = req.header("accept", "text/csv");
-    }
     if let Some(tp) = &target.traceparent {
         req = req.header("traceparent", tp);
     }
@@ -498,7 +495,9 @@ pub async fn exec(
         };
     }
     match format {
-        Format::Csv => stdout.write_all(&body)?,
+        // Rendered here from JSON, not taken from the gateway as text/csv, so
+        // formula cells are neutralised whatever the gateway's version.
+        Format::Csv => stdout.write_all(csv_from_json(&v).as_bytes())?,
         Format::Json => {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             writeln!(
@@ -513,6 +512,32 @@ pub async fn exec(
         }
     }
     Ok(())
+}
+
+/// The exec answer's columns and rows as CSV (see [`crate::ingress::to_csv`]).
+pub fn csv_from_json(v: &serde_json::Value) -> String {
+    let cell = |c: &serde_json::Value| match c {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    };
+    let columns: Vec<String> = v["columns"]
+        .as_array()
+        .map(|a| a.iter().filter_map(cell).collect())
+        .unwrap_or_default();
+    let rows: Vec<Vec<Option<String>>> = v["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    r.as_array()
+                        .map(|r| r.iter().map(cell).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::ingress::to_csv(&columns, &rows)
 }
 
 /// psql-style aligned output.

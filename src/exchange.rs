@@ -83,6 +83,8 @@ pub(crate) async fn audit(
         connection: "-".into(),
         mode: mode.into(),
         client_addr: Some(client.to_string()),
+        // Control endpoints name the TCP peer as the client.
+        peer: Some(client.to_string()),
         granted_by: None,
         trace_id: None,
         chain: Vec::new(),

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::delegation::{self, Chain, DelegationError};
+use crate::forwarded::Origin;
 use crate::identity::{bearer, Principal};
 
 /// Header carrying a delegation token (the CLI sets it from CUSTODY_DELEGATION).
@@ -29,6 +30,8 @@ use crate::{telemetry, tunnel, Gateway};
 use tracing::Instrument;
 
 pub const AUDIT_HEADER: &str = "x-custody-audit-id";
+
+pub use crate::csv::to_csv;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
@@ -94,15 +97,9 @@ pub fn new_audit_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The client address as Cloud Run's front end reports it.
-fn client_addr(headers: &HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        // Google's front end appends the real client: the last entry, not the first.
-        .and_then(|v| v.rsplit(',').next())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| peer.to_string())
+/// The TCP peer and the client behind it (see [`Origin::of`]).
+fn origin(gw: &Gateway, headers: &HeaderMap, peer: SocketAddr) -> Origin {
+    Origin::of(peer, headers, &gw.trusted_proxies)
 }
 
 /// The caller and the chain it acts under: its own OIDC identity, plus a
@@ -112,9 +109,11 @@ pub(crate) async fn identify(
     gw: &Gateway,
     headers: &HeaderMap,
     audit_id: &str,
-    client: &str,
+    origin: &Origin,
     connection: &str,
 ) -> Result<(Principal, Chain), ApiError> {
+    let client = origin.client.to_string();
+    let client = client.as_str();
     let principal = authenticate(gw, headers, audit_id, client).await?;
     let token = headers
         .get(DELEGATION_HEADER)
@@ -127,7 +126,7 @@ pub(crate) async fn identify(
             audit_id.to_string(),
             principal.member(),
             connection.to_string(),
-            client.to_string(),
+            origin.clone(),
             reason.clone(),
         );
         tokio::spawn(async move { record_refusal(rec, id, who, conn, from, why).await });
@@ -222,7 +221,7 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
 async fn admit(
     gw: &Gateway,
     (principal, chain): (Principal, Chain),
-    client: String,
+    origin: &Origin,
     trace: Option<String>,
     span: &tracing::Span,
     name: &str,
@@ -240,13 +239,14 @@ async fn admit(
     let now = chrono::Utc::now().timestamp();
     let permit = policy::authorize(&principal, &chain, conn, now).map_err(|e| {
         let status = StatusCode::FORBIDDEN;
-        tracing::warn!(target: "custody::audit", audit_id, client = %client, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
+        let client = origin.client;
+        tracing::warn!(target: "custody::audit", audit_id, client = %client, peer = %origin.peer, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
         let reason = e.to_string();
-        let (store, id, who, conn, from) = (gw.recorder.clone(), audit_id.to_string(), principal.member(), name.to_string(), client.clone());
+        let (store, id, who, conn, from) = (gw.recorder.clone(), audit_id.to_string(), principal.member(), name.to_string(), origin.clone());
         tokio::spawn(async move { record_refusal(store, id, who, conn, from, reason).await });
         ApiError::new(status, "forbidden", e.to_string(), audit_id)
     })?;
-    Session::start(&gw.recorder, audit_id.to_string(), permit, mode, Some(client), trace, span.clone())
+    Session::start(&gw.recorder, audit_id.to_string(), permit, mode, origin, trace, span.clone())
         .await
         .map_err(|e| {
             tracing::error!(target: "custody::audit", audit_id, error = %e, "session refused: cannot record");
@@ -265,7 +265,7 @@ pub(crate) async fn record_refusal(
     audit_id: String,
     principal: String,
     connection: String,
-    client: String,
+    origin: Origin,
     reason: String,
 ) {
     let first = EventBody::SessionStart {
@@ -274,7 +274,8 @@ pub(crate) async fn record_refusal(
         groups: Vec::new(),
         connection,
         mode: "refused".into(),
-        client_addr: Some(client),
+        client_addr: Some(origin.client.to_string()),
+        peer: Some(origin.peer.to_string()),
         granted_by: None,
         trace_id: None,
         chain: Vec::new(),
@@ -321,8 +322,8 @@ async fn connections(
     headers: HeaderMap,
 ) -> Response {
     let audit_id = new_audit_id();
-    let principal = match authenticate(&gw, &headers, &audit_id, &client_addr(&headers, peer)).await
-    {
+    let client = origin(&gw, &headers, peer).client.to_string();
+    let principal = match authenticate(&gw, &headers, &audit_id, &client).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -347,9 +348,9 @@ async fn tunnel_handler(
 ) -> Response {
     let audit_id = new_audit_id();
     let span = telemetry::session_span(&headers, &audit_id, &name, "tunnel");
-    let client = client_addr(&headers, peer);
+    let origin = origin(&gw, &headers, peer);
     // Authenticate before looking at the upgrade, so a bad token is a 401 whatever else is wrong.
-    let who = match identify(&gw, &headers, &audit_id, &client, &name)
+    let who = match identify(&gw, &headers, &audit_id, &origin, &name)
         .instrument(span.clone())
         .await
     {
@@ -369,7 +370,7 @@ async fn tunnel_handler(
         }
     };
     let trace = telemetry::span_trace_id(&span).or_else(|| trace_id(&headers));
-    let mut session = match admit(&gw, who, client, trace, &span, &name, "tunnel", &audit_id)
+    let mut session = match admit(&gw, who, &origin, trace, &span, &name, "tunnel", &audit_id)
         .instrument(span.clone())
         .await
     {
@@ -442,10 +443,10 @@ async fn exec_inner(
     audit_id: &str,
     span: &tracing::Span,
 ) -> Result<Response, ApiError> {
-    let client = client_addr(headers, peer);
-    let who = identify(gw, headers, audit_id, &client, name).await?;
+    let origin = origin(gw, headers, peer);
+    let who = identify(gw, headers, audit_id, &origin, name).await?;
     let trace = telemetry::span_trace_id(span).or_else(|| trace_id(headers));
-    let mut session = admit(gw, who, client, trace, span, name, "exec", audit_id).await?;
+    let mut session = admit(gw, who, &origin, trace, span, name, "exec", audit_id).await?;
     session.traceparent = telemetry::traceparent(span, headers);
     let req: ExecRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -612,36 +613,6 @@ pub(crate) fn end_event(reason: &str, statements: u64, rows: u64) -> EventBody {
         bytes_from_client: 0,
         bytes_to_client: 0,
     }
-}
-
-pub fn to_csv(columns: &[String], rows: &[Vec<Option<String>>]) -> String {
-    fn field(out: &mut String, v: &str) {
-        if v.contains([',', '"', '\n', '\r']) {
-            out.push('"');
-            out.push_str(&v.replace('"', "\"\""));
-            out.push('"');
-        } else {
-            out.push_str(v);
-        }
-    }
-    let mut out = String::new();
-    for (i, c) in columns.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        field(&mut out, c);
-    }
-    out.push('\n');
-    for row in rows {
-        for (i, v) in row.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            field(&mut out, v.as_deref().unwrap_or(""));
-        }
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

@@ -4,11 +4,14 @@
 pub mod approvals;
 pub mod client;
 pub mod config;
+pub mod csv;
 pub mod delegation;
 pub mod devissuer;
 pub mod exchange;
+pub mod forwarded;
 pub mod identity;
 pub mod ingress;
+pub mod listen;
 pub mod mask;
 pub mod policy;
 pub mod protocol;
@@ -22,7 +25,6 @@ pub mod tunnel;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use config::{Config, ConnectionConfig};
@@ -69,6 +71,8 @@ pub enum ServeError {
     Recording(#[from] recording::RecordError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("server.{0}")]
+    Forwarded(#[from] forwarded::ForwardedError),
     #[error("connection {connection}: {source}")]
     Guardrails {
         connection: String,
@@ -98,6 +102,8 @@ pub struct Gateway {
     pub live: Arc<session::LiveSessions>,
     /// The gateway's SSH host key, when any connection is kind = "ssh".
     pub ssh_host_key: Option<russh::keys::PrivateKey>,
+    /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<forwarded::Cidr>,
 }
 
 /// Cloud Run allows 10 s between SIGTERM and SIGKILL; sessions get most of it.
@@ -179,7 +185,15 @@ impl Gateway {
             .filter(|c| c.masking.is_some())
             .map(|c| (c.name().to_string(), tokio::sync::OnceCell::new()))
             .collect();
+        let trusted_proxies = forwarded::parse_proxies(
+            config
+                .server
+                .trusted_proxies
+                .iter()
+                .map(|p| p.get_ref().as_str()),
+        )?;
         Ok(Gateway {
+            trusted_proxies,
             ssh_host_key,
             rails,
             masks,
@@ -292,17 +306,8 @@ pub async fn run(
         );
         signal.shutdown.send_replace(true);
     };
-    use axum::serve::ListenerExt;
-    // Tunnels are request/response traffic: never wait for Nagle.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    let header_read_timeout = gw.config.server.header_read_timeout;
+    listen::serve(listener, app, header_read_timeout, shutdown).await?;
     // Upgraded tunnels outlive the HTTP server: wait for them to seal.
     let left = gw.live.wait_idle(SHUTDOWN_GRACE).await;
     if left > 0 {

@@ -256,10 +256,24 @@ impl SecretStore {
     }
 }
 
+/// Is `url` plain http to this machine? Parsed as reqwest will parse it
+/// (WHATWG rules, the `url` crate), so the host checked is the host fetched:
+/// only loopback IP literals (127.0.0.0/8, ::1) and `localhost` pass, and a
+/// URL with userinfo never does (`http://127.0.0.1:80@evil.example/` goes to
+/// evil.example; `http://127.0.0.1.evil.example/` is not an IP at all).
 pub fn is_loopback_http(url: &str) -> bool {
-    url.strip_prefix("http://")
-        .map(|r| r.starts_with("127.") || r.starts_with("localhost") || r.starts_with("[::1]"))
-        .unwrap_or(false)
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    if u.scheme() != "http" || !u.username().is_empty() || u.password().is_some() {
+        return false;
+    }
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -287,6 +301,36 @@ mod tests {
         assert!("sm://onlyproject".parse::<SecretRef>().is_err());
         let plain = "hunter2".parse::<SecretRef>().unwrap_err().to_string();
         assert!(plain.contains("plain secret") && !plain.contains("hunter2"));
+    }
+
+    #[test]
+    fn loopback_http_only_for_loopback_literals() {
+        for ok in [
+            "http://127.0.0.1:9000",
+            "http://127.0.0.1:9000/x?y",
+            "http://127.1.2.3/",
+            "http://localhost:8085",
+            "http://LOCALHOST/",
+            "http://[::1]:8080/",
+        ] {
+            assert!(is_loopback_http(ok), "{ok} is loopback");
+        }
+        for bad in [
+            "http://127.0.0.1.evil.example/",
+            "http://127.0.0.1:80@evil.example/",
+            "http://user@127.0.0.1/",
+            "http://localhost.evil.example/",
+            "http://localhost@evil.example/",
+            "http://[::1].evil.example/",
+            "http://evil.example/127.0.0.1",
+            "https://127.0.0.1/",
+            "http://10.0.0.1/",
+            "http://[::ffff:8.8.8.8]/",
+            "not a url",
+            "",
+        ] {
+            assert!(!is_loopback_http(bad), "{bad} is not loopback");
+        }
     }
 
     #[test]

@@ -27,15 +27,16 @@ impl Session {
         audit_id: String,
         permit: Permit,
         mode: &str,
-        client_addr: Option<String>,
+        origin: &crate::forwarded::Origin,
         trace_id: Option<String>,
         span: tracing::Span,
     ) -> Result<Session, RecordError> {
         span.record("enduser.id", permit.principal.member());
         span.record("custody.granted_by", permit.granted_by.as_str());
-        if let Some(c) = &client_addr {
-            span.record("client.address", c.as_str());
-        }
+        let client_addr = Some(origin.client.to_string());
+        span.record("client.address", origin.client.to_string());
+        span.record("network.peer.address", origin.peer.ip().to_string());
+        span.record("network.peer.port", origin.peer.port());
         let first = EventBody::SessionStart {
             audit_id: audit_id.clone(),
             principal: permit.principal.member(),
@@ -43,6 +44,7 @@ impl Session {
             connection: permit.connection.name().to_string(),
             mode: mode.to_string(),
             client_addr: client_addr.clone(),
+            peer: Some(origin.peer.to_string()),
             granted_by: Some(permit.granted_by.clone()),
             trace_id,
             chain: if permit.chain.delegated() {

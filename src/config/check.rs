@@ -23,6 +23,22 @@ impl Config {
                 }
             }
         }
+        for p in &self.server.trusted_proxies {
+            if let Err(e) = p.get_ref().parse::<crate::forwarded::Cidr>() {
+                out.push((p.span(), format!("server.{e}")));
+            }
+        }
+        for (key, d) in [
+            ("startup_timeout", self.server.startup_timeout),
+            ("header_read_timeout", self.server.header_read_timeout),
+        ] {
+            if d.is_zero() {
+                out.push((
+                    0..0,
+                    format!("server.{key} must be above zero, e.g. \"10s\""),
+                ));
+            }
+        }
         let store = self.recording.store.get_ref();
         if !(store.starts_with("file://") || store.starts_with("gs://")) {
             out.push((
@@ -239,14 +255,12 @@ pub fn check_issuer_url(url: &str) -> Result<(), String> {
     if url.starts_with("https://") {
         return Ok(());
     }
-    if let Some(rest) = url.strip_prefix("http://") {
-        let host = rest.split(['/', '?']).next().unwrap_or("");
-        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-        if host == "localhost" || host == "[::1]" || host.starts_with("127.") {
+    if url.starts_with("http://") {
+        if crate::secrets::is_loopback_http(url) {
             return Ok(());
         }
         return Err(format!(
-            "{url:?} uses plain http on a non-loopback host: use https"
+            "{url:?} uses plain http on a host that is not a loopback address (127.0.0.0/8, [::1] or localhost, without user@): use https"
         ));
     }
     Err(format!("{url:?} must be an https:// URL"))

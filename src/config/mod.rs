@@ -151,6 +151,17 @@ pub struct ServerConfig {
     /// tokens to one per 32 bytes); larger ones are refused on such connections.
     #[serde(default = "default_max_inspected")]
     pub max_inspected_statement_bytes: usize,
+    /// A PostgreSQL tunnel whose client has not sent a complete startup packet
+    /// by then is closed (idle tunnels would otherwise hold sockets forever).
+    #[serde(default = "default_startup_timeout", with = "duration")]
+    pub startup_timeout: Duration,
+    /// An HTTP client must finish sending a request's headers within this.
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed; from any
+    /// other peer the header is ignored and the peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
 }
 
 impl Default for ServerConfig {
@@ -161,6 +172,9 @@ impl Default for ServerConfig {
             exec_max_rows: default_exec_max_rows(),
             ping_interval: default_ping(),
             max_inspected_statement_bytes: default_max_inspected(),
+            startup_timeout: default_startup_timeout(),
+            header_read_timeout: default_header_read_timeout(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -179,6 +193,12 @@ fn default_max_inspected() -> usize {
 }
 fn default_ping() -> Duration {
     Duration::from_secs(30)
+}
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,6 +48,31 @@ store = "file:///tmp/rec"
     }
 
     #[test]
+    fn server_limits_and_trusted_proxies_are_checked() {
+        let ok = format!("[server]\nstartup_timeout = \"5s\"\nheader_read_timeout = \"2s\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n{BASE}");
+        let c = Config::parse("c.toml", &ok).unwrap();
+        assert_eq!(c.server.startup_timeout, Duration::from_secs(5));
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(2));
+        let bad = format!(
+            "[server]\nstartup_timeout = \"0s\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n{BASE}"
+        );
+        let err = Config::parse("c.toml", &bad).unwrap_err().to_string();
+        assert!(
+            err.contains("c.toml:3:20") && err.contains("\"10.0.0.0/33\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("server.startup_timeout must be above zero"),
+            "{err}"
+        );
+        let d = Config::parse("c.toml", BASE).unwrap().server;
+        assert_eq!(
+            (d.startup_timeout, d.header_read_timeout),
+            (Duration::from_secs(30), Duration::from_secs(10))
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
         assert_eq!(parse_size("512KiB").unwrap(), 512 << 10);

@@ -89,6 +89,7 @@ mod tests {
                     connection: "web-1".into(),
                     mode: "tunnel".into(),
                     client_addr: None,
+                    peer: None,
                     granted_by: None,
                     trace_id: None,
                     chain: vec![],

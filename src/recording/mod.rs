@@ -70,7 +70,12 @@ pub enum EventBody {
         groups: Vec<String>,
         connection: String,
         mode: String,
+        /// The client's IP: the TCP peer's, or from `X-Forwarded-For` when
+        /// the peer is a trusted proxy (`[server] trusted_proxies`).
         client_addr: Option<String>,
+        /// The TCP peer (ip:port) the request came from, whatever headers say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<String>,
         granted_by: Option<String>,
         /// W3C trace id of the caller's trace (traceparent / X-Cloud-Trace-Context).
         #[serde(default, skip_serializing_if = "Option::is_none")]

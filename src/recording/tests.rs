@@ -16,6 +16,7 @@ fn start_event(id: &str) -> EventBody {
         connection: "pg".into(),
         mode: "tunnel".into(),
         client_addr: None,
+        peer: None,
         granted_by: None,
         trace_id: None,
         chain: vec![],

@@ -219,6 +219,8 @@ pub fn session_span(
         custody.root_audit_id = tracing::field::Empty,
         custody.granted_by = tracing::field::Empty,
         client.address = tracing::field::Empty,
+        network.peer.address = tracing::field::Empty,
+        network.peer.port = tracing::field::Empty,
         custody.outcome = tracing::field::Empty,
         custody.reason = tracing::field::Empty,
         custody.statements = tracing::field::Empty,

@@ -96,6 +96,10 @@ async fn run(
     // Startup phase: answer SSL/GSSENC with 'N' (the tunnel is already TLS on
     // Cloud Run), serve cancels, and take the client's parameters.
     let mut pending = BytesMut::new();
+    // Until the startup packet is in, a tunnel costs a socket and a task and
+    // proves nothing: bound how long a client may take ([server] startup_timeout).
+    let startup_timeout = gw.config.server.startup_timeout;
+    let deadline = tokio::time::Instant::now() + startup_timeout;
     let (minor, params) = loop {
         match codec::decode_startup(&mut pending) {
             Ok(Some(Startup::Ssl | Startup::GssEnc)) => {
@@ -105,8 +109,17 @@ async fn run(
             }
             Ok(Some(Startup::Cancel { pid, key })) => return cancel(gw, session, pid, key).await,
             Ok(Some(Startup::Startup { minor, params })) => break (minor, params),
-            Ok(None) => match rx.recv().await {
-                Ok(Some(b)) => {
+            Ok(None) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_elapsed) => {
+                    return End::failed(
+                        tunnel::CLOSE_POLICY,
+                        "08P01",
+                        format!(
+                        "no startup packet within {startup_timeout:?} ([server] startup_timeout)"
+                    ),
+                    )
+                }
+                Ok(Ok(Some(b))) => {
                     counters.from_client += b.len() as u64;
                     if pending.len() + b.len() > codec::MAX_STARTUP {
                         return End::failed(
@@ -117,8 +130,8 @@ async fn run(
                     }
                     pending.extend_from_slice(&b);
                 }
-                Ok(None) => return End::normal("client closed before startup"),
-                Err(e) => return End::failed(tunnel::CLOSE_PROTOCOL, "08P01", e.to_string()),
+                Ok(Ok(None)) => return End::normal("client closed before startup"),
+                Ok(Err(e)) => return End::failed(tunnel::CLOSE_PROTOCOL, "08P01", e.to_string()),
             },
             Err(e) => {
                 return End::failed(
