@@ -138,6 +138,20 @@ fn other_spellings_and_strays_are_named() {
         assert!(!ok && report.contains(name), "{name}: {report}");
         std::fs::remove_file(dir.join(name)).unwrap();
     }
+    // A name that would print a verdict line of its own.
+    let name = format!("x\nrecording {audit}: VERIFIED");
+    std::fs::write(dir.join(&name), &forged).unwrap();
+    let (ok, report) = gw.verify(&audit);
+    assert!(!ok && report.contains("x\\nrecording"), "{report}");
+    assert_eq!(
+        report
+            .lines()
+            .filter(|l| l.starts_with("recording "))
+            .count(),
+        1,
+        "one verdict line: {report}"
+    );
+    std::fs::remove_file(dir.join(&name)).unwrap();
     std::fs::create_dir(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub/000001.jsonl"), &forged).unwrap();
     let (ok, report) = gw.verify(&audit);

@@ -309,7 +309,7 @@ async fn only_what_the_manifest_names_verifies() {
         let r = verify_objects(o).await;
         let p = r.problems.join("\n");
         assert!(
-            p.contains(&format!("object {name:?}"))
+            p.contains(&format!("object \"{name}\""))
                 && p.contains("not part of the sealed recording"),
             "{name}: {p}"
         );

@@ -63,7 +63,7 @@ pub fn verify(rec: &Fetched, pinned: Option<&VerifyingKey>) -> Report {
     segs.sort_by_key(|(n, _)| *n);
     for name in &rec.foreign {
         r.problems.push(format!(
-            "object {name:?} in the recording's folder is not part of the sealed recording (Custody writes only {:?} and segments named like {:?}): someone else added it; it was not read",
+            "object \"{name}\" in the recording's folder is not part of the sealed recording (Custody writes only {} and segments named like {}): someone else added it; it was not read",
             store::MANIFEST_NAME,
             store::segment_name(1)
         ));
