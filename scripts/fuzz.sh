@@ -1,14 +1,34 @@
 #!/usr/bin/env bash
-# Fuzzes the PostgreSQL frame decoder and scanner for a fixed time.
-# Usage: scripts/fuzz.sh [SECONDS]   (default 60)
+# Runs each fuzz target for a fixed time, one after another.
+# Usage: scripts/fuzz.sh [SECONDS]   (per target; default 60)
+#   frames  the PostgreSQL frame decoder and scanner
+#   verify  `custody verify` over mutated copies of a real sealed recording
+# To add a target: put it in fuzz/fuzz_targets/, register it in
+# fuzz/Cargo.toml, add its name to TARGETS and, optionally, seeds below.
 # Installs cargo-fuzz if missing. The toolchain here is stable, so
 # RUSTC_BOOTSTRAP lets cargo-fuzz pass its -Z flags; no sanitizer is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
+TARGETS=(frames verify)
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-mkdir -p fuzz/corpus/frames
-# Seed with a real startup packet and a Query frame.
-printf '\x00\x00\x00\x00\x13\x00\x03\x00\x00user\x00x\x00\x00Q\x00\x00\x00\x0dselect 1\x00' > fuzz/corpus/frames/seed-startup-query
-RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none frames fuzz/corpus/frames -- -max_total_time="$secs" -max_len=4096
-echo "fuzzed frames for ${secs}s without a crash"
+
+seed() {
+  case "$1" in
+    # A real startup packet and a Query frame.
+    frames) printf '\x00\x00\x00\x00\x13\x00\x03\x00\x00user\x00x\x00\x00Q\x00\x00\x00\x0dselect 1\x00' > fuzz/corpus/frames/seed-startup-query ;;
+    # Mutation programs (see fuzz_targets/verify.rs): flip a byte of segment 2;
+    # copy segment 2 to "00002.jsonl" (the forgery of issue 11).
+    verify)
+      printf '\x00\x00\x00\x00\x01\x00\x40\x20' > fuzz/corpus/verify/seed-flip
+      printf '\x00\x00\x04\x00\x01\x00\x05' > fuzz/corpus/verify/seed-second-spelling ;;
+  esac
+}
+
+for target in "${TARGETS[@]}"; do
+  mkdir -p "fuzz/corpus/$target"
+  seed "$target"
+  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" -- \
+    -max_total_time="$secs" -max_len=4096
+  echo "fuzzed $target for ${secs}s without a crash"
+done

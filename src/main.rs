@@ -112,6 +112,11 @@ enum Command {
         gw: GatewayArgs,
     },
     /// Print a session's recording readably
+    ///
+    /// The recording is verified first (as `custody verify` does); one that
+    /// does not verify is not printed (exit 1) unless --unverified is given.
+    /// Text output escapes control characters, so recorded text cannot
+    /// forge lines.
     Replay {
         audit_id: String,
         /// Recording store: file://DIR or gs://BUCKET/PREFIX (STORAGE_EMULATOR_HOST is honoured)
@@ -124,6 +129,13 @@ enum Command {
         /// Same as --format json
         #[arg(long, hide = true)]
         json: bool,
+        /// The gateway's Ed25519 public key (PEM), as for `custody verify`
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Print a recording that does not verify (unsealed, altered or with
+        /// objects added), under a warning; only its named segments are read
+        #[arg(long)]
+        unverified: bool,
     },
     /// List recorded sessions from the store, newest first
     ///
@@ -283,6 +295,16 @@ enum DevCommand {
         #[arg(long, default_value = "RS256")]
         alg: String,
     },
+}
+
+/// `--public-key` for verify and replay: a PEM file, read and parsed.
+fn pinned_key(path: Option<PathBuf>) -> anyhow::Result<Option<ed25519_dalek::VerifyingKey>> {
+    let Some(p) = path else {
+        return Ok(None);
+    };
+    let pem =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    Ok(Some(recording::seal::verifying_key_from_pem(&pem)?))
 }
 
 fn main() -> ExitCode {
@@ -493,10 +515,34 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             store,
             format,
             json,
+            public_key,
+            unverified,
         } => {
             let json = json || matches!(format, ReplayFormat::Json);
+            let pinned = pinned_key(public_key)?;
             let store = recording::open_store(&store, None).await?;
             let rec = recording::fetch(store.as_ref(), &audit_id).await?;
+            let report = recording::verify::verify(&rec, pinned.as_ref());
+            if !report.ok() {
+                let fix = if unverified {
+                    "printed anyway (--unverified): what follows may be forged or incomplete"
+                } else {
+                    "not printed; check it with `custody verify`, or pass --unverified to print what is there under a warning"
+                };
+                eprintln!("custody: recording {audit_id} does not verify, {fix}:");
+                for p in &report.problems {
+                    eprintln!("  problem: {}", recording::escape(p));
+                }
+                if !unverified {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            let warning = (!report.ok()).then(|| {
+                format!(
+                    "WARNING: recording {audit_id} does not verify ({} problem(s), listed on stderr); it may be forged or incomplete\n",
+                    report.problems.len()
+                )
+            });
             let events = if json {
                 Vec::new()
             } else {
@@ -510,17 +556,24 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             if cast {
                 print!("{}", recording::asciicast::render(&events));
             } else if json {
-                let mut out = Vec::new();
-                for (_, _, line) in recording::event_lines(&rec) {
-                    out.extend_from_slice(line);
-                    out.push(b'\n');
+                let mut out = String::new();
+                for (n, line, bytes) in recording::event_lines(&rec) {
+                    match recording::json_line(bytes) {
+                        Some(l) => {
+                            out.push_str(&l);
+                            out.push('\n');
+                        }
+                        None => {
+                            eprintln!("custody: segment {n:06} line {line} is not JSON; left out")
+                        }
+                    }
                 }
-                print!("{}", String::from_utf8_lossy(&out));
+                print!("{out}");
             } else {
-                print!("{}", recording::render(&events));
-            }
-            if rec.manifest.is_none() {
-                eprintln!("custody: recording {audit_id} is not sealed (still running, or its gateway stopped abruptly)");
+                // Text has room for the warning on stdout, before and after;
+                // json and asciicast stay valid and carry it on stderr only.
+                let w = warning.as_deref().unwrap_or_default();
+                print!("{w}{}{w}", recording::render(&events));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -529,14 +582,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             store,
             public_key,
         } => {
-            let pinned = match public_key {
-                Some(p) => {
-                    let pem = std::fs::read_to_string(&p)
-                        .with_context(|| format!("cannot read {}", p.display()))?;
-                    Some(recording::seal::verifying_key_from_pem(&pem)?)
-                }
-                None => None,
-            };
+            let pinned = pinned_key(public_key)?;
             let store = recording::open_store(&store, None).await?;
             let rec = match recording::fetch(store.as_ref(), &audit_id).await {
                 Ok(r) => r,
@@ -549,11 +595,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let report = recording::verify::verify(&rec, pinned.as_ref());
             let verdict = if report.ok() { "VERIFIED" } else { "FAILED" };
             println!("recording {audit_id}: {verdict}");
+            // Facts and problems quote recorded and stored names: escaped.
             for f in &report.facts {
-                println!("  {f}");
+                println!("  {}", recording::escape(f));
             }
             for p in &report.problems {
-                println!("  problem: {p}");
+                println!("  problem: {}", recording::escape(p));
             }
             Ok(if report.ok() {
                 ExitCode::SUCCESS

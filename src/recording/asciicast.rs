@@ -1,5 +1,8 @@
 //! asciicast v2 from an SSH recording, so `asciinema play` replays a PTY
 //! session: a header line, then `[time, "o"|"i"|"r", data]` lines.
+//! Output and input stay raw (they are the terminal stream the user saw);
+//! JSON encoding keeps every line valid, and the title is escaped because
+//! players print it outside the terminal stream.
 
 use serde_json::json;
 
@@ -35,7 +38,12 @@ pub fn render(events: &[Event]) -> String {
             principal,
             connection,
             ..
-        } => format!("custody {audit_id}: {principal} → {connection}"),
+        } => format!(
+            "custody {}: {} → {}",
+            super::escape(audit_id),
+            super::escape(principal),
+            super::escape(connection)
+        ),
         _ => "custody".to_string(),
     };
     let header = json!({

@@ -125,8 +125,13 @@ impl GcsStore {
 }
 
 impl GcsStore {
-    /// Objects and sub-folders directly under `dir`, as keys relative to the prefix.
-    async fn list_json(&self, dir: &str) -> Result<(Vec<String>, Vec<String>), RecordError> {
+    /// Objects and sub-folders directly under `dir`, as keys relative to the
+    /// prefix; with `nested`, every object under `dir` at any depth (no folders).
+    async fn list_json(
+        &self,
+        dir: &str,
+        nested: bool,
+    ) -> Result<(Vec<String>, Vec<String>), RecordError> {
         let full = self.name(dir);
         let what = format!("gs://{}/{full}", self.bucket);
         let strip = self.name("");
@@ -136,9 +141,11 @@ impl GcsStore {
         loop {
             let mut query = vec![
                 ("prefix", full.clone()),
-                ("delimiter", "/".to_string()),
                 ("fields", "items(name),prefixes,nextPageToken".to_string()),
             ];
+            if !nested {
+                query.push(("delimiter", "/".to_string()));
+            }
             if let Some(t) = &page {
                 query.push(("pageToken", t.clone()));
             }
@@ -236,11 +243,15 @@ impl ObjectStore for GcsStore {
     }
 
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
-        Box::pin(async move { Ok(self.list_json(dir).await?.0) })
+        Box::pin(async move { Ok(self.list_json(dir, false).await?.0) })
     }
 
     fn list_dirs<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
-        Box::pin(async move { Ok(self.list_json(dir).await?.1) })
+        Box::pin(async move { Ok(self.list_json(dir, false).await?.1) })
+    }
+
+    fn list_all<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
+        Box::pin(async move { Ok(self.list_json(dir, true).await?.0) })
     }
 
     fn url(&self) -> String {

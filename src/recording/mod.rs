@@ -241,177 +241,282 @@ pub fn parse(rec: &verify::Fetched) -> Result<Vec<Event>, RecordError> {
         .collect()
 }
 
-/// Human-readable replay of one record.
+/// Text from a recording made safe to print on a terminal: control
+/// characters (C0, DEL, C1), line and paragraph separators, bidi and
+/// zero-width format characters become visible escapes, and a backslash is
+/// doubled so an escape cannot be faked. A client's SQL, claims or output
+/// can then never start a line of its own or move the cursor.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c == '\\'
+        || c.is_control()
+        || matches!(c,
+            '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// Human-readable replay of one record; every recorded string is escaped.
 pub fn render(events: &[Event]) -> String {
     let mut out = String::new();
     for ev in events {
-        let ts = ev.ts.format("%Y-%m-%d %H:%M:%S%.3f");
-        let _ = match &ev.body {
-            EventBody::SessionStart {
-                audit_id,
-                principal,
-                connection,
-                mode,
-                client_addr,
-                granted_by,
-                chain,
-                root_audit_id,
-                ..
-            } => {
-                let behalf = match (chain.len(), root_audit_id) {
-                    (n, Some(root)) if n > 1 => format!(
-                        "\n{:25}chain of custody: {} (root audit id {root})",
-                        "",
-                        chain.join(" → ")
-                    ),
-                    _ => String::new(),
-                };
-                writeln!(
-                    out,
-                    "{ts}  session {audit_id}: {principal} → {connection} ({mode}) from {} granted by {}{behalf}",
-                    client_addr.as_deref().unwrap_or("?"),
-                    granted_by.as_deref().unwrap_or("-")
-                )
-            }
-            EventBody::Delegation {
-                chain,
-                to,
-                connections,
-                expires,
-                root_audit_id,
-            } => writeln!(
-                out,
-                "{ts}  delegated by {} to {to} for {} until {} (root audit id {root_audit_id})",
-                chain.join(" → "),
-                connections.as_ref().map(|c| c.join(", ")).unwrap_or_else(|| "any allowed connection".into()),
-                chrono::DateTime::from_timestamp(*expires, 0).map(|t| t.to_rfc3339()).unwrap_or_default()
-            ),
-            EventBody::Review {
-                review_id,
-                action,
-                by,
-                reason,
-                review_audit_id,
-            } => writeln!(
-                out,
-                "{ts}  review {review_id} {action}{}{}{}",
-                by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
-                reason.as_ref().filter(|r| !r.is_empty()).map(|r| format!(": {r}")).unwrap_or_default(),
-                review_audit_id.as_ref().map(|a| format!(" (held request {a})")).unwrap_or_default()
-            ),
-            EventBody::Revocation { principal, reason } => {
-                writeln!(out, "{ts}  REVOKED {principal}: {reason}")
-            }
-            EventBody::Statement {
-                sql,
-                protocol,
-                tags,
-                rows,
-                error,
-                duration_ms,
-                masked,
-            } => {
-                let mut outcome = match error {
-                    Some(e) => format!("ERROR {} {}", e.code, e.message),
-                    None => format!("{} ({rows} rows)", tags.join(", ")),
-                };
-                if !masked.is_empty() {
-                    let m: Vec<String> = masked.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    outcome.push_str(&format!(" masked {}", m.join(" ")));
-                }
-                writeln!(
-                    out,
-                    "{ts}  [{protocol}] {}\n{:25}→ {outcome}  {duration_ms:.1} ms",
-                    sql.trim(),
-                    ""
-                )
-            }
-            EventBody::Cancel { outcome } => writeln!(out, "{ts}  cancel request: {outcome}"),
-            EventBody::Guardrail {
-                sql,
-                protocol,
-                rule,
-                outcome,
-            } => writeln!(
-                out,
-                "{ts}  [{protocol}] {}\n{:25}→ BLOCKED by guardrail {rule} ({outcome})",
-                sql.trim(),
-                ""
-            ),
-            EventBody::Refused { reason } => writeln!(out, "{ts}  REFUSED: {reason}"),
-            EventBody::SshRequest {
-                channel,
-                request,
-                detail,
-                outcome,
-            } => writeln!(
-                out,
-                "{ts}  [ssh ch{channel}] {request}{} → {outcome}",
-                detail.as_ref().map(|d| format!(" {d}")).unwrap_or_default()
-            ),
-            EventBody::Pty {
-                channel,
-                term,
-                width,
-                height,
-            } => writeln!(out, "{ts}  [ssh ch{channel}] pty {term} {width}x{height}"),
-            EventBody::Resize {
-                channel,
-                width,
-                height,
-            } => writeln!(out, "{ts}  [ssh ch{channel}] resize {width}x{height}"),
-            EventBody::Output {
-                channel,
-                stream,
-                data,
-            } => writeln!(
-                out,
-                "{ts}  [ssh ch{channel}] {}: {}",
-                if stream == "e" { "stderr" } else { "stdout" },
-                data.escape_debug()
-            ),
-            EventBody::Input { channel, data } => {
-                writeln!(out, "{ts}  [ssh ch{channel}] input: {}", data.escape_debug())
-            }
-            EventBody::Exit {
-                channel,
-                status,
-                signal,
-            } => writeln!(
-                out,
-                "{ts}  [ssh ch{channel}] exit {}",
-                match (status, signal) {
-                    (Some(s), _) => format!("status {s}"),
-                    (None, Some(sig)) => format!("signal {sig}"),
-                    _ => "unknown".into(),
-                }
-            ),
-            EventBody::File {
-                channel,
-                op,
-                path,
-                to,
-                bytes_written,
-                bytes_read,
-            } => writeln!(
-                out,
-                "{ts}  [ssh ch{channel}] file {op} {path}{} ({bytes_written} bytes written, {bytes_read} bytes read)",
-                to.as_ref().map(|t| format!(" → {t}")).unwrap_or_default()
-            ),
-            EventBody::Error { message } => writeln!(out, "{ts}  error: {message}"),
-            EventBody::SessionEnd {
-                reason,
-                statements,
-                rows,
-                bytes_from_client,
-                bytes_to_client,
-            } => writeln!(
-                out,
-                "{ts}  session ended: {reason}; {statements} statements, {rows} rows, {bytes_from_client} bytes in, {bytes_to_client} bytes out"
-            ),
-        };
+        render_event(&mut out, ev);
     }
     out
+}
+
+fn render_event(out: &mut String, ev: &Event) {
+    use escape as e;
+    let ts = ev.ts.format("%Y-%m-%d %H:%M:%S%.3f");
+    let opt = |o: &Option<String>, default: &'static str| -> String {
+        o.as_deref()
+            .map(|s| e(s).into_owned())
+            .unwrap_or_else(|| default.into())
+    };
+    let list = |v: &[String], sep: &str| -> String {
+        v.iter()
+            .map(|s| e(s).into_owned())
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    let _ = match &ev.body {
+        EventBody::SessionStart {
+            audit_id,
+            principal,
+            connection,
+            mode,
+            client_addr,
+            granted_by,
+            chain,
+            root_audit_id,
+            ..
+        } => {
+            let behalf = match (chain.len(), root_audit_id) {
+                (n, Some(root)) if n > 1 => format!(
+                    "\n{:25}chain of custody: {} (root audit id {})",
+                    "",
+                    list(chain, " → "),
+                    e(root)
+                ),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "{ts}  session {}: {} → {} ({}) from {} granted by {}{behalf}",
+                e(audit_id),
+                e(principal),
+                e(connection),
+                e(mode),
+                opt(client_addr, "?"),
+                opt(granted_by, "-")
+            )
+        }
+        EventBody::Delegation {
+            chain,
+            to,
+            connections,
+            expires,
+            root_audit_id,
+        } => writeln!(
+            out,
+            "{ts}  delegated by {} to {} for {} until {} (root audit id {})",
+            list(chain, " → "),
+            e(to),
+            connections
+                .as_ref()
+                .map(|c| list(c, ", "))
+                .unwrap_or_else(|| "any allowed connection".into()),
+            chrono::DateTime::from_timestamp(*expires, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            e(root_audit_id)
+        ),
+        EventBody::Review {
+            review_id,
+            action,
+            by,
+            reason,
+            review_audit_id,
+        } => writeln!(
+            out,
+            "{ts}  review {} {}{}{}{}",
+            e(review_id),
+            e(action),
+            by.as_ref()
+                .map(|b| format!(" by {}", e(b)))
+                .unwrap_or_default(),
+            reason
+                .as_ref()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!(": {}", e(r)))
+                .unwrap_or_default(),
+            review_audit_id
+                .as_ref()
+                .map(|a| format!(" (held request {})", e(a)))
+                .unwrap_or_default()
+        ),
+        EventBody::Revocation { principal, reason } => {
+            writeln!(out, "{ts}  REVOKED {}: {}", e(principal), e(reason))
+        }
+        EventBody::Statement {
+            sql,
+            protocol,
+            tags,
+            rows,
+            error,
+            duration_ms,
+            masked,
+        } => {
+            let mut outcome = match error {
+                Some(er) => format!("ERROR {} {}", e(&er.code), e(&er.message)),
+                None => format!("{} ({rows} rows)", list(tags, ", ")),
+            };
+            if !masked.is_empty() {
+                let m: Vec<String> = masked.iter().map(|(k, v)| format!("{}={v}", e(k))).collect();
+                outcome.push_str(&format!(" masked {}", m.join(" ")));
+            }
+            writeln!(
+                out,
+                "{ts}  [{}] {}\n{:25}→ {outcome}  {duration_ms:.1} ms",
+                e(protocol),
+                e(sql.trim()),
+                ""
+            )
+        }
+        EventBody::Cancel { outcome } => writeln!(out, "{ts}  cancel request: {}", e(outcome)),
+        EventBody::Guardrail {
+            sql,
+            protocol,
+            rule,
+            outcome,
+        } => writeln!(
+            out,
+            "{ts}  [{}] {}\n{:25}→ BLOCKED by guardrail {} ({})",
+            e(protocol),
+            e(sql.trim()),
+            "",
+            e(rule),
+            e(outcome)
+        ),
+        EventBody::Refused { reason } => writeln!(out, "{ts}  REFUSED: {}", e(reason)),
+        EventBody::SshRequest {
+            channel,
+            request,
+            detail,
+            outcome,
+        } => writeln!(
+            out,
+            "{ts}  [ssh ch{channel}] {}{} → {}",
+            e(request),
+            detail
+                .as_ref()
+                .map(|d| format!(" {}", e(d)))
+                .unwrap_or_default(),
+            e(outcome)
+        ),
+        EventBody::Pty {
+            channel,
+            term,
+            width,
+            height,
+        } => writeln!(out, "{ts}  [ssh ch{channel}] pty {} {width}x{height}", e(term)),
+        EventBody::Resize {
+            channel,
+            width,
+            height,
+        } => writeln!(out, "{ts}  [ssh ch{channel}] resize {width}x{height}"),
+        EventBody::Output {
+            channel,
+            stream,
+            data,
+        } => writeln!(
+            out,
+            "{ts}  [ssh ch{channel}] {}: {}",
+            if stream == "e" { "stderr" } else { "stdout" },
+            e(data)
+        ),
+        EventBody::Input { channel, data } => {
+            writeln!(out, "{ts}  [ssh ch{channel}] input: {}", e(data))
+        }
+        EventBody::Exit {
+            channel,
+            status,
+            signal,
+        } => writeln!(
+            out,
+            "{ts}  [ssh ch{channel}] exit {}",
+            match (status, signal) {
+                (Some(s), _) => format!("status {s}"),
+                (None, Some(sig)) => format!("signal {}", e(sig)),
+                _ => "unknown".into(),
+            }
+        ),
+        EventBody::File {
+            channel,
+            op,
+            path,
+            to,
+            bytes_written,
+            bytes_read,
+        } => writeln!(
+            out,
+            "{ts}  [ssh ch{channel}] file {} {}{} ({bytes_written} bytes written, {bytes_read} bytes read)",
+            e(op),
+            e(path),
+            to.as_ref().map(|t| format!(" → {}", e(t))).unwrap_or_default()
+        ),
+        EventBody::Error { message } => writeln!(out, "{ts}  error: {}", e(message)),
+        EventBody::SessionEnd {
+            reason,
+            statements,
+            rows,
+            bytes_from_client,
+            bytes_to_client,
+        } => writeln!(
+            out,
+            "{ts}  session ended: {}; {statements} statements, {rows} rows, {bytes_from_client} bytes in, {bytes_to_client} bytes out",
+            e(reason)
+        ),
+    };
+}
+
+/// One event line for `replay --format json`: valid JSON on one line with
+/// no raw control character (DEL and C1 become `\u00XX` escapes, which
+/// only strings can hold in valid JSON); None when the line is not JSON.
+pub fn json_line(line: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let text = match std::str::from_utf8(line) {
+        // The gateway's own compact lines are kept byte for byte.
+        Ok(t) if !t.bytes().any(|b| b < 0x20) => t.to_string(),
+        _ => serde_json::to_string(&value).ok()?,
+    };
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c != '\\' && needs_escape(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]

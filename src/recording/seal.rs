@@ -106,6 +106,35 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(&[u8], ManifestBody, SignatureLin
     Ok((body_bytes, body, sig))
 }
 
+/// A manifest is exactly the body line and the signature line as the
+/// gateway writes them: nothing after, between or reformatted, and a key id
+/// that is the embedded key's, so no unsigned byte can differ unnoticed.
+pub fn check_manifest_bytes(
+    bytes: &[u8],
+    signed: &[u8],
+    sig: &SignatureLine,
+) -> Result<(), String> {
+    let mut canonical = signed.to_vec();
+    canonical.push(b'\n');
+    canonical.extend(serde_json::to_vec(sig).unwrap_or_default());
+    canonical.push(b'\n');
+    if bytes != canonical {
+        return Err(
+            "its bytes are not the two lines the gateway writes (lines added, removed or reformatted after sealing)"
+                .to_string(),
+        );
+    }
+    if let (Some(id), Some(k)) = (&sig.key_id, embedded_key(sig)) {
+        if *id != key_id(&k) {
+            return Err(format!(
+                "its key id {id} is not the embedded key's ({})",
+                key_id(&k)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// "SHA256:<base64>" of the raw public key, as OpenSSH prints fingerprints.
 pub fn key_id(key: &VerifyingKey) -> String {
     let digest = Sha256::digest(key.as_bytes());

@@ -155,14 +155,14 @@ pub fn render(list: &[SessionSummary]) -> String {
             s.started
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
                 .unwrap_or_default(),
-            s.audit_id,
-            s.principal,
-            s.connection,
-            s.mode,
+            super::escape(&s.audit_id),
+            super::escape(&s.principal),
+            super::escape(&s.connection),
+            super::escape(&s.mode),
             s.statements
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
-            s.outcome
+            super::escape(&s.outcome)
         ));
     }
     out

@@ -20,6 +20,10 @@ pub trait ObjectStore: Send + Sync {
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>>;
     /// Folders directly inside `dir`, each ending in '/', sorted.
     fn list_dirs<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>>;
+    /// Every object whose key starts with `dir` (which ends in '/'), at any
+    /// depth, sorted, hiding nothing (not even a file store's temporary
+    /// files): `verify` must see all that a reader of the prefix could.
+    fn list_all<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>>;
     /// The store's URL, for messages.
     fn url(&self) -> String;
 }
@@ -79,11 +83,30 @@ pub fn record_dir(audit_id: &str) -> String {
 }
 
 pub fn segment_key(audit_id: &str, n: u32) -> String {
-    format!("{}{n:06}.jsonl", record_dir(audit_id))
+    format!("{}{}", record_dir(audit_id), segment_name(n))
 }
 
+/// The one spelling of segment `n`'s object name.
+pub fn segment_name(n: u32) -> String {
+    format!("{n:06}.jsonl")
+}
+
+/// The number of a segment named exactly as `segment_name` spells it;
+/// None for any other spelling ("00002.jsonl", "+00002.jsonl", "0000002.jsonl"),
+/// so one number can never have two objects.
+pub fn parse_segment_name(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".jsonl")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = digits.parse().ok()?;
+    (n >= 1 && segment_name(n) == name).then_some(n)
+}
+
+pub const MANIFEST_NAME: &str = "manifest.json";
+
 pub fn manifest_key(audit_id: &str) -> String {
-    format!("{}manifest.json", record_dir(audit_id))
+    format!("{}{MANIFEST_NAME}", record_dir(audit_id))
 }
 
 /// A directory tree with the same keys as the bucket.
@@ -125,6 +148,25 @@ impl FileStore {
         out.sort();
         Ok(out)
     }
+}
+
+/// Every file under `path` (keys prefixed with `key`), depth first.
+fn walk(path: &std::path::Path, key: &str, out: &mut Vec<String>) -> std::io::Result<()> {
+    let rd = match std::fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_dir() {
+            walk(&entry.path(), &format!("{key}{name}/"), out)?;
+        } else {
+            out.push(format!("{key}{name}"));
+        }
+    }
+    Ok(())
 }
 
 impl ObjectStore for FileStore {
@@ -179,8 +221,114 @@ impl ObjectStore for FileStore {
         Box::pin(async move { self.entries(dir, true).await })
     }
 
+    fn list_all<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
+        Box::pin(async move {
+            let path = self.root.join(dir);
+            let (p, d) = (path.clone(), dir.to_string());
+            let listed = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::new();
+                walk(&p, &d, &mut out).map(|()| out)
+            })
+            .await
+            .map_err(|e| RecordError::Stopped(e.to_string()))?;
+            let mut out = listed.map_err(|e| self.io(&path, e))?;
+            out.sort();
+            Ok(out)
+        })
+    }
+
     fn url(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+}
+
+/// Objects in memory with a bucket's list semantics: for tests and fuzzing.
+#[derive(Default)]
+pub struct MemStore {
+    pub objects: std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemStore {
+    pub fn new(objects: std::collections::BTreeMap<String, Vec<u8>>) -> MemStore {
+        MemStore {
+            objects: std::sync::Mutex::new(objects),
+        }
+    }
+
+    /// A copy of every object.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, Vec<u8>> {
+        self.objects.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    fn keys(&self, dir: &str) -> Vec<String> {
+        let objects = self.snapshot();
+        objects
+            .keys()
+            .filter(|k| k.starts_with(dir))
+            .cloned()
+            .collect()
+    }
+}
+
+impl ObjectStore for MemStore {
+    fn create<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<(), RecordError>> {
+        Box::pin(async move {
+            let mut objects = self
+                .objects
+                .lock()
+                .map_err(|e| RecordError::Stopped(e.to_string()))?;
+            if objects.contains_key(key) {
+                return Err(RecordError::Exists(key.to_string()));
+            }
+            objects.insert(key.to_string(), data.to_vec());
+            Ok(())
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, RecordError>> {
+        Box::pin(async move {
+            let objects = self
+                .objects
+                .lock()
+                .map_err(|e| RecordError::Stopped(e.to_string()))?;
+            objects
+                .get(key)
+                .cloned()
+                .ok_or_else(|| RecordError::NotFound(key.to_string()))
+        })
+    }
+
+    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
+        Box::pin(async move {
+            let keys = self.keys(dir);
+            Ok(keys
+                .into_iter()
+                .filter(|k| !k[dir.len()..].contains('/'))
+                .collect())
+        })
+    }
+
+    fn list_dirs<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
+        Box::pin(async move {
+            let mut dirs: Vec<String> = self
+                .keys(dir)
+                .iter()
+                .filter_map(|k| {
+                    let rest = &k[dir.len()..];
+                    rest.find('/').map(|i| format!("{dir}{}", &rest[..=i]))
+                })
+                .collect();
+            dirs.dedup();
+            Ok(dirs)
+        })
+    }
+
+    fn list_all<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, RecordError>> {
+        Box::pin(async move { Ok(self.keys(dir)) })
+    }
+
+    fn url(&self) -> String {
+        "mem://".to_string()
     }
 }
 
@@ -219,5 +367,48 @@ mod tests {
             store.get("a/b/2").await,
             Err(RecordError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn one_spelling_per_segment_number() {
+        assert_eq!(parse_segment_name("000002.jsonl"), Some(2));
+        assert_eq!(parse_segment_name(&segment_name(1234567)), Some(1234567));
+        for other in [
+            "00002.jsonl",
+            "0000002.jsonl",
+            "+00002.jsonl",
+            "000000.jsonl",
+            "000002.JSONL",
+            "000002.jsonl ",
+            " 000002.jsonl",
+            "0001234567.jsonl",
+            "٠٠٠٠٠٢.jsonl",
+            "000002",
+            ".jsonl",
+        ] {
+            assert_eq!(parse_segment_name(other), None, "{other}");
+        }
+    }
+
+    /// list_all sees nested objects and the file store's own temporary files.
+    #[tokio::test]
+    async fn list_all_hides_nothing_in_either_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = open_store(&format!("file://{}", dir.path().display()), None)
+            .await
+            .unwrap();
+        let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::default());
+        for store in [file, mem] {
+            for key in ["r/1", "r/x/2", "r/.tmp-3", "s/4"] {
+                store.create(key, Bytes::from_static(b"b")).await.unwrap();
+            }
+            assert_eq!(
+                store.list_all("r/").await.unwrap(),
+                vec!["r/.tmp-3", "r/1", "r/x/2"],
+                "{}",
+                store.url()
+            );
+            assert_eq!(store.list_dirs("r/").await.unwrap(), vec!["r/x/"]);
+        }
     }
 }

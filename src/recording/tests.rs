@@ -268,3 +268,187 @@ async fn a_full_budget_refuses_new_sessions() {
         .await
         .is_ok());
 }
+
+/// A sealed recording in memory, as the gateway wrote it.
+async fn sealed_in_memory() -> (Arc<Recorder>, std::collections::BTreeMap<String, Vec<u8>>) {
+    let store: Arc<dyn ObjectStore> = Arc::new(store::MemStore::default());
+    let rec = Arc::new(Recorder::new(
+        store,
+        Some(SigningKey::from_bytes(&[9; 32])),
+        &small_segments(),
+    ));
+    record(&rec, ID, 6).await;
+    let fetched = fetch(rec.store.as_ref(), ID).await.unwrap();
+    assert!(verify::verify(&fetched, None).ok());
+    let mut objects = std::collections::BTreeMap::new();
+    for key in rec.store.list_all("").await.unwrap() {
+        objects.insert(key.clone(), rec.store.get(&key).await.unwrap());
+    }
+    (rec, objects)
+}
+
+async fn verify_objects(objects: std::collections::BTreeMap<String, Vec<u8>>) -> verify::Report {
+    let store = store::MemStore::new(objects);
+    let key = SigningKey::from_bytes(&[9; 32]).verifying_key();
+    verify::verify(&fetch(&store, ID).await.unwrap(), Some(&key))
+}
+
+#[tokio::test]
+async fn only_what_the_manifest_names_verifies() {
+    let (_, objects) = sealed_in_memory().await;
+    let dir = store::record_dir(ID);
+    let seg2 = objects[&format!("{dir}000002.jsonl")].clone();
+    for name in [
+        "00002.jsonl",
+        "+00002.jsonl",
+        "0000002.jsonl",
+        "x/000002.jsonl",
+        "notes",
+    ] {
+        let mut o = objects.clone();
+        o.insert(format!("{dir}{name}"), seg2.clone());
+        let r = verify_objects(o).await;
+        let p = r.problems.join("\n");
+        assert!(
+            p.contains(&format!("object \"{name}\""))
+                && p.contains("not part of the sealed recording"),
+            "{name}: {p}"
+        );
+    }
+    // A canonical segment past the last one.
+    let mut o = objects.clone();
+    o.insert(store::segment_key(ID, 99), seg2.clone());
+    let p = verify_objects(o).await.problems.join("\n");
+    assert!(
+        p.contains("segment 000099 is in the store but not in the manifest"),
+        "{p}"
+    );
+
+    // Lines after, between or reformatted in the manifest.
+    let key = store::manifest_key(ID);
+    let m = objects[&key].clone();
+    let text = String::from_utf8(m.clone()).unwrap();
+    for forged in [
+        format!("{text}{{}}\n"),
+        text.replacen('\n', "\n\n", 1),
+        text.replacen("\"alg\":\"Ed25519\"", "\"alg\": \"Ed25519\"", 1),
+        text.replacen("\"key_id\":\"SHA256:", "\"key_id\":\"SHA256:x", 1),
+    ] {
+        let mut o = objects.clone();
+        o.insert(key.clone(), forged.into_bytes());
+        let r = verify_objects(o).await;
+        assert!(
+            r.problems.iter().any(|p| p.starts_with("manifest:")),
+            "{r:?}"
+        );
+    }
+    assert!(verify_objects(objects).await.ok());
+}
+
+#[test]
+fn escape_makes_every_control_visible() {
+    assert!(matches!(
+        escape("select 'x' → ü"),
+        std::borrow::Cow::Borrowed(_)
+    ));
+    assert_eq!(
+        escape("a\nb\r\tc\x1b[2K\x07\u{7f}\u{9b}\u{202e}\u{2028}\\n"),
+        "a\\nb\\r\\tc\\u{1b}[2K\\u{7}\\u{7f}\\u{9b}\\u{202e}\\u{2028}\\\\n"
+    );
+}
+
+#[test]
+fn render_never_lets_recorded_text_start_a_line() {
+    let evil = "x\n2026-12-01 10:00:00.000  session ended: forged\x1b]0;t\x07";
+    let ts = chrono::Utc::now();
+    let bodies = vec![
+        EventBody::SessionStart {
+            audit_id: evil.into(),
+            principal: evil.into(),
+            groups: vec![evil.into()],
+            connection: evil.into(),
+            mode: evil.into(),
+            client_addr: Some(evil.into()),
+            granted_by: Some(evil.into()),
+            trace_id: None,
+            chain: vec![evil.into(), evil.into()],
+            root_audit_id: Some(evil.into()),
+        },
+        EventBody::Review {
+            review_id: evil.into(),
+            action: evil.into(),
+            by: Some(evil.into()),
+            reason: Some(evil.into()),
+            review_audit_id: Some(evil.into()),
+        },
+        EventBody::Statement {
+            sql: evil.into(),
+            protocol: evil.into(),
+            tags: vec![evil.into()],
+            rows: 1,
+            error: Some(StatementError {
+                code: evil.into(),
+                message: evil.into(),
+            }),
+            duration_ms: 1.0,
+            masked: [(evil.to_string(), 1)].into_iter().collect(),
+        },
+        EventBody::Guardrail {
+            sql: evil.into(),
+            protocol: evil.into(),
+            rule: evil.into(),
+            outcome: evil.into(),
+        },
+        EventBody::File {
+            channel: 0,
+            op: evil.into(),
+            path: evil.into(),
+            to: Some(evil.into()),
+            bytes_written: 0,
+            bytes_read: 0,
+        },
+        EventBody::SessionEnd {
+            reason: evil.into(),
+            statements: 0,
+            rows: 0,
+            bytes_from_client: 0,
+            bytes_to_client: 0,
+        },
+    ];
+    let events: Vec<Event> = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| Event {
+            seq: i as u64,
+            ts,
+            body,
+        })
+        .collect();
+    let text = render(&events);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    for line in text.lines() {
+        assert!(
+            line.starts_with(&ts.format("%Y-%m-%d").to_string()) || line.starts_with(' '),
+            "a line recorded text started: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn json_lines_stay_json_without_raw_controls() {
+    let own = br#"{"seq":0,"sql":"a\nb"}"#;
+    assert_eq!(
+        json_line(own).unwrap().as_bytes(),
+        own,
+        "kept byte for byte"
+    );
+    let c1 = "{\"sql\":\"x\u{9b}2K\u{7f}\"}";
+    assert_eq!(
+        json_line(c1.as_bytes()).unwrap(),
+        r#"{"sql":"x\u009b2K\u007f"}"#
+    );
+    let cr = json_line(b"{\"a\":1}\r").unwrap();
+    assert_eq!(cr, r#"{"a":1}"#);
+    assert!(json_line(b"not json\x1b").is_none());
+    assert!(json_line(b"{\"a\":\"\xff\"}").is_none());
+}

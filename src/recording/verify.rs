@@ -1,16 +1,46 @@
 //! `custody verify`: checks a recording's signature, chain, order and
 //! completeness, and says exactly what is wrong. Pure over the fetched bytes.
+//!
+//! A recording is exactly what its signed manifest names: the manifest and
+//! canonically named segments. Any other object in the recording's folder
+//! fails verification by name and is never read, so an object-creator on the
+//! bucket cannot add a second spelling of a segment and be replayed.
 
 use ed25519_dalek::VerifyingKey;
 
 use super::seal::{self, SegmentHeader};
+use super::store;
 use super::Event;
 
-/// One fetched recording: segment objects by number, and the manifest if any.
+/// One fetched recording: segment objects by number, the manifest if any,
+/// and the names (relative to the recording's folder) of every other object
+/// found there, unread.
+#[derive(Debug, Clone, Default)]
 pub struct Fetched {
     pub audit_id: String,
     pub segments: Vec<(u32, Vec<u8>)>,
     pub manifest: Option<Vec<u8>>,
+    pub foreign: Vec<String>,
+}
+
+/// What an object in a recording's folder is, by its name alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Manifest,
+    Segment(u32),
+    /// Not a name Custody writes: not part of any recording.
+    Foreign,
+}
+
+/// `name` is relative to the recording's folder; a nested name is foreign.
+pub fn object_kind(name: &str) -> ObjectKind {
+    if name == store::MANIFEST_NAME {
+        return ObjectKind::Manifest;
+    }
+    match store::parse_segment_name(name) {
+        Some(n) => ObjectKind::Segment(n),
+        None => ObjectKind::Foreign,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -27,16 +57,24 @@ impl Report {
     }
 }
 
-/// Segment number from a key ending in `NNNNNN.jsonl`.
-pub fn segment_number(key: &str) -> Option<u32> {
-    let name = key.rsplit('/').next()?;
-    name.strip_suffix(".jsonl")?.parse().ok()
-}
-
 pub fn verify(rec: &Fetched, pinned: Option<&VerifyingKey>) -> Report {
     let mut r = Report::default();
     let mut segs = rec.segments.clone();
     segs.sort_by_key(|(n, _)| *n);
+    for name in &rec.foreign {
+        r.problems.push(format!(
+            "object \"{name}\" in the recording's folder is not part of the sealed recording (Custody writes only {} and segments named like {}): someone else added it; it was not read",
+            store::MANIFEST_NAME,
+            store::segment_name(1)
+        ));
+    }
+    for w in segs.windows(2) {
+        if w[0].0 == w[1].0 {
+            r.problems
+                .push(format!("segment {:06} is in the store twice", w[0].0));
+        }
+    }
+    segs.dedup_by_key(|(n, _)| *n);
     if segs.is_empty() && rec.manifest.is_none() {
         r.problems
             .push(format!("no recording {} in the store", rec.audit_id));
@@ -60,7 +98,7 @@ pub fn verify(rec: &Fetched, pinned: Option<&VerifyingKey>) -> Report {
                 .push(format!("segment{s} {} {are} missing", range(from, *n - 1)));
         }
         let hash = seal::sha256_hex(bytes);
-        hashes.push((*n, hash.clone(), bytes.len() as u64));
+        hashes.push((*n, hash.clone(), bytes.len() as u64, 0u64));
         let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         let header: Option<SegmentHeader> =
             lines.next().and_then(|l| serde_json::from_slice(l).ok());
@@ -118,6 +156,9 @@ pub fn verify(rec: &Fetched, pinned: Option<&VerifyingKey>) -> Report {
                     }
                     last_ts = Some(ev.ts);
                     expected_seq = ev.seq + 1;
+                    if let Some(h) = hashes.last_mut() {
+                        h.3 += 1;
+                    }
                 }
                 Err(e) => r.problems.push(format!(
                     "segment {n:06} line {}: not a valid event ({e}): altered",
@@ -149,6 +190,12 @@ pub fn verify(rec: &Fetched, pinned: Option<&VerifyingKey>) -> Report {
             return r;
         }
     };
+    if let Err(e) = seal::check_manifest_bytes(manifest, signed, &sig) {
+        r.problems.push(format!("manifest: {e}"));
+    }
+    if let Some(e) = manifest_listing_problem(&body.segments) {
+        r.problems.push(format!("manifest: {e}"));
+    }
     if body.audit_id != rec.audit_id {
         r.problems.push(format!(
             "the manifest is for recording {}, not {}",
@@ -191,21 +238,25 @@ pub fn verify(rec: &Fetched, pinned: Option<&VerifyingKey>) -> Report {
         ),
     }
     for entry in &body.segments {
-        match hashes.iter().find(|(n, _, _)| *n == entry.segment) {
+        match hashes.iter().find(|(n, _, _, _)| *n == entry.segment) {
             None => r.problems.push(format!(
                 "segment {:06} is listed in the manifest but missing from the store",
                 entry.segment
             )),
-            Some((_, h, len)) if *h != entry.sha256 || *len != entry.bytes => {
+            Some((_, h, len, _)) if *h != entry.sha256 || *len != entry.bytes => {
                 r.problems.push(format!(
                 "segment {:06} was altered after sealing: its SHA-256 is {h}, the manifest says {}",
                 entry.segment, entry.sha256
             ))
             }
+            Some((_, _, _, events)) if *events != entry.events => r.problems.push(format!(
+                "segment {:06} holds {events} valid event(s), the manifest says {}",
+                entry.segment, entry.events
+            )),
             Some(_) => {}
         }
     }
-    for (n, _, _) in &hashes {
+    for (n, _, _, _) in &hashes {
         if !body.segments.iter().any(|e| e.segment == *n) {
             r.problems.push(format!(
                 "segment {n:06} is in the store but not in the manifest: added after sealing"
@@ -223,6 +274,20 @@ pub fn verify(rec: &Fetched, pinned: Option<&VerifyingKey>) -> Report {
         body.sealed_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
     ));
     r
+}
+
+/// The manifest must list segments 1..=N once each, in order.
+fn manifest_listing_problem(entries: &[seal::SegmentEntry]) -> Option<String> {
+    for (i, e) in entries.iter().enumerate() {
+        let want = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if e.segment != want {
+            return Some(format!(
+                "it lists segment {:06} where segment {want:06} belongs: segments listed twice, out of order or with a gap",
+                e.segment
+            ));
+        }
+    }
+    None
 }
 
 fn range(a: u32, b: u32) -> String {

@@ -479,32 +479,35 @@ async fn flush(rec: &Recorder, log: &mut SegmentLog, p: &mut Pending) -> Result<
     Ok(())
 }
 
-/// Everything stored for one audit id, for replay and verify.
+/// Everything stored for one audit id, for replay and verify: the manifest
+/// and canonically named segments are read; every other object under the
+/// recording's prefix, at any depth, is only named (see `verify`).
 pub async fn fetch(
     store: &dyn ObjectStore,
     audit_id: &str,
 ) -> Result<super::verify::Fetched, RecordError> {
+    use super::verify::{object_kind, ObjectKind};
     store::check_id(audit_id)?;
     let dir = store::record_dir(audit_id);
-    let mut segments = Vec::new();
-    let mut manifest = None;
-    for key in store.list(&dir).await? {
-        if key.ends_with("/manifest.json") {
-            manifest = Some(store.get(&key).await?);
-        } else if let Some(n) = super::verify::segment_number(&key) {
-            segments.push((n, store.get(&key).await?));
+    let mut rec = super::verify::Fetched {
+        audit_id: audit_id.to_string(),
+        ..Default::default()
+    };
+    let keys = store.list_all(&dir).await?;
+    for key in &keys {
+        let name = key.strip_prefix(dir.as_str()).unwrap_or(key);
+        match object_kind(name) {
+            ObjectKind::Manifest => rec.manifest = Some(store.get(key).await?),
+            ObjectKind::Segment(n) => rec.segments.push((n, store.get(key).await?)),
+            ObjectKind::Foreign => rec.foreign.push(name.to_string()),
         }
     }
-    segments.sort_by_key(|(n, _)| *n);
-    if segments.is_empty() && manifest.is_none() {
+    rec.segments.sort_by_key(|(n, _)| *n);
+    if keys.is_empty() {
         return Err(RecordError::NotFound(format!(
             "{audit_id} (looked in {}/{dir})",
             store.url()
         )));
     }
-    Ok(super::verify::Fetched {
-        audit_id: audit_id.to_string(),
-        segments,
-        manifest,
-    })
+    Ok(rec)
 }
