@@ -369,6 +369,7 @@ fn render_never_lets_recorded_text_start_a_line() {
             connection: evil.into(),
             mode: evil.into(),
             client_addr: Some(evil.into()),
+            peer: Some(evil.into()),
             granted_by: Some(evil.into()),
             trace_id: None,
             chain: vec![evil.into(), evil.into()],
