@@ -3,6 +3,8 @@
 # Usage: scripts/fuzz.sh [SECONDS]   (per target; default 60)
 #   frames  the PostgreSQL frame decoder and scanner
 #   verify  `custody verify` over mutated copies of a real sealed recording
+#   tracker the masking tracker: random extended-protocol pipelines against a
+#           simulated PostgreSQL; no ruled column may come back in clear
 # To add a target: put it in fuzz/fuzz_targets/, register it in
 # fuzz/Cargo.toml, add its name to TARGETS and, optionally, seeds below.
 # Installs cargo-fuzz if missing. The toolchain here is stable, so
@@ -10,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
-TARGETS=(frames verify)
+TARGETS=(frames verify tracker)
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 
 seed() {
@@ -22,6 +24,8 @@ seed() {
     verify)
       printf '\x00\x00\x00\x00\x01\x00\x40\x20' > fuzz/corpus/verify/seed-flip
       printf '\x00\x00\x04\x00\x01\x00\x05' > fuzz/corpus/verify/seed-second-spelling ;;
+    # The stale-Describe attack: Parse s2, Describe s2, Sync, SQL-level swap, Bind, Execute, Sync.
+    tracker) printf '\x00\x02\x02\x02\x06\x00\x07\x27\x01\x02\x04\x00\x06\x00' > fuzz/corpus/tracker/seed-stale-describe ;;
   esac
 }
 
