@@ -261,7 +261,9 @@ mod chain_tests {
         Chain {
             originator: who("alice@example.com", &["eng@example.com"]),
             hops: hops.iter().map(|h| h.to_string()).collect(),
+            hop_ids: Vec::new(),
             caller: "serviceAccount:job@p.iam.gserviceaccount.com".into(),
+            caller_id: "principal://i/subject/job@p.iam.gserviceaccount.com".into(),
             root_audit_id: Some("root".into()),
             orig_iat: Some(orig_iat),
             connections: None,

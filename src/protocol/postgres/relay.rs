@@ -385,6 +385,7 @@ async fn run(
     let result = tokio::select! {
         _ = shutdown.wait_for(|down| *down) => Err(RelayEnd::Shutdown),
         _ = expired => Err(RelayEnd::Expired),
+        why = gw.revocations.until_revoked(gw.recorder.store.as_ref(), &session.permit.chain) => Err(RelayEnd::Revoked(why)),
         r = client_to_upstream => r,
         r = upstream_to_client => r,
         why = session.tap().failure() => Err(RelayEnd::Recording(why)),
@@ -430,6 +431,8 @@ async fn run(
             "the delegation or approval window this session runs under has expired; ask for a new one (custody delegate, or a new review) and reconnect".into(),
         )
         .only_if(server_scan.at_boundary()),
+        Err(RelayEnd::Revoked(why)) => End::failed(tunnel::CLOSE_POLICY, "57P01", why)
+            .only_if(server_scan.at_boundary()),
         Err(RelayEnd::Recording(why)) => End::failed(
             tunnel::CLOSE_ERROR,
             "58000",
@@ -453,6 +456,7 @@ impl End {
 enum RelayEnd {
     Shutdown,
     Expired,
+    Revoked(String),
     Client(String),
     ClientProtocol(PgError),
     Upstream(PgError),
