@@ -13,7 +13,7 @@ use crate::identity::Principal;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
-    #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN or allAuthenticatedUsers")]
+    #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN, principal://ISSUER/subject/SUB or allAuthenticatedUsers")]
     BadMember(String),
     #[error("{principal} is not in the allow list of connection {connection}")]
     NotAllowed {
@@ -35,6 +35,8 @@ pub enum Member {
     ServiceAccount(String),
     Group(String),
     Domain(String),
+    /// One identity: `principal://ISSUER/subject/SUB` (see `Principal::id`).
+    Principal(String),
     AllAuthenticatedUsers,
 }
 
@@ -44,6 +46,13 @@ impl FromStr for Member {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "allAuthenticatedUsers" {
             return Ok(Member::AllAuthenticatedUsers);
+        }
+        // Subjects are case-sensitive: kept verbatim.
+        if let Some((iss, sub)) = crate::identity::split_principal_id(s.trim()) {
+            if sub.chars().any(char::is_control) || iss.chars().any(char::is_control) {
+                return Err(PolicyError::BadMember(s.to_string()));
+            }
+            return Ok(Member::Principal(s.trim().to_string()));
         }
         let bad = || PolicyError::BadMember(s.to_string());
         let (kind, value) = s.split_once(':').ok_or_else(bad)?;
@@ -69,6 +78,7 @@ impl fmt::Display for Member {
             Member::ServiceAccount(v) => write!(f, "serviceAccount:{v}"),
             Member::Group(v) => write!(f, "group:{v}"),
             Member::Domain(v) => write!(f, "domain:{v}"),
+            Member::Principal(id) => f.write_str(id),
             Member::AllAuthenticatedUsers => f.write_str("allAuthenticatedUsers"),
         }
     }
@@ -83,6 +93,7 @@ impl Member {
             Member::Domain(d) => email
                 .and_then(|e| e.rsplit_once('@'))
                 .is_some_and(|(_, dom)| dom == d),
+            Member::Principal(id) => p.id() == *id,
             Member::AllAuthenticatedUsers => true,
         }
     }
@@ -216,7 +227,20 @@ mod tests {
         ] {
             assert_eq!(m.parse::<Member>().unwrap().matches(&alice), ok, "{m}");
         }
+        let id = "principal://issuer/subject/123";
+        assert!(id.parse::<Member>().unwrap().matches(&alice));
+        let bare = Principal {
+            email: None,
+            groups: Vec::new(),
+            ..alice.clone()
+        };
+        assert!(id.parse::<Member>().unwrap().matches(&bare));
+        assert!(!"principal://other/subject/123"
+            .parse::<Member>()
+            .unwrap()
+            .matches(&alice));
         for bad in [
+            "principal://issuer/subject/",
             "alice@example.com",
             "user:alice",
             "team:x@y.z",
