@@ -98,8 +98,14 @@ email_domains = ["partner.com"]
         jwks = partner().jwks,
         masked = pg_conn(
             "pg-masked",
-            r#""user:alice@example.com", "domain:partner.com", "group:dpo@example.com""#,
-            "[connections.masking]\ndetectors = [\"us_ssn\", \"credit_card\"]\nexempt = [\"group:dpo@example.com\"]\n",
+            &format!(
+                r#""user:alice@example.com", "domain:partner.com", "group:dpo@example.com", "{fay}""#,
+                fay = principal_of("fay@example.com")
+            ),
+            &format!(
+                "[connections.masking]\ndetectors = [\"us_ssn\", \"credit_card\"]\nexempt = [\"group:dpo@example.com\", \"{fay}\"]\n",
+                fay = principal_of("fay@example.com")
+            ),
         ),
         held = pg_conn("pg-held", people, held),
         two = pg_conn(
@@ -224,6 +230,21 @@ fn groups_outside_an_issuers_domains_are_dropped() {
         !out.contains("123-45-6789") && !out.contains("4111 1111 1111 1111"),
         "an issuer for partner.com made mallory a DPO: {out}"
     );
+    // An exemption can name one identity; it holds for its tokens without an email.
+    let fay = emailless_token("fay@example.com", &[]);
+    let (code, out, err) = cli(
+        &gw,
+        &fay,
+        &["exec", "pg-masked", "--format", "json", "--", pii],
+    );
+    assert!(code == 0 && out.contains("123-45-6789"), "{out}{err}");
+    let other_fay = partner_token("fay@partner.com", &[]);
+    let (code, out, err) = cli(
+        &gw,
+        &other_fay,
+        &["exec", "pg-masked", "--format", "json", "--", pii],
+    );
+    assert!(code == 0 && !out.contains("123-45-6789"), "{out}{err}");
 
     // Approvals: mallory is no dba; the review stays pending for a real one.
     table(&gw, "sec_groups_t");
