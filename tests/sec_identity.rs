@@ -478,10 +478,12 @@ async fn a_psql_tunnel_ends_when_its_principal_is_revoked_on_another_instance() 
     let (_cli, addr) = a.connect("pg", &token("alice@example.com"));
     let c = pg_client(addr).await;
     c.simple_query("select 1").await.unwrap();
+    // A query in flight gets the reason (an idle client sees it on its next one).
+    let running = tokio::spawn(async move { c.simple_query("select pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(revoke(&b, "user:alice@example.com").0, 0);
     let revoked = Instant::now();
-    // A query in flight gets the reason (an idle client sees it on its next one).
-    let err = c.simple_query("select pg_sleep(20)").await.unwrap_err();
+    let err = running.await.unwrap().unwrap_err();
     let took = revoked.elapsed();
     let db = err
         .as_db_error()
