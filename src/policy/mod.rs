@@ -159,10 +159,14 @@ pub fn check_chain(chain: &Chain, conn: &ConnectionConfig, now: i64) -> Result<(
             )));
         }
     }
-    let hands = chain.members();
+    // A hop is named by its member name or, as principal://, its identity.
+    let hands = chain.hands();
     for v in &d.via {
         let want = v.get_ref();
-        if !hands[1..].iter().any(|h| h.eq_ignore_ascii_case(want)) {
+        let passed = |(m, id): &(String, Option<String>)| {
+            m.eq_ignore_ascii_case(want) || id.as_deref() == Some(want.as_str())
+        };
+        if !hands[1..].iter().any(passed) {
             return Err(refuse(format!("the chain must pass through {want}")));
         }
     }
