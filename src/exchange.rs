@@ -241,13 +241,11 @@ async fn exchange(
         .current(gw.recorder.store.as_ref())
         .await
         .map_err(|e| unavailable(e, audit_id))?;
-    let next = (actor.clone(), actor_id.clone());
-    let hit = revocation::first_in(&revoked, &parent).or_else(|| {
-        revoked
-            .iter()
-            .any(|r| r.covers(&next.0, next.1.as_deref()))
-            .then(|| next.0.clone())
-    });
+    let actor_revoked = revoked
+        .iter()
+        .any(|r| r.covers(&actor, actor_id.as_deref()));
+    let hit =
+        revocation::first_in(&revoked, &parent).or_else(|| actor_revoked.then(|| actor.clone()));
     if let Some(m) = hit {
         return Err(forbidden(
             format!("{m} is revoked, so no delegation is issued"),
