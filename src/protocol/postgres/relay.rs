@@ -250,7 +250,10 @@ async fn run(
             client_scan.feed(&pending, &mut hook, &mut out)?;
         }
         loop {
-            if !out.is_empty() {
+            // A held statement's review is stored before anything goes
+            // upstream: the refusal naming it comes back from there and
+            // must not reach the client before the review exists.
+            if !out.is_empty() && hook.holds.is_empty() {
                 up_w.write_all(&out).await?;
                 out.clear();
             }
@@ -281,6 +284,10 @@ async fn run(
                 if let Err(e) = stored {
                     tracing::error!(target: "custody::audit", audit_id = %session.audit_id, review_id = %h.review_id, "review could not be stored: {}", e.reason);
                 }
+            }
+            if !out.is_empty() {
+                up_w.write_all(&out).await?;
+                out.clear();
             }
             if std::mem::take(&mut hook.blocked) {
                 refusals.notify_one();
