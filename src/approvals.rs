@@ -30,6 +30,7 @@ pub fn api_error(e: ReviewError, audit_id: &str) -> ApiError {
         ReviewError::NotFound(_) => StatusCode::NOT_FOUND,
         ReviewError::Decided(..) | ReviewError::AlreadyApproved(_) => StatusCode::CONFLICT,
         ReviewError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ReviewError::BadReason(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::FORBIDDEN,
     };
     ApiError::new(status, "review", e.to_string(), audit_id)
@@ -108,12 +109,30 @@ async fn covering(
     let r = review::load(store, id, t)
         .await
         .map_err(|e| api_error(e, &session.audit_id))?;
+    let chain = &session.permit.chain;
     if let Err(e) = r.covers(
-        &session.permit.chain.members(),
+        &chain.members(),
+        &chain.identities(),
         session.permit.connection.name(),
         hash,
         t,
     ) {
+        return Err(refuse_use(session, &r, e).await);
+    }
+    // An approval is only as good as its approvers: one revoked since voids it.
+    let revoked = gw
+        .revocations
+        .current(store)
+        .await
+        .map_err(|e| api_error(ReviewError::Store(e), &session.audit_id))?;
+    if let Some(v) = review::distinct_votes(&r.approvals)
+        .into_iter()
+        .find(|v| revoked.iter().any(|x| x.covers(&v.by, v.id.as_deref())))
+    {
+        let e = ReviewError::ApproverRevoked {
+            id: r.request.id.clone(),
+            who: v.by.clone(),
+        };
         return Err(refuse_use(session, &r, e).await);
     }
     review::claim(store, &r, &session.audit_id, t)
@@ -147,6 +166,7 @@ pub async fn store_hold(
         created: t,
         expires: t + g.approval_expires.as_secs() as i64,
         chain: session.permit.chain.members(),
+        chain_ids: session.permit.chain.identities(),
         connection: conn.name().to_string(),
         rule: rule.to_string(),
         statement: shown.to_string(),
@@ -256,13 +276,7 @@ fn announce(
 }
 
 fn reviewable_by(r: &Review, who: &Principal) -> bool {
-    let me = who.member();
-    r.request.chain.iter().any(|m| m.eq_ignore_ascii_case(&me))
-        || r.request
-            .approvers
-            .iter()
-            .filter_map(|m| m.parse::<crate::policy::Member>().ok())
-            .any(|m| m.matches(who))
+    review::in_chain(r, who) || review::is_approver(r, who)
 }
 
 async fn caller(
@@ -343,17 +357,32 @@ pub async fn decide(
             })?
         };
         let store = gw.recorder.store.as_ref();
+        // Checked before the review is looked at: the answer says nothing of it.
+        let revoked = gw
+            .revocations
+            .is_revoked(store, &who.member(), Some(&who.id()))
+            .await
+            .map_err(|e| api_error(ReviewError::Store(e), &audit_id))?;
+        if revoked {
+            tracing::warn!(target: "custody::audit", audit_id, principal = %who.member(), action, "review action refused: principal revoked");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "revoked",
+                format!("{} is revoked, so it may not approve or deny", who.member()),
+                &audit_id,
+            ));
+        }
+        if let Err(e) = review::check_reason(&b.reason, action == "deny") {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                e.to_string(),
+                &audit_id,
+            ));
+        }
         let t = now();
         let r = match action.as_str() {
             "approve" => review::approve(store, &id, &who, &b.reason, t).await,
-            "deny" if b.reason.trim().is_empty() => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "a denial needs a reason",
-                    &audit_id,
-                ))
-            }
             "deny" => review::deny(store, &id, &who, &b.reason, t).await,
             other => {
                 return Err(ApiError::new(

@@ -62,11 +62,18 @@ pub struct Claims {
     /// Principals that passed custody on, oldest first (the originator excluded).
     #[serde(default)]
     pub hops: Vec<String>,
+    /// The hops' identities (`principal://…`), parallel to `hops`; absent in
+    /// tokens from older gateways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hop_ids: Vec<String>,
     /// RFC 8693 `act`, nested newest-outermost; mirrors `hops`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Act>,
     /// The principal who may act with this token next (RFC 8693 `may_act`).
     pub may_act: String,
+    /// The next actor's identity, when it was named by its own token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act_id: Option<String>,
     /// Connections this delegation is limited to; None: whatever policy allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<Vec<String>>,
@@ -82,7 +89,11 @@ pub struct Chain {
     pub originator: Principal,
     /// Intermediaries, oldest first.
     pub hops: Vec<String>,
+    /// The hops' identities, parallel to `hops` where known.
+    pub hop_ids: Vec<String>,
     pub caller: String,
+    /// The caller's identity (`principal://ISSUER/subject/SUB`).
+    pub caller_id: String,
     pub root_audit_id: Option<String>,
     pub orig_iat: Option<i64>,
     pub connections: Option<Vec<String>>,
@@ -96,7 +107,9 @@ impl Chain {
         Chain {
             originator: p.clone(),
             hops: Vec::new(),
+            hop_ids: Vec::new(),
             caller: p.member(),
+            caller_id: p.id(),
             root_audit_id: None,
             orig_iat: None,
             connections: None,
@@ -114,6 +127,25 @@ impl Chain {
         m.extend(self.hops.iter().cloned());
         m.push(self.caller.clone());
         m
+    }
+
+    /// Every hand as (member name, identity when known), originator first:
+    /// what revocations are checked against.
+    pub fn hands(&self) -> Vec<(String, Option<String>)> {
+        let mut h = vec![(self.originator.member(), Some(self.originator.id()))];
+        h.extend(
+            self.hops
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.clone(), self.hop_ids.get(i).cloned())),
+        );
+        h.push((self.caller.clone(), Some(self.caller_id.clone())));
+        h
+    }
+
+    /// The identities of every hand that has one known, originator first.
+    pub fn identities(&self) -> Vec<String> {
+        self.hands().into_iter().filter_map(|(_, id)| id).collect()
     }
 
     /// Number of hands the work passed through after the originator.
@@ -232,7 +264,8 @@ pub fn chain_for(caller: &Principal, claims: Option<Claims>) -> Result<Chain, De
         return Ok(Chain::direct(caller));
     };
     let me = caller.member();
-    if !c.may_act.eq_ignore_ascii_case(&me) {
+    let same_id = c.may_act_id.as_ref().is_none_or(|id| *id == caller.id());
+    if !c.may_act.eq_ignore_ascii_case(&me) || !same_id {
         return Err(DelegationError::WrongActor {
             intended: c.may_act,
             caller: me,
@@ -241,7 +274,9 @@ pub fn chain_for(caller: &Principal, claims: Option<Claims>) -> Result<Chain, De
     Ok(Chain {
         originator: c.originator,
         hops: c.hops,
+        hop_ids: c.hop_ids,
         caller: me,
+        caller_id: caller.id(),
         root_audit_id: Some(c.root_audit_id),
         orig_iat: Some(c.orig_iat),
         connections: c.connections,
@@ -254,6 +289,8 @@ pub struct Request<'a> {
     /// The chain of whoever exchanges (its own, or from the delegation it holds).
     pub parent: &'a Chain,
     pub actor: String,
+    /// The actor's identity, when it was named by its own token.
+    pub actor_id: Option<String>,
     pub connections: Option<Vec<String>>,
     pub ttl: Duration,
     pub audit_id: &'a str,
@@ -281,7 +318,13 @@ pub fn next_claims(keys: &Keys, req: Request<'_>, now: i64) -> Result<Claims, De
     }
     // The one who exchanges becomes a hop, unless it is the originator itself.
     let mut hops = parent.hops.clone();
+    // Identities line up with hops only while every hop had one recorded.
+    let mut hop_ids = parent.hop_ids.clone();
+    hop_ids.truncate(hops.len());
     if parent.delegated() {
+        if hop_ids.len() == hops.len() {
+            hop_ids.push(parent.caller_id.clone());
+        }
         hops.push(parent.caller.clone());
     }
     Ok(Claims {
@@ -294,7 +337,9 @@ pub fn next_claims(keys: &Keys, req: Request<'_>, now: i64) -> Result<Claims, De
         originator: parent.originator.clone(),
         act: act_of(&hops),
         hops,
+        hop_ids,
         may_act: req.actor,
+        may_act_id: req.actor_id,
         connections,
         root_audit_id: parent
             .root_audit_id
@@ -331,6 +376,7 @@ mod tests {
         let req = Request {
             parent,
             actor: actor.into(),
+            actor_id: None,
             connections: conns.map(|c| c.iter().map(|s| s.to_string()).collect()),
             ttl: Duration::from_secs(3600),
             audit_id: "root",
@@ -358,6 +404,40 @@ mod tests {
         assert_eq!(c2.connections, Some(vec!["pg".to_string()]));
         assert_eq!(c2.depth(), 2);
         assert_eq!(c2.orig_iat, Some(100));
+    }
+
+    #[test]
+    fn hops_keep_their_identities_and_the_actor_is_bound_to_one() {
+        let k = keys();
+        let alice = who("alice@example.com");
+        let ci = who("ci@p.iam.gserviceaccount.com");
+        let job = who("job@p.iam.gserviceaccount.com");
+        let t1 = exchange(&k, &Chain::direct(&alice), &ci.member(), None, 100).unwrap();
+        let c1 = chain_for(&ci, Some(k.verify(&t1, 101).unwrap())).unwrap();
+        let t2 = exchange(&k, &c1, &job.member(), None, 102).unwrap();
+        let c2 = chain_for(&job, Some(k.verify(&t2, 103).unwrap())).unwrap();
+        assert_eq!(c2.identities(), vec![alice.id(), ci.id(), job.id()]);
+        // Named by its token, the actor must come back as that identity.
+        let mut claims = next_claims(
+            &k,
+            Request {
+                parent: &Chain::direct(&alice),
+                actor: ci.member(),
+                actor_id: Some(ci.id()),
+                connections: None,
+                ttl: Duration::from_secs(60),
+                audit_id: "a",
+            },
+            100,
+        )
+        .unwrap();
+        let impostor = Principal {
+            issuer: "https://other-issuer".into(),
+            ..ci.clone()
+        };
+        assert!(chain_for(&impostor, Some(claims.clone())).is_err());
+        claims.may_act_id = None;
+        assert!(chain_for(&impostor, Some(claims)).is_ok());
     }
 
     #[test]
@@ -395,6 +475,7 @@ mod tests {
             Request {
                 parent: &c,
                 actor: "user:x@example.com".into(),
+                actor_id: None,
                 connections: None,
                 ttl: Duration::from_secs(99_999),
                 audit_id: "a",

@@ -17,6 +17,7 @@ use crate::identity::Principal;
 use crate::ingress::{self, ApiError};
 use crate::policy::Member;
 use crate::recording::{EventBody, Recording};
+use crate::revocation::{self, Revoked};
 use crate::Gateway;
 
 pub async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {
@@ -59,6 +60,15 @@ fn bad(reason: impl Into<String>, audit_id: &str) -> ApiError {
         StatusCode::BAD_REQUEST,
         "invalid_request",
         reason.into(),
+        audit_id,
+    )
+}
+
+fn unavailable(e: crate::recording::RecordError, audit_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "revocations_unavailable",
+        format!("revocations cannot be read, so nothing is decided: {e}"),
         audit_id,
     )
 }
@@ -178,15 +188,17 @@ async fn exchange(
         }
         Err(e) => return Err(forbidden(format!("subject_token: {e}"), audit_id)),
     };
-    let actor = match (p.get("actor_token").filter(|t| !t.is_empty()), p.get("actor")) {
-        (Some(t), _) => gw
-            .verifier
-            .verify(t)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", format!("actor_token: {e}"), audit_id))?
-            .member(),
+    let (actor, actor_id) = match (p.get("actor_token").filter(|t| !t.is_empty()), p.get("actor")) {
+        (Some(t), _) => {
+            let a = gw
+                .verifier
+                .verify(t)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", format!("actor_token: {e}"), audit_id))?;
+            (a.member(), Some(a.id()))
+        }
         (None, Some(m)) => match m.parse::<Member>() {
-            Ok(Member::User(_) | Member::ServiceAccount(_)) => m.to_string(),
+            Ok(Member::User(_) | Member::ServiceAccount(_)) => (m.to_string(), None),
             _ => return Err(bad(format!("actor {m:?} must be user:EMAIL or serviceAccount:EMAIL"), audit_id)),
         },
         (None, None) => return Err(bad("name the next actor: actor_token (its OIDC ID token) or actor (user:EMAIL or serviceAccount:EMAIL)", audit_id)),
@@ -225,26 +237,27 @@ async fn exchange(
             audit_id,
         ));
     }
-    let mut everyone = parent.members();
-    everyone.push(actor.clone());
-    if let Some(m) = gw
+    // Every hand of the parent chain, and the one it goes to next.
+    let revoked = gw
         .revocations
-        .first_revoked(gw.recorder.store.as_ref(), &everyone)
+        .current(gw.recorder.store.as_ref())
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "revocations_unavailable",
-                e.to_string(),
-                audit_id,
-            )
-        })?
-    {
-        return Err(forbidden(format!("{m} is revoked"), audit_id));
+        .map_err(|e| unavailable(e, audit_id))?;
+    let actor_revoked = revoked
+        .iter()
+        .any(|r| r.covers(&actor, actor_id.as_deref()));
+    let hit =
+        revocation::first_in(&revoked, &parent).or_else(|| actor_revoked.then(|| actor.clone()));
+    if let Some(m) = hit {
+        return Err(forbidden(
+            format!("{m} is revoked, so no delegation is issued"),
+            audit_id,
+        ));
     }
     let req = delegation::Request {
         parent: &parent,
         actor: actor.clone(),
+        actor_id,
         connections,
         ttl,
         audit_id,
@@ -313,17 +326,35 @@ pub async fn revoke(
                 &audit_id,
             ));
         }
+        let store = gw.recorder.store.as_ref();
+        // An admin revoked (under any of its names) revokes nobody.
+        if gw
+            .revocations
+            .is_revoked(store, &admin.member(), Some(&admin.id()))
+            .await
+            .map_err(|e| unavailable(e, &audit_id))?
+        {
+            return Err(forbidden(
+                format!("{} is revoked, so it may not revoke", admin.member()),
+                &audit_id,
+            ));
+        }
         let req: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
             bad(
                 format!("body must be {{\"principal\": \"user:EMAIL\", \"reason\": \"...\"}}: {e}"),
                 &audit_id,
             )
         })?;
-        let member = req
-            .principal
-            .parse::<Member>()
-            .map_err(|e| bad(e.to_string(), &audit_id))?
-            .to_string();
+        let issuers: Vec<String> = gw
+            .config
+            .identity
+            .issuers
+            .iter()
+            .map(|i| i.issuer.get_ref().clone())
+            .collect();
+        let principal =
+            Revoked::parse(&req.principal, &issuers).map_err(|e| bad(e.to_string(), &audit_id))?;
+        let member = principal.to_string();
         audit(
             &gw,
             &audit_id,
@@ -336,10 +367,10 @@ pub async fn revoke(
             },
         )
         .await?;
-        let record = json!({"principal": member, "by": admin.member(), "reason": req.reason, "at": chrono::Utc::now(), "audit_id": audit_id});
+        let record = json!({"principal": member, "by": admin.member(), "by_id": admin.id(), "reason": req.reason, "at": chrono::Utc::now(), "audit_id": audit_id});
         let created = gw
             .revocations
-            .revoke(gw.recorder.store.as_ref(), &member, &record)
+            .revoke(store, &principal, &record)
             .await
             .map_err(|e| {
                 ApiError::new(

@@ -48,6 +48,50 @@ impl Principal {
             None => format!("subject:{}", self.subject),
         }
     }
+
+    /// Who this is, whatever the token carried: issuer and subject, the
+    /// only claims an IdP guarantees stable and unique together. Approvals,
+    /// votes, self-approval checks and revocations compare this, so two
+    /// tokens of one person (one without an email) stay one person.
+    pub fn id(&self) -> String {
+        principal_id(&self.issuer, &self.subject)
+    }
+}
+
+/// `principal://ISSUER/subject/SUB`: ISSUER is the issuer URL without its
+/// scheme and trailing slash (`accounts.google.com`), SUB the `sub` claim
+/// verbatim.
+pub fn principal_id(issuer: &str, subject: &str) -> String {
+    format!("principal://{}/subject/{subject}", issuer_key(issuer))
+}
+
+/// The issuer as it appears in a `principal://` name.
+pub fn issuer_key(issuer: &str) -> &str {
+    let rest = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"))
+        .unwrap_or(issuer);
+    rest.trim_end_matches('/')
+}
+
+/// Splits `principal://ISSUER/subject/SUB` (the first `/subject/` ends
+/// ISSUER); None when it is not that shape or either part is empty.
+pub fn split_principal_id(s: &str) -> Option<(&str, &str)> {
+    let (issuer, subject) = s.strip_prefix("principal://")?.split_once("/subject/")?;
+    (!issuer.is_empty() && !subject.is_empty()).then_some((issuer, subject))
+}
+
+/// Groups an issuer may assert: with `email_domains` set, only groups named
+/// `NAME@DOMAIN` in those domains (an issuer for partner.com must not make
+/// anyone a member of group:dba@example.com). Returns (kept, dropped).
+pub fn bound_groups(groups: Vec<String>, domains: &[String]) -> (Vec<String>, Vec<String>) {
+    if domains.is_empty() {
+        return (groups, Vec::new());
+    }
+    groups.into_iter().partition(|g| {
+        g.rsplit_once('@')
+            .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+    })
 }
 
 struct Issuer {
@@ -181,8 +225,13 @@ impl Verifier {
             Some(serde_json::Value::String(s)) => vec![s.to_ascii_lowercase()],
             _ => Vec::new(),
         };
-        // With several issuers, one must not vouch for another's users.
+        // With several issuers, one must not vouch for another's users or groups.
         let domains = &issuer.cfg.email_domains;
+        let (groups, dropped) = bound_groups(groups, domains);
+        if !dropped.is_empty() {
+            // Group names only: nothing else of the token goes to the log.
+            tracing::warn!(target: "custody::audit", issuer = %c.iss, dropped_groups = ?dropped, "groups outside the issuer's email_domains dropped");
+        }
         let in_domain = |e: &String| {
             domains.is_empty()
                 || e.rsplit_once('@')
@@ -313,4 +362,58 @@ pub fn bearer(header: Option<&str>) -> Result<&str, AuthError> {
         return Err(AuthError::Missing);
     }
     Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_bound_to_the_issuers_domains() {
+        let groups = vec![
+            "dpo@example.com".to_string(),
+            "team@partner.com".to_string(),
+            "team@PARTNER.com".to_string(),
+            "admins".to_string(),
+            "x@partner.com.evil.example".to_string(),
+        ];
+        let (kept, dropped) = bound_groups(groups.clone(), &["partner.com".into()]);
+        assert_eq!(kept, vec!["team@partner.com", "team@PARTNER.com"]);
+        assert_eq!(dropped.len(), 3);
+        let (kept, dropped) = bound_groups(groups.clone(), &[]);
+        assert_eq!((kept, dropped.len()), (groups, 0));
+    }
+
+    #[test]
+    fn identity_is_issuer_and_subject() {
+        let p = |email: Option<&str>| Principal {
+            subject: "alice-uid".into(),
+            email: email.map(str::to_string),
+            issuer: "https://idp.example.com/".into(),
+            groups: Vec::new(),
+        };
+        assert_eq!(p(Some("alice@example.com")).id(), p(None).id());
+        assert_ne!(p(Some("alice@example.com")).member(), p(None).member());
+        assert_eq!(
+            p(None).id(),
+            "principal://idp.example.com/subject/alice-uid"
+        );
+        assert_eq!(
+            split_principal_id(&p(None).id()),
+            Some(("idp.example.com", "alice-uid"))
+        );
+        let other = Principal {
+            issuer: "https://partner.example".into(),
+            ..p(None)
+        };
+        assert_ne!(other.id(), p(None).id());
+        for bad in [
+            "principal://x/subject/",
+            "principal:///subject/a",
+            "subject:a",
+            "principal://x/a",
+        ] {
+            assert_eq!(split_principal_id(bad), None, "{bad}");
+        }
+    }
 }

@@ -152,7 +152,7 @@ pub(crate) async fn identify(
         .map_err(|e| refuse("delegation", e.to_string()))?;
     let revoked = gw
         .revocations
-        .first_revoked(gw.recorder.store.as_ref(), &chain.members())
+        .first_revoked(gw.recorder.store.as_ref(), &chain)
         .await
         .map_err(|e| {
             ApiError::new(

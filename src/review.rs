@@ -23,12 +23,6 @@ pub enum ReviewError {
     Decided(String, String),
     #[error("review {0} expired unanswered")]
     Expired(String),
-    #[error("{who} may not approve review {id}: not among its approvers ({approvers})")]
-    NotApprover {
-        id: String,
-        who: String,
-        approvers: String,
-    },
     #[error("{who} may not decide review {id}: it is their own request, or they are part of its chain ({chain})")]
     OwnRequest {
         id: String,
@@ -43,6 +37,10 @@ pub enum ReviewError {
     Used(String),
     #[error("review {0} is not approved (it is {1})")]
     NotApproved(String, String),
+    #[error("review {id} was approved by {who}, who has since been revoked; ask for a new review")]
+    ApproverRevoked { id: String, who: String },
+    #[error("{0}")]
+    BadReason(String),
     #[error("review store: {0}")]
     Store(#[from] RecordError),
 }
@@ -57,6 +55,10 @@ pub struct Request {
     pub expires: i64,
     /// originator → hops → caller of the held request.
     pub chain: Vec<String>,
+    /// The identities (`principal://…`) of the chain's hands, where known:
+    /// what self-approval is checked against, whatever names a token shows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain_ids: Vec<String>,
     pub connection: String,
     pub rule: String,
     /// The statement as reviewers see it (masked like recordings).
@@ -72,6 +74,9 @@ pub struct Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vote {
     pub by: String,
+    /// The voter's identity: one vote per identity, whatever names it uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub reason: String,
     pub at: i64,
 }
@@ -109,14 +114,55 @@ fn key(id: &str, name: &str) -> String {
     format!("{DIR}{id}/{name}")
 }
 
-fn vote_key(id: &str, member: &str) -> String {
+/// One object per voter identity: two tokens of one person race for one name.
+fn vote_key(id: &str, identity: &str) -> String {
     key(
         id,
-        &format!(
-            "approve-{}.json",
-            &statement_hash(&member.to_ascii_lowercase())[..16]
-        ),
+        &format!("approve-{}.json", &statement_hash(identity)[..16]),
     )
+}
+
+/// Two votes come from one voter when they share an identity or a member name.
+fn same_voter(a: &Vote, b: &Vote) -> bool {
+    a.by.eq_ignore_ascii_case(&b.by) || (a.id.is_some() && a.id == b.id)
+}
+
+/// The votes that count: the first of each voter, in order.
+pub fn distinct_votes(votes: &[Vote]) -> Vec<&Vote> {
+    let mut out: Vec<&Vote> = Vec::new();
+    for v in votes {
+        if !out.iter().any(|o| same_voter(o, v)) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The longest reason kept with a decision.
+const MAX_REASON: usize = 2000;
+
+/// A reason is text a reviewer can read: printable, no control characters
+/// (which could forge lines in logs and replays). Deny needs one; approve
+/// may give none.
+pub fn check_reason(reason: &str, required: bool) -> Result<(), ReviewError> {
+    let bad = |why: &str| Err(ReviewError::BadReason(why.to_string()));
+    if reason.is_empty() && !required {
+        return Ok(());
+    }
+    if reason.chars().any(char::is_control) {
+        return bad("the reason contains control characters (newlines, escapes): write it on one line of text");
+    }
+    if !reason.chars().any(|c| !c.is_whitespace()) {
+        return bad(if required {
+            "a denial needs a reason: give {\"reason\": \"...\"} with printable text"
+        } else {
+            "the reason has no printable text: give one or leave it out"
+        });
+    }
+    if reason.chars().count() > MAX_REASON {
+        return bad("the reason is over 2000 characters");
+    }
+    Ok(())
 }
 
 impl Review {
@@ -147,6 +193,7 @@ impl Review {
     pub fn covers(
         &self,
         chain: &[String],
+        chain_ids: &[String],
         connection: &str,
         hash: Option<&str>,
         now: i64,
@@ -162,7 +209,9 @@ impl Review {
             id: id.clone(),
             why,
         };
-        if self.request.chain != chain {
+        // Reviews stored before identities were recorded have none to compare.
+        let ids_differ = !self.request.chain_ids.is_empty() && self.request.chain_ids != chain_ids;
+        if self.request.chain != chain || ids_differ {
             return Err(mismatch(format!(
                 "it was requested by {}",
                 self.request.chain.join(" → ")
@@ -246,34 +295,39 @@ pub async fn list(store: &dyn ObjectStore, now: i64) -> Result<Vec<Review>, Revi
     Ok(out)
 }
 
-/// An approver may decide: in the approver list, and not part of the chain.
-fn may_decide(review: &Review, who: &Principal) -> Result<(), ReviewError> {
-    let id = review.request.id.clone();
+/// Whether `who` is a hand of the review's chain, by member name or identity.
+pub fn in_chain(review: &Review, who: &Principal) -> bool {
     let me = who.member();
-    if review
+    review
         .request
         .chain
         .iter()
         .any(|m| m.eq_ignore_ascii_case(&me))
-    {
-        return Err(ReviewError::OwnRequest {
-            id,
-            who: me,
-            chain: review.request.chain.join(" → "),
-        });
-    }
-    let allowed = review
+        || review.request.chain_ids.contains(&who.id())
+}
+
+pub fn is_approver(review: &Review, who: &Principal) -> bool {
+    review
         .request
         .approvers
         .iter()
         .filter_map(|m| m.parse::<Member>().ok())
-        .any(|m| m.matches(who));
-    if !allowed {
-        return Err(ReviewError::NotApprover {
+        .any(|m| m.matches(who))
+}
+
+/// An approver may decide: in the approver list, and not part of the chain.
+/// Anyone else learns nothing: not even that the review exists.
+fn may_decide(review: &Review, who: &Principal) -> Result<(), ReviewError> {
+    let id = review.request.id.clone();
+    if in_chain(review, who) {
+        return Err(ReviewError::OwnRequest {
             id,
-            who: me,
-            approvers: review.request.approvers.join(", "),
+            who: who.member(),
+            chain: review.request.chain.join(" → "),
         });
+    }
+    if !is_approver(review, who) {
+        return Err(ReviewError::NotFound(id));
     }
     Ok(())
 }
@@ -300,17 +354,21 @@ pub async fn approve(
     now: i64,
 ) -> Result<Review, ReviewError> {
     let review = load(store, id, now).await?;
-    pending(&review, now)?;
     may_decide(&review, who)?;
+    pending(&review, now)?;
     let me = who.member();
     let vote = Vote {
         by: me.clone(),
+        id: Some(who.id()),
         reason: reason.to_string(),
         at: now,
     };
+    if review.approvals.iter().any(|v| same_voter(v, &vote)) {
+        return Err(ReviewError::AlreadyApproved(me));
+    }
     match store
         .create(
-            &vote_key(id, &me),
+            &vote_key(id, &who.id()),
             Bytes::from(serde_json::to_vec(&vote).unwrap_or_default()),
         )
         .await
@@ -319,10 +377,11 @@ pub async fn approve(
         other => other?,
     }
     let review = load(store, id, now).await?;
-    if review.approvals.len() >= review.request.required.max(1) {
+    let votes = distinct_votes(&review.approvals);
+    if votes.len() >= review.request.required.max(1) {
         let decision = Decision {
             state: "approved".into(),
-            by: review.approvals.iter().map(|v| v.by.clone()).collect(),
+            by: votes.iter().map(|v| v.by.clone()).collect(),
             reason: reason.to_string(),
             at: now,
         };
@@ -339,8 +398,8 @@ pub async fn deny(
     now: i64,
 ) -> Result<Review, ReviewError> {
     let review = load(store, id, now).await?;
-    pending(&review, now)?;
     may_decide(&review, who)?;
+    pending(&review, now)?;
     let decision = Decision {
         state: "denied".into(),
         by: vec![who.member()],
@@ -391,5 +450,99 @@ pub async fn claim(
         Ok(()) => Ok(()),
         Err(RecordError::Exists(_)) => Err(ReviewError::Used(review.request.id.clone())),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vote(by: &str, id: Option<&str>) -> Vote {
+        Vote {
+            by: by.into(),
+            id: id.map(str::to_string),
+            reason: String::new(),
+            at: 0,
+        }
+    }
+
+    fn who(email: Option<&str>, sub: &str, groups: &[&str]) -> Principal {
+        Principal {
+            subject: sub.into(),
+            email: email.map(str::to_string),
+            issuer: "https://idp.example".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn review(chain: &[&Principal]) -> Review {
+        Review {
+            request: Request {
+                id: "r1".into(),
+                audit_id: "a".into(),
+                created: 0,
+                expires: 100,
+                chain: chain.iter().map(|p| p.member()).collect(),
+                chain_ids: chain.iter().map(|p| p.id()).collect(),
+                connection: "pg".into(),
+                rule: "delete".into(),
+                statement: "delete".into(),
+                statement_sha256: String::new(),
+                approvers: vec!["group:dba@example.com".into()],
+                required: 2,
+                window_secs: None,
+            },
+            approvals: Vec::new(),
+            decision: None,
+            used: None,
+            state: "pending".into(),
+        }
+    }
+
+    #[test]
+    fn one_vote_per_identity_whatever_the_name() {
+        let votes = [
+            vote("user:bob@example.com", Some("principal://i/subject/bob")),
+            vote("subject:bob", Some("principal://i/subject/bob")),
+            vote("user:BOB@example.com", None),
+            vote("user:dave@example.com", Some("principal://i/subject/dave")),
+        ];
+        let counted: Vec<&str> = distinct_votes(&votes)
+            .iter()
+            .map(|v| v.by.as_str())
+            .collect();
+        assert_eq!(
+            counted,
+            vec!["user:bob@example.com", "user:dave@example.com"]
+        );
+    }
+
+    #[test]
+    fn the_chain_is_matched_by_identity_and_outsiders_learn_nothing() {
+        let alice = who(Some("alice@example.com"), "alice-uid", &["dba@example.com"]);
+        let alice_bare = who(None, "alice-uid", &["dba@example.com"]);
+        let r = review(&[&alice]);
+        assert!(matches!(
+            may_decide(&r, &alice_bare),
+            Err(ReviewError::OwnRequest { .. })
+        ));
+        let carol = who(Some("carol@example.com"), "carol-uid", &[]);
+        assert!(matches!(
+            may_decide(&r, &carol),
+            Err(ReviewError::NotFound(_))
+        ));
+        let bob = who(Some("bob@example.com"), "bob-uid", &["dba@example.com"]);
+        assert!(may_decide(&r, &bob).is_ok());
+    }
+
+    #[test]
+    fn reasons_are_printable_text() {
+        for bad in ["", " ", "\u{1}\u{7}", "ok\nforged line", "\u{1b}[2K"] {
+            assert!(check_reason(bad, true).is_err(), "{bad:?}");
+        }
+        assert!(check_reason("", false).is_ok());
+        assert!(check_reason("\t", false).is_err());
+        assert!(check_reason("ticket 42 — ok", true).is_ok());
+        assert!(check_reason(&"x".repeat(2001), true).is_err());
     }
 }

@@ -306,3 +306,55 @@ async fn a_tunnel_ends_when_its_delegation_expires() {
     assert_eq!(db.code().code(), "57P01", "{}", db.message());
     assert!(db.message().contains("delegation"), "{}", db.message());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delegated_tunnel_ends_when_its_originator_is_revoked() {
+    let gw = gateway();
+    let alice = token_with("alice@example.com", &["eng@example.com"]);
+    let ci = token_with(CI, &["eng@example.com"]);
+    let (ok, t, err) = delegate(&gw, &alice, None, &format!("serviceAccount:{CI}"), &[]);
+    assert!(ok, "{err}");
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "connect",
+        "pg-nightly",
+        "--listen",
+        "127.0.0.1:0",
+        "--gateway",
+        &gw.url,
+    ])
+    .env("CUSTODY_TOKEN", &ci)
+    .env("CUSTODY_DELEGATION", &t);
+    let (_cli, rest) = Proc::spawn(cmd, "listening on ");
+    let addr: std::net::SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let c = pg_client(addr).await;
+    c.simple_query("select 1").await.unwrap();
+    // A query in flight when the revocation lands is answered with the reason.
+    let running = tokio::spawn(async move { c.simple_query("select pg_sleep(20)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The originator is revoked by identity, not by the name the chain shows.
+    let alice_id = format!(
+        "principal://{}/subject/dev|alice@example.com",
+        issuer().url.trim_start_matches("http://")
+    );
+    let (ok, _, err) = cli(
+        &gw,
+        &token("sec@example.com"),
+        None,
+        &["revoke", "--principal", &alice_id],
+    );
+    assert!(ok, "{err}");
+    let started = std::time::Instant::now();
+    let err = running.await.unwrap().unwrap_err();
+    let db = err.as_db_error().expect("told why, not just cut off");
+    assert_eq!(db.code().code(), "57P01", "{}", db.message());
+    assert!(
+        db.message().contains("user:alice@example.com was revoked"),
+        "{}",
+        db.message()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    // And the chain can be handed on no further.
+    let (ok, _, err) = delegate(&gw, &ci, Some(&t), &format!("serviceAccount:{JOB}"), &[]);
+    assert!(!ok && err.contains("revoked"), "{err}");
+}

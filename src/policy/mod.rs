@@ -15,7 +15,7 @@ use crate::identity::Principal;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
-    #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN or allAuthenticatedUsers")]
+    #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN, principal://ISSUER/subject/SUB or allAuthenticatedUsers")]
     BadMember(String),
     #[error("{principal} is not in the allow list of connection {connection}")]
     NotAllowed {
@@ -37,6 +37,8 @@ pub enum Member {
     ServiceAccount(String),
     Group(String),
     Domain(String),
+    /// One identity: `principal://ISSUER/subject/SUB` (see `Principal::id`).
+    Principal(String),
     AllAuthenticatedUsers,
 }
 
@@ -46,6 +48,13 @@ impl FromStr for Member {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "allAuthenticatedUsers" {
             return Ok(Member::AllAuthenticatedUsers);
+        }
+        // Subjects are case-sensitive: kept verbatim.
+        if let Some((iss, sub)) = crate::identity::split_principal_id(s.trim()) {
+            if sub.chars().any(char::is_control) || iss.chars().any(char::is_control) {
+                return Err(PolicyError::BadMember(s.to_string()));
+            }
+            return Ok(Member::Principal(s.trim().to_string()));
         }
         let bad = || PolicyError::BadMember(s.to_string());
         let (kind, value) = s.split_once(':').ok_or_else(bad)?;
@@ -71,6 +80,7 @@ impl fmt::Display for Member {
             Member::ServiceAccount(v) => write!(f, "serviceAccount:{v}"),
             Member::Group(v) => write!(f, "group:{v}"),
             Member::Domain(v) => write!(f, "domain:{v}"),
+            Member::Principal(id) => f.write_str(id),
             Member::AllAuthenticatedUsers => f.write_str("allAuthenticatedUsers"),
         }
     }
@@ -85,6 +95,7 @@ impl Member {
             Member::Domain(d) => email
                 .and_then(|e| e.rsplit_once('@'))
                 .is_some_and(|(_, dom)| dom == d),
+            Member::Principal(id) => p.id() == *id,
             Member::AllAuthenticatedUsers => true,
         }
     }
@@ -150,10 +161,14 @@ pub fn check_chain(chain: &Chain, conn: &ConnectionConfig, now: i64) -> Result<(
             )));
         }
     }
-    let hands = chain.members();
+    // A hop is named by its member name or, as principal://, its identity.
+    let hands = chain.hands();
     for v in &d.via {
         let want = v.get_ref();
-        if !hands[1..].iter().any(|h| h.eq_ignore_ascii_case(want)) {
+        let passed = |(m, id): &(String, Option<String>)| {
+            m.eq_ignore_ascii_case(want) || id.as_deref() == Some(want.as_str())
+        };
+        if !hands[1..].iter().any(passed) {
             return Err(refuse(format!("the chain must pass through {want}")));
         }
     }
@@ -218,7 +233,20 @@ mod tests {
         ] {
             assert_eq!(m.parse::<Member>().unwrap().matches(&alice), ok, "{m}");
         }
+        let id = "principal://issuer/subject/123";
+        assert!(id.parse::<Member>().unwrap().matches(&alice));
+        let bare = Principal {
+            email: None,
+            groups: Vec::new(),
+            ..alice.clone()
+        };
+        assert!(id.parse::<Member>().unwrap().matches(&bare));
+        assert!(!"principal://other/subject/123"
+            .parse::<Member>()
+            .unwrap()
+            .matches(&alice));
         for bad in [
+            "principal://issuer/subject/",
             "alice@example.com",
             "user:alice",
             "team:x@y.z",
@@ -263,7 +291,9 @@ mod chain_tests {
         Chain {
             originator: who("alice@example.com", &["eng@example.com"]),
             hops: hops.iter().map(|h| h.to_string()).collect(),
+            hop_ids: Vec::new(),
             caller: "serviceAccount:job@p.iam.gserviceaccount.com".into(),
+            caller_id: "principal://i/subject/job@p.iam.gserviceaccount.com".into(),
             root_audit_id: Some("root".into()),
             orig_iat: Some(orig_iat),
             connections: None,

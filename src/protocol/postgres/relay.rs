@@ -286,7 +286,10 @@ async fn run(
             client_scan.feed(&pending, &mut hook, &mut out)?;
         }
         loop {
-            if !out.is_empty() {
+            // A held statement's review is stored before anything goes
+            // upstream: the refusal naming it comes back from there and
+            // must not reach the client before the review exists.
+            if !out.is_empty() && hook.holds.is_empty() {
                 up_w.write_all(&out).await?;
                 out.clear();
             }
@@ -315,6 +318,10 @@ async fn run(
                 if let Err(e) = stored {
                     tracing::error!(target: "custody::audit", audit_id = %session.audit_id, review_id = %h.review_id, "review could not be stored: {}", e.reason);
                 }
+            }
+            if !out.is_empty() {
+                up_w.write_all(&out).await?;
+                out.clear();
             }
             if std::mem::take(&mut hook.blocked) {
                 refusals.notify_one();
@@ -420,6 +427,7 @@ async fn run(
     let result = tokio::select! {
         _ = shutdown.wait_for(|down| *down) => Err(RelayEnd::Shutdown),
         _ = expired => Err(RelayEnd::Expired),
+        why = gw.revocations.until_revoked(gw.recorder.store.as_ref(), &session.permit.chain) => Err(RelayEnd::Revoked(why)),
         r = client_to_upstream => r,
         r = upstream_to_client => r,
         why = session.tap().failure() => Err(RelayEnd::Recording(why)),
@@ -465,6 +473,8 @@ async fn run(
             "the delegation or approval window this session runs under has expired; ask for a new one (custody delegate, or a new review) and reconnect".into(),
         )
         .only_if(server_scan.at_boundary()),
+        Err(RelayEnd::Revoked(why)) => End::failed(tunnel::CLOSE_POLICY, "57P01", why)
+            .only_if(server_scan.at_boundary()),
         Err(RelayEnd::Recording(why)) => End::failed(
             tunnel::CLOSE_ERROR,
             "58000",
@@ -488,6 +498,7 @@ impl End {
 enum RelayEnd {
     Shutdown,
     Expired,
+    Revoked(String),
     Client(String),
     ClientProtocol(PgError),
     Upstream(PgError),

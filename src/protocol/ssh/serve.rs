@@ -194,6 +194,10 @@ pub async fn serve(gw: Arc<Gateway>, session: Session, mut tx: TunnelTx, mut rx:
             code: tunnel::CLOSE_POLICY,
             reason: max_reason,
         }),
+        why = gw.revocations.until_revoked(gw.recorder.store.as_ref(), &session.permit.chain) => Some(End {
+            code: tunnel::CLOSE_POLICY,
+            reason: why,
+        }),
         why = session.tap().failure() => Some(End {
             code: tunnel::CLOSE_ERROR,
             reason: format!("session ended because recording failed: {why}"),
