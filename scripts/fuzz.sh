@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs each fuzz target for a fixed time, one after another.
-# Usage: scripts/fuzz.sh [SECONDS]   (per target; default 60)
+# Usage: scripts/fuzz.sh [SECONDS]   (per target; default 180)
 #   frames  the PostgreSQL frame decoder and scanner
 #   verify  `custody verify` over mutated copies of a real sealed recording
 #   tracker the masking tracker: random extended-protocol pipelines against a
@@ -11,7 +11,7 @@
 # RUSTC_BOOTSTRAP lets cargo-fuzz pass its -Z flags; no sanitizer is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-60}
+secs=${1:-180}
 TARGETS=(frames verify tracker)
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 

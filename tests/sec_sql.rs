@@ -248,7 +248,13 @@ fn a_stale_describe_never_unmasks_a_column() {
 
 #[test]
 fn a_huge_statement_is_refused_and_costs_little() {
-    let gw = setup();
+    setup();
+    // Messages up to 8 MiB reach the gateway, so a 4 MiB statement does.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("recordings");
+    let text =
+        config(&store, RULES).replace("max_message_bytes = 1048576", "max_message_bytes = 8388608");
+    let gw = Gateway::start_with(dir, &text, store);
     let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
     let (mut raw, _) = Raw::connect(addr, &[]);
     let pid = gw.proc.child.id();
@@ -265,7 +271,7 @@ fn a_huge_statement_is_refused_and_costs_little() {
             .unwrap_or(0)
     };
     let before = rss();
-    let huge = format!("select {}1", "1,".repeat(450_000));
+    let huge = format!("select {}1", "1,".repeat(2 << 20));
     let e = errors(&raw.query(huge.as_bytes()));
     assert!(e.contains("max_inspected_statement_bytes"), "{e}");
     // Just under the byte limit but dense: refused by its token count.
@@ -273,7 +279,7 @@ fn a_huge_statement_is_refused_and_costs_little() {
     let e = errors(&raw.query(dense.as_bytes()));
     assert!(e.contains("tokens"), "{e}");
     let after = rss();
-    eprintln!("custody serve peak RSS: {before} kB before, {after} kB after a 900 kB and a 200 kB statement");
+    eprintln!("custody serve peak RSS: {before} kB before, {after} kB after a 4 MiB and a 200 kB statement");
     assert!(
         after < before + 64 * 1024,
         "peak grew from {before} kB to {after} kB"

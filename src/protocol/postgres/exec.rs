@@ -76,7 +76,7 @@ pub async fn run(
     up.stream.write_all(&out).await?;
 
     let mut tracker = Tracker::default();
-    tracker.on_query(sql);
+    tracker.on_query(sql.to_string());
     let mut result = ExecResult::default();
     let mut error = None;
     let mut in_rows = false;

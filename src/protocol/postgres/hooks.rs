@@ -199,6 +199,17 @@ pub fn refusal(
     refusal_for(rails.check(sql), sql, protocol, audit_id)
 }
 
+/// The first KiB of an oversized statement, and its size: what recordings
+/// keep of a statement refused for its size (masking a multi-MiB text for
+/// the record would cost what refusing it saved).
+fn head(sql: &str) -> String {
+    let mut end = sql.len().min(1024);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes]", &sql[..end], sql.len())
+}
+
 fn refusal_for(
     verdict: Verdict,
     sql: &str,
@@ -220,11 +231,7 @@ fn refusal_for(
     };
     // An oversized statement is recorded by its head only.
     let sql = if rule == "statement_size" {
-        let mut end = sql.len().min(1024);
-        while !sql.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}… [{} bytes]", &sql[..end], sql.len())
+        head(sql)
     } else {
         sql.to_string()
     };
@@ -304,7 +311,13 @@ impl Inspect for ClientHook<'_> {
                 let sql = text.as_ref();
                 let refused = self.refuse(sql, "simple");
                 let mut t = lock(self.tracker)?;
-                t.on_query(sql);
+                let oversized =
+                    (self.rails.is_some() || self.mask.is_some()) && sql.len() > self.max_inspected;
+                t.on_query(if oversized {
+                    head(sql)
+                } else {
+                    sql.to_string()
+                });
                 if let Some(message) = refused {
                     put_frame(out, b'Q', &raise_query(&message));
                     return Ok(());

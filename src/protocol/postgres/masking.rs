@@ -352,6 +352,8 @@ pub fn text(engine: &Engine, s: &str, counts: &mut Counts) -> String {
     }
 }
 
+const SQL_SCAN_MAX: usize = 512 * 1024;
+
 /// SQL text as recordings, reviews, webhooks and spans show it: detectors
 /// run over each literal and comment on its own (PostgreSQL's scanner cuts
 /// the tokens), so a match can never swallow SQL structure between two
@@ -361,6 +363,11 @@ pub fn sql(engine: &Engine, s: &str, counts: &mut Counts) -> String {
     use pg_query::protobuf::Token;
     if !engine.has_detectors() {
         return s.to_string();
+    }
+    // The scanner costs tens of bytes per token; a text this large (only on
+    // connections that do not refuse it) is masked as plain text.
+    if s.len() > SQL_SCAN_MAX {
+        return text(engine, s, counts);
     }
     let Ok(tokens) = pg_query::scan_tokens(s) else {
         return text(engine, s, counts);

@@ -156,9 +156,8 @@ impl Tracker {
         self.pending.push_back(Pending::Sync(Some(inject)));
     }
 
-    pub fn on_query(&mut self, sql: &str) {
-        self.pending
-            .push_back(Pending::Simple(Stmt::new(sql.to_string())));
+    pub fn on_query(&mut self, sql: String) {
+        self.pending.push_back(Pending::Simple(Stmt::new(sql)));
     }
 
     pub fn on_parse(&mut self, name: &str, sql: &str) {
@@ -435,7 +434,7 @@ mod tests {
     #[test]
     fn simple_multi_statement_is_one_event() {
         let mut t = Tracker::default();
-        t.on_query("insert into t values (1); select * from t");
+        t.on_query("insert into t values (1); select * from t".into());
         assert!(t.on_complete("INSERT 0 1").is_none());
         assert!(t.on_complete("SELECT 4").is_none());
         let e = t.on_ready(b'I').0.unwrap();
