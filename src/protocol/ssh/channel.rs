@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::front::MAX_COMMAND;
 use super::sftp::{FileOp, SftpTap};
+use super::sftp_gate::ServerFrames;
 use super::text::StreamText;
 use crate::config::ConnectionConfig;
 use crate::mask::Engine;
@@ -75,7 +76,7 @@ impl Shared {
 
     /// Guardrails for a command or typed line: None when it may run.
     pub(super) fn refusal(&self, command: &str) -> Option<(String, String)> {
-        match self.rails.as_ref()?.check_command(command) {
+        match super::exec::check_command(self.rails.as_ref()?, &self.conn, command) {
             Verdict::Allow => None,
             Verdict::Deny { rule, reason } => Some((rule, reason)),
             Verdict::NeedsApproval { .. } if self.approved => None,
@@ -202,6 +203,26 @@ pub(super) fn file_event(channel: u32, op: FileOp) -> EventBody {
         FileOp::Rmdir { path } => file("rmdir", path, None),
         FileOp::Setstat { path } => file("setstat", path, None),
         FileOp::Symlink { link, target } => file("symlink", link, Some(target)),
+        FileOp::Hardlink { link, target } => file("hardlink", link, Some(target)),
+        FileOp::Copy {
+            from,
+            to,
+            bytes: Some(n),
+        } => EventBody::File {
+            channel,
+            op: "copy".into(),
+            path: from,
+            to: Some(to),
+            bytes_written: n,
+            bytes_read: n,
+        },
+        // The server copied "to end of file" and the size was never seen:
+        // the op name says the count is not known, rather than record 0.
+        FileOp::Copy {
+            from,
+            to,
+            bytes: None,
+        } => file("copy (size not known)", from, Some(to)),
         FileOp::Unparsable { reason } => EventBody::Error {
             message: format!(
                 "sftp channel {channel}: {reason}; file names are no longer recorded on it"
@@ -222,13 +243,30 @@ pub(super) async fn pump(
     id: ChannelId,
     kind: Arc<Mutex<Kind>>,
     replies: mpsc::Sender<bool>,
+    mut injected: mpsc::Receiver<Bytes>,
 ) {
     let number = u32::from(id);
     let mut streams = [StreamText::default(), StreamText::default()];
+    // SFTP answers from the gate wait here for a boundary between server packets.
+    let mut frames = ServerFrames::default();
+    let mut held: Vec<Bytes> = Vec::new();
+    let mut injecting = true;
     loop {
         let holding = streams.iter().any(StreamText::holding);
         let msg = tokio::select! {
             m = up.wait() => m,
+            r = injected.recv(), if injecting => {
+                match r {
+                    Some(r) if frames.at_boundary() && held.is_empty() => {
+                        if !send(&client, 0, r).await {
+                            break;
+                        }
+                    }
+                    Some(r) => held.push(r),
+                    None => injecting = false,
+                }
+                continue;
+            }
             _ = tokio::time::sleep(FLUSH_IDLE), if holding => {
                 if !flush(&shared, &client, number, &mut streams).await {
                     break;
@@ -238,9 +276,32 @@ pub(super) async fn pump(
         };
         let Some(msg) = msg else { break };
         match msg {
-            ChannelMsg::Data { data } => {
+            ChannelMsg::Data { mut data } => {
                 bytes.1.fetch_add(data.len() as u64, Relaxed);
-                if !deliver(&shared, &client, &kind, number, 0, &mut streams[0], data).await {
+                let sftp = kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_)));
+                let cut = if sftp {
+                    frames.first_boundary(&data)
+                } else {
+                    None
+                };
+                if let Some(at) = cut.filter(|_| !held.is_empty()) {
+                    let head = data.split_to(at);
+                    if !head.is_empty()
+                        && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], head).await
+                    {
+                        break;
+                    }
+                    let mut ok = true;
+                    for r in held.drain(..) {
+                        ok &= send(&client, 0, r).await;
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+                if !data.is_empty()
+                    && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], data).await
+                {
                     break;
                 }
             }

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod front;
 pub mod serve;
 pub mod sftp;
+pub mod sftp_gate;
 pub mod text;
 pub mod upstream;
 
