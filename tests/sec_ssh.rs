@@ -92,6 +92,16 @@ fn exec_patterns_see_through_shell_quoting() {
     let (code, out, err) = run(cmd, None, LIMIT);
     assert_eq!((code, out.as_str()), (0, "PLAIN WORDS\n"), "{err}");
 
+    // Lines typed at a terminal are lexed the same way.
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args(["-tt", "web-guarded"]);
+    let (_, out, _) = run(cmd, Some("cat ~/top''secret\nexit 0\n"), LIMIT);
+    assert!(!out.contains("CLASSIFIED"), "{out}");
+    assert!(
+        out.contains("refused by guardrail pattern topsecret"),
+        "{out}"
+    );
+
     // POST /v1/exec goes through the same lexer.
     let exec = Command::new(bin())
         .args(["exec", "web-guarded", "--gateway", &gw.url, "--"])
@@ -249,4 +259,48 @@ fn unknown_sftp_extensions_and_types_are_answered_unsupported_not_forwarded() {
     }
     let rec = gw.wait_recordings("request type 25");
     assert!(rec.contains("evil@example.com"), "{rec}");
+}
+
+#[test]
+fn legacy_scp_transfers_are_recorded_as_files() {
+    let gw = gateway();
+    let t = token("alice@example.com");
+    let local = gw.dir.path().join("legacy.bin");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let remote = format!("/tmp/custody-scp-O-{}.bin", std::process::id());
+    let mut up = ssh_client("scp", &gw, &t);
+    up.arg("-O").arg(&local).arg(format!("web-open:{remote}"));
+    let (code, _, err) = run(up, None, LIMIT);
+    assert_eq!(code, 0, "{err}");
+    let back = gw.dir.path().join("legacy-back.bin");
+    let mut down = ssh_client("scp", &gw, &t);
+    down.arg("-O").arg(format!("web-open:{remote}")).arg(&back);
+    let (code, _, err) = run(down, None, LIMIT);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&back).unwrap(), data, "bytes pass untouched");
+    let rec = gw.wait_recordings("\"bytes_read\":200000");
+    let files: Vec<serde_json::Value> = rec
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["type"] == "file" && v["path"] == remote.as_str())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .any(|f| f["op"] == "write" && f["bytes_written"] == 200_000),
+        "{rec}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f["op"] == "read" && f["bytes_read"] == 200_000),
+        "{rec}"
+    );
+    // File contents are not recorded as terminal output.
+    assert!(
+        !rec.contains("\"type\":\"output\""),
+        "scp data is not terminal output: {rec}"
+    );
+    let _ = std::fs::remove_file(&remote);
 }

@@ -13,6 +13,7 @@ use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::{mpsc, watch};
 
 use super::front::MAX_COMMAND;
+use super::scp::ScpTap;
 use super::sftp::{FileOp, SftpTap};
 use super::sftp_gate::ServerFrames;
 use super::text::StreamText;
@@ -100,6 +101,9 @@ pub(super) enum Kind {
     Terminal,
     /// SFTP: passed through; file names and sizes recorded.
     Sftp(SftpTap),
+    /// Legacy scp (`scp -t` / `scp -f` exec): passed through, never masked
+    /// (file contents); file names and sizes recorded.
+    Scp(ScpTap),
     /// Forwarded TCP or another subsystem: passed through, counted only.
     Raw,
 }
@@ -359,6 +363,7 @@ pub(super) async fn pump(
     let left = match kind.lock() {
         Ok(mut k) => match &mut *k {
             Kind::Sftp(tap) => tap.finish(),
+            Kind::Scp(tap) => tap.finish(),
             _ => Vec::new(),
         },
         Err(_) => Vec::new(),
@@ -384,6 +389,13 @@ pub(super) async fn deliver(
         Ok(mut k) => match &mut *k {
             Kind::Sftp(tap) => {
                 ops = tap.server(&data);
+                false
+            }
+            Kind::Scp(tap) => {
+                // `scp -f`: the server sends the files (stderr is text).
+                if !tap.write && stream == 0 {
+                    ops = tap.feed(&data);
+                }
                 false
             }
             Kind::Raw => false,

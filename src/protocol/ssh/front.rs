@@ -506,7 +506,9 @@ impl server::Handler for Front {
                 )
                 .await;
         }
-        self.set_kind(channel, Kind::Terminal);
+        // Legacy scp moves files over the exec channel: record them as files.
+        let kind = super::scp::scp_mode(&command).map_or(Kind::Terminal, Kind::Scp);
+        self.set_kind(channel, kind);
         self.note(number, "exec", Some(shown), "allowed").await;
         self.shared.commands.fetch_add(1, Relaxed);
         let Some(ch) = self.channels.get(&channel) else {
@@ -650,8 +652,10 @@ impl server::Handler for Front {
         let data: &[u8] = gated.as_ref().map_or(data, |g| &g.forward);
         let mut ops = Vec::new();
         if let Ok(mut k) = ch.kind.lock() {
-            if let Kind::Sftp(tap) = &mut *k {
-                ops = tap.client(data);
+            match &mut *k {
+                Kind::Sftp(tap) => ops = tap.client(data),
+                Kind::Scp(tap) if tap.write => ops = tap.feed(data),
+                _ => {}
             }
         }
         let (forward, refused) = if ch.pty && shared.rails.is_some() {

@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod exec;
 pub mod front;
+pub mod scp;
 pub mod serve;
 pub mod sftp;
 pub mod sftp_gate;
