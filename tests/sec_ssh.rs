@@ -304,3 +304,89 @@ fn legacy_scp_transfers_are_recorded_as_files() {
     );
     let _ = std::fs::remove_file(&remote);
 }
+
+/// Span names an OTLP http/protobuf receiver got, with their attribute values.
+#[derive(Clone, Default)]
+struct Spans(std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<String>)>>>);
+
+async fn span_receiver() -> (String, Spans) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    async fn traces(
+        axum::extract::State(got): axum::extract::State<Spans>,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+            return axum::http::StatusCode::BAD_REQUEST;
+        };
+        let mut out = got.0.lock().unwrap();
+        for s in req
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+        {
+            let values = s
+                .attributes
+                .iter()
+                .map(|kv| format!("{:?}", kv.value))
+                .collect();
+            out.push((s.name, values));
+        }
+        axum::http::StatusCode::OK
+    }
+    let got = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(traces))
+        .with_state(got.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_spans_never_carry_the_command() {
+    let (endpoint, spans) = span_receiver().await;
+    let s = sshd();
+    let conns = s.connection(
+        "web-guarded",
+        "[connections.guardrails]\ndeny_patterns = [\"topsecret\"]\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("recordings");
+    let gw = Gateway::start_env(
+        dir,
+        &config(&store, &format!("[ssh]\nlogin_timeout = \"3s\"\n{conns}")),
+        store,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let t = token("alice@example.com");
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args(["web-guarded", "hunterstwo --token topsecret"]);
+    let (code, _, err) = tokio::task::spawn_blocking(move || run(cmd, None, LIMIT))
+        .await
+        .unwrap();
+    assert_eq!(code, 126, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = spans.0.lock().unwrap().clone();
+        for (name, values) in &got {
+            assert!(
+                !name.to_lowercase().contains("hunterstwo"),
+                "span named {name:?}"
+            );
+            let leaked = values.iter().any(|v| v.contains("hunterstwo"));
+            assert!(!leaked, "{name}: {values:?}");
+        }
+        if got.iter().any(|(name, _)| name == "ssh exec") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no \"ssh exec\" span: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
