@@ -303,11 +303,26 @@ fn legacy_scp_transfers_are_recorded_as_files() {
             .any(|f| f["op"] == "read" && f["bytes_read"] == 200_000),
         "{rec}"
     );
-    // File contents are not recorded as terminal output.
-    assert!(
-        !rec.contains("\"type\":\"output\""),
-        "scp data is not terminal output: {rec}"
-    );
+    // File contents are not recorded as terminal output (acks are).
+    let output: usize = rec
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "output")
+        .map(|v| v["data"].as_str().unwrap_or_default().len())
+        .sum();
+    assert!(output < 1000, "scp data recorded as output: {output} bytes");
+
+    // A program that only calls itself scp is not trusted with raw output.
+    let fake = format!("/home/{SSH_USER}/scp");
+    std::fs::write(&fake, "#!/bin/sh\necho not-scp-output\n").unwrap();
+    let _ = Command::new("chmod").args(["755", &fake]).status();
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args(["web-open", &format!("{fake} -f /etc/hostname")]);
+    let (code, out, err) = run(cmd, None, LIMIT);
+    assert_eq!((code, out.as_str()), (0, "not-scp-output\n"), "{err}");
+    let rec = gw.wait_recordings("not-scp-output\n\"");
+    assert!(rec.contains("\"type\":\"output\""), "{rec}");
+    let _ = std::fs::remove_file(&fake);
     let _ = std::fs::remove_file(&remote);
 }
 

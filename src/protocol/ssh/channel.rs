@@ -229,7 +229,7 @@ pub(super) fn file_event(channel: u32, op: FileOp) -> EventBody {
         } => file("copy (size not known)", from, Some(to)),
         FileOp::Unparsable { reason } => EventBody::Error {
             message: format!(
-                "sftp channel {channel}: {reason}; file names are no longer recorded on it"
+                "channel {channel}: {reason}; file names are no longer recorded on it"
             ),
         },
     }
@@ -391,13 +391,15 @@ pub(super) async fn deliver(
                 ops = tap.server(&data);
                 false
             }
-            Kind::Scp(tap) => {
-                // `scp -f`: the server sends the files (stderr is text).
-                if !tap.write && stream == 0 {
-                    ops = tap.feed(&data);
-                }
-                false
+            // `scp -f`: the server sends the files. Passed raw (not recorded
+            // as output) only while the stream really parses as scp and no
+            // masking applies: a program that merely calls itself scp gets
+            // the terminal treatment. Acks of `scp -t` and stderr are text.
+            Kind::Scp(tap) if !tap.write && stream == 0 => {
+                ops = tap.feed(&data);
+                shared.mask.is_some() || tap.inert()
             }
+            Kind::Scp(_) => true,
             Kind::Raw => false,
             Kind::Pending | Kind::Terminal => true,
         },

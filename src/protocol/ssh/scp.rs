@@ -128,6 +128,11 @@ impl ScpTap {
         ops
     }
 
+    /// The stream stopped parsing as scp (or the channel closed).
+    pub fn inert(&self) -> bool {
+        matches!(self.stage, Stage::Inert)
+    }
+
     /// Channel closed: a file cut short is still reported, with what moved.
     pub fn finish(&mut self) -> Vec<FileOp> {
         let stage = std::mem::replace(&mut self.stage, Stage::Inert);
@@ -289,6 +294,7 @@ mod tests {
         let mut tap = scp_mode("scp -t /x").unwrap();
         let ops = tap.feed(b"\x01scp: warning\nZ what\nC0644 1 y\nq\0");
         assert!(matches!(&ops[..], [FileOp::Unparsable { .. }]), "{ops:?}");
+        assert!(tap.inert());
         let mut tap = scp_mode("scp -t /x").unwrap();
         let ops = tap.feed(&vec![b'C'; MAX_LINE + 1]);
         assert!(matches!(&ops[..], [FileOp::Unparsable { .. }]), "{ops:?}");
