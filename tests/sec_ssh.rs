@@ -327,8 +327,10 @@ fn legacy_scp_transfers_are_recorded_as_files() {
 }
 
 /// Span names an OTLP http/protobuf receiver got, with their attribute values.
+type NamedSpan = (String, Vec<String>);
+
 #[derive(Clone, Default)]
-struct Spans(std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<String>)>>>);
+struct Spans(std::sync::Arc<std::sync::Mutex<Vec<NamedSpan>>>);
 
 async fn span_receiver() -> (String, Spans) {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
