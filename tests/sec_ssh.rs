@@ -413,3 +413,50 @@ async fn ssh_spans_never_carry_the_command() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn an_sftp_request_the_tap_cannot_read_ends_the_channel() {
+    let gw = gateway();
+    let t = token("alice@example.com");
+    let path = format!("/tmp/custody-padded-{}", std::process::id());
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args(["-s", "web-open", "sftp"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    sin.write_all(&pkt(1, &3u32.to_be_bytes())).unwrap();
+    sin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // OPEN(write, create) padded past the tap's 64 KiB: sftp-server ignores
+    // trailing bytes, so without the gate the file would be created unrecorded.
+    let open = [
+        &1u32.to_be_bytes()[..],
+        &s(path.as_bytes()),
+        &(0x2u32 | 0x8 | 0x10).to_be_bytes(),
+        &0u32.to_be_bytes(),
+        &vec![0u8; 70_000],
+    ]
+    .concat();
+    let _ = sin.write_all(&pkt(3, &open));
+    let _ = sin.flush();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = stdout.read_to_end(&mut got);
+        got
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reader.is_finished() {
+        assert!(Instant::now() < deadline, "the channel stayed open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = reader.join().unwrap();
+    drop(sin);
+    let _ = child.wait();
+    assert_eq!(types(&got), vec![2], "only VERSION came back: {got:?}");
+    assert!(!std::path::Path::new(&path).exists(), "{path} was created");
+    let rec = gw.wait_recordings("the channel was closed");
+    assert!(rec.contains("cannot read"), "{rec}");
+}

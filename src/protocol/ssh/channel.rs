@@ -405,8 +405,14 @@ pub(super) async fn deliver(
         },
         Err(_) => false,
     };
+    let unparsable = ops.iter().any(|o| matches!(o, FileOp::Unparsable { .. }));
     for op in ops {
         shared.record(file_event(number, op)).await;
+    }
+    // SFTP answers the tap cannot read would leave later files unnamed:
+    // the channel ends instead (the pump closes it).
+    if unparsable && kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_))) {
+        return false;
     }
     if !terminal {
         return send(client, stream, data).await;

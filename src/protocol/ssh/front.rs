@@ -17,7 +17,7 @@ use russh::{Channel, ChannelId, ChannelWriteHalf, MethodSet, Pty, Sig};
 use tokio::sync::mpsc;
 
 use super::channel::{file_event, pump, typed, write_up, Kind, Shared, Upward, UPWARD_QUEUE};
-use super::sftp::SftpTap;
+use super::sftp::{FileOp, SftpTap};
 use super::sftp_gate::SftpGate;
 use super::upstream::{self, Upstream};
 use crate::recording::EventBody;
@@ -198,6 +198,30 @@ impl Front {
         if let Some(ch) = self.channels.remove(&channel) {
             let _ = ch.up.close().await;
         }
+        session.close(channel)
+    }
+
+    /// Ends an SFTP channel whose requests can no longer be vouched for,
+    /// recording the file operations seen up to then.
+    async fn close_sftp(
+        &mut self,
+        channel: ChannelId,
+        session: &mut SshSession,
+        ops: Vec<FileOp>,
+        why: String,
+    ) -> Result<(), russh::Error> {
+        let number = self.number(channel);
+        if let Some(ch) = self.channels.remove(&channel) {
+            let _ = ch.to_up.send(Upward::Close).await;
+        }
+        for op in ops {
+            self.shared.record(file_event(number, op)).await;
+        }
+        self.shared
+            .record(EventBody::Error {
+                message: format!("sftp channel {number}: {why}; the channel was closed"),
+            })
+            .await;
         session.close(channel)
     }
 
@@ -635,18 +659,7 @@ impl server::Handler for Front {
         };
         let gated = match ch.gate.as_mut().map(|g| g.client(data)) {
             Some(Ok(g)) => Some(g),
-            Some(Err(why)) => {
-                // Unframeable: nothing more on this channel could be vouched for.
-                let number = ch.number;
-                let _ = ch.to_up.send(Upward::Close).await;
-                self.channels.remove(&channel);
-                shared
-                    .record(EventBody::Error {
-                        message: format!("sftp channel {number}: {why}; the channel was closed"),
-                    })
-                    .await;
-                return session.close(channel);
-            }
+            Some(Err(why)) => return self.close_sftp(channel, session, Vec::new(), why).await,
             None => None,
         };
         let data: &[u8] = gated.as_ref().map_or(data, |g| &g.forward);
@@ -657,6 +670,14 @@ impl server::Handler for Front {
                 Kind::Scp(tap) if tap.write => ops = tap.feed(data),
                 _ => {}
             }
+        }
+        let unparsable = |o: &FileOp| matches!(o, FileOp::Unparsable { .. });
+        if gated.is_some() && ops.iter().any(unparsable) {
+            // The tap would stop naming files: stop the channel instead, before
+            // the request it cannot read reaches the server.
+            ops.retain(|o| !unparsable(o));
+            let why = "a request the recording cannot read (a control packet over 64 KiB)".into();
+            return self.close_sftp(channel, session, ops, why).await;
         }
         let (forward, refused) = if ch.pty && shared.rails.is_some() {
             typed(&mut ch.line, data, |line| shared.refusal(line))

@@ -195,14 +195,13 @@ impl SftpTap {
             OPEN => {
                 let path = r.path()?;
                 let pflags = r.u32()?;
-                self.track(id, Pending::Open { path, pflags });
-                None
+                self.track(id, Pending::Open { path, pflags })
             }
             READ => {
                 let handle = r.bytes()?;
                 // Reads on directories or untracked handles resolve nothing.
                 if self.handles.contains_key(handle) {
-                    self.track(id, Pending::Read(handle.to_vec()));
+                    return self.track(id, Pending::Read(handle.to_vec()));
                 }
                 None
             }
@@ -221,13 +220,11 @@ impl SftpTap {
             }),
             STAT | LSTAT => {
                 let path = r.path()?;
-                self.track(id, Pending::Stat(path));
-                None
+                self.track(id, Pending::Stat(path))
             }
             FSTAT => {
                 let path = self.handle_path(r.bytes()?);
-                self.track(id, Pending::Stat(path));
-                None
+                self.track(id, Pending::Stat(path))
             }
             REMOVE => Some(FileOp::Remove { path: r.path()? }),
             MKDIR => Some(FileOp::Mkdir { path: r.path()? }),
@@ -310,17 +307,12 @@ impl SftpTap {
             (HANDLE, Pending::Open { path, pflags }) => {
                 let handle = r.bytes()?;
                 let full = self.handles.len() >= MAX_HANDLES && !self.handles.contains_key(handle);
+                let file = opened(path, pflags);
+                // Untrackable: the file is still named now, its byte counts unknown.
                 if handle.len() > MAX_HANDLE || full {
-                    return None;
+                    return Some(file);
                 }
                 self.seq += 1;
-                let file = FileOp::File {
-                    path,
-                    write: pflags & FXF_CHANGES != 0,
-                    read: pflags & FXF_READ != 0,
-                    bytes_written: 0,
-                    bytes_read: 0,
-                };
                 // A handle reused without a CLOSE seen: report the old file, do not lose it.
                 let old = self.handles.insert(handle.to_vec(), (self.seq, file));
                 old.map(|(_, op)| op)
@@ -346,17 +338,34 @@ impl SftpTap {
         }
     }
 
-    fn track(&mut self, id: u32, p: Pending) {
+    /// Returns the file of an OPEN pushed out unanswered, so a flood of
+    /// requests cannot keep an opened file out of the record.
+    fn track(&mut self, id: u32, p: Pending) -> Option<FileOp> {
         // Peers keep a few dozen requests in flight; a full map means answers
         // went missing, and a linear scan then is cheap enough.
+        let mut evicted = None;
         if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&id) {
             let oldest = self.pending.iter().min_by_key(|(_, (seq, _))| *seq);
             if let Some(oldest) = oldest.map(|(id, _)| *id) {
-                self.pending.remove(&oldest);
+                evicted = self.pending.remove(&oldest);
             }
         }
         self.seq += 1;
         self.pending.insert(id, (self.seq, p));
+        match evicted {
+            Some((_, Pending::Open { path, pflags })) => Some(opened(path, pflags)),
+            _ => None,
+        }
+    }
+}
+
+fn opened(path: String, pflags: u32) -> FileOp {
+    FileOp::File {
+        path,
+        write: pflags & FXF_CHANGES != 0,
+        read: pflags & FXF_READ != 0,
+        bytes_written: 0,
+        bytes_read: 0,
     }
 }
 
@@ -797,17 +806,24 @@ mod tests {
     #[test]
     fn tracking_is_bounded() {
         let mut tap = SftpTap::new();
+        let mut named = Vec::new();
         for id in 0..5000 {
-            tap.client(&open(id, "/f", FXF_READ));
+            named.extend(tap.client(&open(id, "/f", FXF_READ)));
         }
         assert_eq!(tap.pending.len(), MAX_PENDING);
-        // The oldest unanswered OPENs were dropped: their answers resolve nothing.
-        tap.server(&handle(0, b"old"));
+        // The oldest unanswered OPENs were dropped, but each was still named.
+        assert_eq!(named.len(), 5000 - MAX_PENDING);
+        assert_eq!(named[0], file("/f", false, true, 0, 0));
+        // Their answers resolve nothing.
+        assert!(tap.server(&handle(0, b"old")).is_empty());
         assert!(tap.handles.is_empty());
+        let mut untracked = Vec::new();
         for id in 3000..5000 {
-            tap.server(&handle(id, &n(id)));
+            untracked.extend(tap.server(&handle(id, &n(id))));
         }
         assert_eq!(tap.handles.len(), MAX_HANDLES);
+        // Files opened past the handle limit are named at once (counts unknown).
+        assert_eq!(untracked.len(), 2000 - MAX_HANDLES);
     }
 
     #[test]
