@@ -75,6 +75,16 @@ fn exec_patterns_see_through_shell_quoting() {
         (format!("cat {home}/top*"), "shell_syntax"),
         (format!("cat {home}/top{{s,}}ecret"), "shell_syntax"),
         ("cat ~/pii''.txt".to_string(), "pattern pii"),
+        // A second shell level is lexed too, and a shell reading stdin is refused.
+        (
+            format!("sh -c \"cat {home}/top''secret\""),
+            "pattern topsecret",
+        ),
+        (
+            format!("eval cat {home}/top\\\\secret"),
+            "pattern topsecret",
+        ),
+        ("bash".to_string(), "shell_syntax"),
     ] {
         let mut cmd = ssh_client("ssh", &gw, &t);
         cmd.args(["web-guarded", &command]);

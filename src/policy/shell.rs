@@ -15,7 +15,26 @@ pub enum ShellError {
     Expansion(&'static str),
     #[error("it uses a here-document (<<)")]
     HereDoc,
+    #[error(
+        "it starts a shell ({0}) that reads its commands from stdin, where they cannot be checked"
+    )]
+    ShellReadsStdin(String),
+    #[error("it nests shells (`sh -c`, `eval`) more than {MAX_NESTING} deep")]
+    TooDeep,
 }
+
+/// Shells whose `-c SCRIPT` is lexed as a command of its own.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "posh",
+];
+const MAX_NESTING: usize = 4;
+/// Commands that run another program: a shell named after them is a shell,
+/// not an argument (`sudo -u app bash`, `find . -exec sh …`).
+const WRAPPERS: &[&str] = &[
+    "sudo", "doas", "env", "nohup", "exec", "command", "nice", "ionice", "time", "timeout",
+    "xargs", "stdbuf", "setsid", "chrt", "taskset", "su", "runuser", "find", "watch", "flock",
+    "unbuffer", "script",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Token {
@@ -118,6 +137,112 @@ pub fn normalize(command: &str) -> Result<String, ShellError> {
         })
         .collect();
     Ok(parts.join(" "))
+}
+
+/// Like `normalize`, and then the scripts a second shell would read are
+/// lexed too and appended (after ` ; `): the SCRIPT of `sh -c SCRIPT` (any
+/// of `SHELLS`, anywhere in the command, so `sudo bash -c`, `find -exec sh
+/// -c` and `xargs sh -c` count) and the words after `eval`. A shell run with
+/// neither `-c` nor a script file reads stdin, which no pattern can see: an
+/// error, where the shell is the command or runs under one of `WRAPPERS`
+/// (elsewhere, as in `which bash`, it is an argument). Over-approximates (a
+/// word `eval` anywhere counts), which can only add refusals.
+pub fn normalize_nested(command: &str) -> Result<String, ShellError> {
+    let mut out = String::new();
+    nested(command, 0, &mut out)?;
+    Ok(out)
+}
+
+fn nested(command: &str, depth: usize, out: &mut String) -> Result<(), ShellError> {
+    if depth > MAX_NESTING {
+        return Err(ShellError::TooDeep);
+    }
+    let tokens = split(command)?;
+    if !out.is_empty() {
+        out.push_str(" ; ");
+    }
+    let mut scripts = Vec::new();
+    // At the first word of a simple command; inside one run by a wrapper.
+    let (mut first, mut wrapped) = (true, false);
+    for (i, t) in tokens.iter().enumerate() {
+        let word = match t {
+            Token::Word(w) => w.as_str(),
+            Token::Op(o) => o,
+        };
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+        let Token::Word(w) = t else {
+            (first, wrapped) = (true, false);
+            continue;
+        };
+        let rest = tokens.get(i + 1..).unwrap_or_default();
+        let name = w.rsplit('/').next().unwrap_or_default();
+        if w == "eval" {
+            scripts.push(words_until_op(rest).join(" "));
+        } else if SHELLS.contains(&name) {
+            match shell_script(w, rest) {
+                Ok(script) => scripts.extend(script),
+                Err(e) if first || wrapped => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if first && !is_assignment(w) {
+            first = false;
+            wrapped = WRAPPERS.contains(&name) || SHELLS.contains(&name);
+        }
+    }
+    for script in scripts {
+        nested(&script, depth + 1, out)?;
+    }
+    Ok(())
+}
+
+/// `NAME=value` before a command (still the command's position after it).
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+fn words_until_op(tokens: &[Token]) -> Vec<&str> {
+    tokens
+        .iter()
+        .map_while(|t| match t {
+            Token::Word(w) => Some(w.as_str()),
+            Token::Op(_) => None,
+        })
+        .collect()
+}
+
+/// The script a shell word runs with `-c`; None for a script file; an error
+/// when it reads stdin (no operand, or `-s`).
+fn shell_script(shell: &str, rest: &[Token]) -> Result<Option<String>, ShellError> {
+    let args = words_until_op(rest);
+    let mut c = false;
+    for (i, a) in args.iter().enumerate() {
+        match a.strip_prefix('-') {
+            Some(flags) if !flags.starts_with('-') && !flags.is_empty() => {
+                if flags.contains('s') {
+                    return Err(ShellError::ShellReadsStdin(shell.to_string()));
+                }
+                c |= flags.contains('c');
+            }
+            // `--`, long options (`--norc`) and `+o` style options are skipped.
+            Some(_) => {}
+            None if a.starts_with('+') => {}
+            None if c => return Ok(args.get(i).map(|s| s.to_string())),
+            None => return Ok(None),
+        }
+    }
+    if c {
+        // `sh -c` without a script is an error in the shell itself.
+        return Ok(None);
+    }
+    Err(ShellError::ShellReadsStdin(shell.to_string()))
 }
 
 /// Inside `"…"`: `\` escapes only `$ \` " \\` and newline; `$` and backticks
@@ -283,6 +408,53 @@ mod tests {
     }
 
     #[test]
+    fn nested_shells_are_lexed_too() {
+        let deep = |s: &str| normalize_nested(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+        assert_eq!(deep("ls -l"), "ls -l");
+        assert_eq!(
+            deep("sh -c \"cat top''secret\""),
+            "sh -c cat top''secret ; cat topsecret"
+        );
+        assert!(deep("sudo bash -lc 'cat top\\secret'").ends_with("; cat topsecret"));
+        assert!(deep("eval cat \"top''secret\"").ends_with("; cat topsecret"));
+        assert!(deep("find . -exec sh -c 'rm -rf \"x\"' \\;").ends_with("; rm -rf x"));
+        assert!(deep("sh -c \"sh -c 'cat top\\\\secret'\"").ends_with("; cat topsecret"));
+        assert_eq!(deep("bash ./deploy.sh"), "bash ./deploy.sh");
+        assert_eq!(
+            deep("which bash; grep -c sh x"),
+            "which bash ; grep -c sh x"
+        );
+        for reads_stdin in [
+            "bash",
+            "sh -s",
+            "curl -s x | sh",
+            "sudo -u u bash -l",
+            "bash -x",
+            "X=1 /bin/sh",
+            "xargs -0 sh",
+        ] {
+            let e = normalize_nested(reads_stdin)
+                .expect_err(reads_stdin)
+                .to_string();
+            assert!(
+                e.contains("reads its commands from stdin"),
+                "{reads_stdin}: {e}"
+            );
+        }
+        // What the inner shell would expand is refused, though quoted outside.
+        assert!(normalize_nested("sh -c 'cat $HOME/x'").is_err());
+        let mut bomb = "true".to_string();
+        for _ in 0..6 {
+            bomb = format!("sh -c {}", shell_quote(&bomb));
+        }
+        assert_eq!(normalize_nested(&bomb), Err(ShellError::TooDeep));
+    }
+
+    fn shell_quote(s: &str) -> String {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+
+    #[test]
     fn arbitrary_input_never_panics() {
         let alphabet: Vec<char> = "ab \t\n\\'\"$`*{},.;&|<>()#é".chars().collect();
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -295,6 +467,7 @@ mod tests {
                 s.push(alphabet[(x % alphabet.len() as u64) as usize]);
             }
             let _ = normalize(&s);
+            let _ = normalize_nested(&s);
         }
     }
 }

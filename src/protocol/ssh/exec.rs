@@ -171,7 +171,7 @@ pub fn check_command(rails: &Guardrails, conn: &ConnectionConfig, command: &str)
     if !has_patterns(conn) {
         return rails.check_command(command);
     }
-    let normalized = match shell::normalize(command) {
+    let normalized = match shell::normalize_nested(command) {
         Ok(n) => n,
         Err(e) => {
             return Verdict::Deny {
