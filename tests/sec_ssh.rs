@@ -114,6 +114,12 @@ fn exec_patterns_see_through_shell_quoting() {
         "{out}"
     );
 
+    // With a terminal, a shell that reads stdin runs: its typed lines are checked.
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args(["-tt", "web-guarded", "bash"]);
+    let (_, out, err) = run(cmd, Some("echo in-bash-ok\nexit 0\n"), LIMIT);
+    assert!(out.contains("in-bash-ok"), "stdout {out:?} stderr {err:?}");
+
     // POST /v1/exec goes through the same lexer.
     let exec = Command::new(bin())
         .args(["exec", "web-guarded", "--gateway", &gw.url, "--"])

@@ -149,11 +149,19 @@ pub fn normalize(command: &str) -> Result<String, ShellError> {
 /// word `eval` anywhere counts), which can only add refusals.
 pub fn normalize_nested(command: &str) -> Result<String, ShellError> {
     let mut out = String::new();
-    nested(command, 0, &mut out)?;
+    nested(command, 0, true, &mut out)?;
     Ok(out)
 }
 
-fn nested(command: &str, depth: usize, out: &mut String) -> Result<(), ShellError> {
+/// `normalize_nested` for a command typed at (or run with) a terminal, whose
+/// later lines are typed and checked too: a shell reading stdin is no error.
+pub fn normalize_nested_terminal(command: &str) -> Result<String, ShellError> {
+    let mut out = String::new();
+    nested(command, 0, false, &mut out)?;
+    Ok(out)
+}
+
+fn nested(command: &str, depth: usize, strict: bool, out: &mut String) -> Result<(), ShellError> {
     if depth > MAX_NESTING {
         return Err(ShellError::TooDeep);
     }
@@ -184,7 +192,7 @@ fn nested(command: &str, depth: usize, out: &mut String) -> Result<(), ShellErro
         } else if SHELLS.contains(&name) {
             match shell_script(w, rest) {
                 Ok(script) => scripts.extend(script),
-                Err(e) if first || wrapped => return Err(e),
+                Err(e) if strict && (first || wrapped) => return Err(e),
                 Err(_) => {}
             }
         }
@@ -194,7 +202,7 @@ fn nested(command: &str, depth: usize, out: &mut String) -> Result<(), ShellErro
         }
     }
     for script in scripts {
-        nested(&script, depth + 1, out)?;
+        nested(&script, depth + 1, strict, out)?;
     }
     Ok(())
 }
@@ -441,6 +449,7 @@ mod tests {
                 "{reads_stdin}: {e}"
             );
         }
+        assert_eq!(normalize_nested_terminal("sudo bash").unwrap(), "sudo bash");
         // What the inner shell would expand is refused, though quoted outside.
         assert!(normalize_nested("sh -c 'cat $HOME/x'").is_err());
         let mut bomb = "true".to_string();

@@ -76,8 +76,9 @@ impl Shared {
     }
 
     /// Guardrails for a command or typed line: None when it may run.
-    pub(super) fn refusal(&self, command: &str) -> Option<(String, String)> {
-        match super::exec::check_command(self.rails.as_ref()?, &self.conn, command) {
+    /// `terminal`: a PTY follows (typed lines), so a shell reading stdin is checked line by line.
+    pub(super) fn refusal(&self, command: &str, terminal: bool) -> Option<(String, String)> {
+        match super::exec::check_command(self.rails.as_ref()?, &self.conn, command, terminal) {
             Verdict::Allow => None,
             Verdict::Deny { rule, reason } => Some((rule, reason)),
             Verdict::NeedsApproval { .. } if self.approved => None,

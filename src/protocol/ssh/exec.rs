@@ -58,7 +58,7 @@ pub async fn respond(
     } else {
         gw.rails
             .get(conn.name())
-            .map(|r| check_command(r, &conn, command))
+            .map(|r| check_command(r, &conn, command, false))
             .unwrap_or(Verdict::Allow)
     };
     let review_id = headers
@@ -167,11 +167,22 @@ pub fn has_patterns(conn: &ConnectionConfig) -> bool {
 /// `topsecret`), and a command whose words are only known when it runs
 /// (`$X`, `$(…)`, globs, …) is refused rather than guessed at. The raw text
 /// is checked too, so a pattern written for the spelling still applies.
-pub fn check_command(rails: &Guardrails, conn: &ConnectionConfig, command: &str) -> Verdict {
+/// `terminal`: a PTY follows, whose typed lines are checked themselves.
+pub fn check_command(
+    rails: &Guardrails,
+    conn: &ConnectionConfig,
+    command: &str,
+    terminal: bool,
+) -> Verdict {
     if !has_patterns(conn) {
         return rails.check_command(command);
     }
-    let normalized = match shell::normalize_nested(command) {
+    let lexed = if terminal {
+        shell::normalize_nested_terminal(command)
+    } else {
+        shell::normalize_nested(command)
+    };
+    let normalized = match lexed {
         Ok(n) => n,
         Err(e) => {
             return Verdict::Deny {

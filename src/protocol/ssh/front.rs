@@ -511,7 +511,8 @@ impl server::Handler for Front {
                 ),
             ))
         } else {
-            self.shared.refusal(&command)
+            let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
+            self.shared.refusal(&command, pty)
         };
         if let Some((rule, reason)) = refusal {
             self.shared
@@ -680,7 +681,7 @@ impl server::Handler for Front {
             return self.close_sftp(channel, session, ops, why).await;
         }
         let (forward, refused) = if ch.pty && shared.rails.is_some() {
-            typed(&mut ch.line, data, |line| shared.refusal(line))
+            typed(&mut ch.line, data, |line| shared.refusal(line, true))
         } else {
             (Bytes::copy_from_slice(data), None)
         };
