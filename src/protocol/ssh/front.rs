@@ -658,12 +658,13 @@ impl server::Handler for Front {
         let Some(ch) = self.channels.get_mut(&channel) else {
             return Ok(());
         };
-        let gated = match ch.gate.as_mut().map(|g| g.client(data)) {
+        let mut gated = match ch.gate.as_mut().map(|g| g.client(data)) {
             Some(Ok(g)) => Some(g),
             Some(Err(why)) => return self.close_sftp(channel, session, Vec::new(), why).await,
             None => None,
         };
-        let data: &[u8] = gated.as_ref().map_or(data, |g| &g.forward);
+        let input = data;
+        let data: &[u8] = gated.as_ref().map_or(input, |g| &g.forward);
         let mut ops = Vec::new();
         if let Ok(mut k) = ch.kind.lock() {
             match &mut *k {
@@ -682,8 +683,11 @@ impl server::Handler for Front {
         }
         let (forward, refused) = if ch.pty && shared.rails.is_some() {
             typed(&mut ch.line, data, |line| shared.refusal(line, true))
+        } else if let Some(g) = gated.as_mut() {
+            // The gate already copied what passes: hand that buffer on.
+            (Bytes::from(std::mem::take(&mut g.forward)), None)
         } else {
-            (Bytes::copy_from_slice(data), None)
+            (Bytes::copy_from_slice(input), None)
         };
         if ch.pty && shared.conn.record_input && !forward.is_empty() {
             let text = String::from_utf8_lossy(&forward).into_owned();
