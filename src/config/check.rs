@@ -210,6 +210,22 @@ impl Config {
                     Some(Err(e)) => out.push((c.name.span(), format!("connection {name:?} host_key: {e}"))),
                     Some(Ok(_)) => {}
                 }
+                for sub in &c.subsystems {
+                    if sub.is_empty()
+                        || sub.len() > 64
+                        || !sub.chars().all(|ch| ch.is_ascii_graphic())
+                    {
+                        out.push((
+                            c.name.span(),
+                            format!("connection {name:?} subsystems entry {sub:?} is not a subsystem name (printable ASCII without spaces, as in sshd's `Subsystem NAME ...`)"),
+                        ));
+                    } else if sub == "sftp" {
+                        out.push((
+                            c.name.span(),
+                            format!("connection {name:?} lists \"sftp\" in subsystems, but sftp is always allowed (and recorded); remove it"),
+                        ));
+                    }
+                }
                 for dest in &c.local_forwarding {
                     if crate::protocol::ssh::parse_destination(dest).is_none() {
                         out.push((
@@ -226,6 +242,7 @@ impl Config {
                     ("allow_env", c.allow_env.is_some()),
                     ("record_input", c.record_input),
                     ("local_forwarding", !c.local_forwarding.is_empty()),
+                    ("subsystems", !c.subsystems.is_empty()),
                 ] {
                     if set {
                         out.push((c.name.span(), format!("connection {name:?} is kind = \"postgres\", which never uses {field}")));

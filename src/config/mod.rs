@@ -382,6 +382,10 @@ pub struct ConnectionConfig {
     /// SSH: destinations ("host:port") the client may reach with `ssh -L`.
     #[serde(default)]
     pub local_forwarding: Vec<String>,
+    /// SSH: subsystems besides sftp the client may start (`ssh -s HOST NAME`);
+    /// they are relayed as opaque bytes, so none is allowed by default.
+    #[serde(default)]
+    pub subsystems: Vec<String>,
     /// SSH: end a session after this long without traffic (default "30m").
     #[serde(default = "default_ssh_idle", with = "duration")]
     pub idle_timeout: Duration,

@@ -99,4 +99,17 @@ mod reachability {
         assert!(err.contains("empty allow list"), "{err}");
         assert!(err.contains("never uses host_key"), "{err}");
     }
+
+    #[test]
+    fn ssh_subsystems_are_names_and_only_on_ssh() {
+        let conn = |kind: &str, subs: &str| {
+            format!("[identity]\naudiences = [\"a\"]\n[[identity.issuers]]\nissuer = \"https://i\"\n[[connections]]\nname = \"c\"\nkind = \"{kind}\"\nhost = \"h\"\nuser = \"u\"\nprivate_key = \"env:K\"\nhost_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm9n+7wGfXNXhcz6kCzH3sNDX0P3G1cvbtpXIGsq1bb\"\nallow = [\"user:a@example.com\"]\nsubsystems = {subs}\n")
+        };
+        assert!(Config::parse("c.toml", &conn("ssh", "[\"netconf\"]")).is_ok());
+        let err = Config::parse("c.toml", &conn("ssh", "[\"net conf\", \"sftp\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a subsystem name"), "{err}");
+        assert!(err.contains("sftp is always allowed"), "{err}");
+    }
 }

@@ -319,7 +319,13 @@ impl SessionTrace {
                 rule,
                 outcome,
             } => (
-                operation(sql),
+                // An SSH command's first word is user text (a path, a secret
+                // passed as argv[0]): SSH spans get fixed names.
+                match protocol.as_str() {
+                    "ssh-exec" => "ssh exec".to_string(),
+                    "ssh-shell" => "ssh shell".to_string(),
+                    _ => operation(sql),
+                },
                 end,
                 vec![
                     KeyValue::new("custody.protocol", protocol.clone()),

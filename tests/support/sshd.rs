@@ -73,7 +73,7 @@ fn start_sshd() -> Sshd {
     std::fs::write(
         &conf,
         format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {keys}\nPidFile {dir}/sshd.pid\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nAcceptEnv LANG LC_* CUSTODY_AUDIT_ID TRACEPARENT\nSubsystem sftp internal-sftp\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {keys}\nPidFile {dir}/sshd.pid\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nAcceptEnv LANG LC_* CUSTODY_AUDIT_ID TRACEPARENT\nSubsystem sftp internal-sftp\nSubsystem custody-echo /bin/cat\nAllowTcpForwarding yes\nLogLevel VERBOSE\n",
             host = host.display(),
             keys = dir.join("authorized_keys").display(),
             dir = dir.display(),

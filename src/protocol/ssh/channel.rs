@@ -13,7 +13,9 @@ use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::{mpsc, watch};
 
 use super::front::MAX_COMMAND;
+use super::scp::ScpTap;
 use super::sftp::{FileOp, SftpTap};
+use super::sftp_gate::ServerFrames;
 use super::text::StreamText;
 use crate::config::ConnectionConfig;
 use crate::mask::Engine;
@@ -74,8 +76,9 @@ impl Shared {
     }
 
     /// Guardrails for a command or typed line: None when it may run.
-    pub(super) fn refusal(&self, command: &str) -> Option<(String, String)> {
-        match self.rails.as_ref()?.check_command(command) {
+    /// `terminal`: a PTY follows (typed lines), so a shell reading stdin is checked line by line.
+    pub(super) fn refusal(&self, command: &str, terminal: bool) -> Option<(String, String)> {
+        match super::exec::check_command(self.rails.as_ref()?, &self.conn, command, terminal) {
             Verdict::Allow => None,
             Verdict::Deny { rule, reason } => Some((rule, reason)),
             Verdict::NeedsApproval { .. } if self.approved => None,
@@ -99,6 +102,9 @@ pub(super) enum Kind {
     Terminal,
     /// SFTP: passed through; file names and sizes recorded.
     Sftp(SftpTap),
+    /// Legacy scp (`scp -t` / `scp -f` exec): passed through, never masked
+    /// (file contents); file names and sizes recorded.
+    Scp(ScpTap),
     /// Forwarded TCP or another subsystem: passed through, counted only.
     Raw,
 }
@@ -202,9 +208,29 @@ pub(super) fn file_event(channel: u32, op: FileOp) -> EventBody {
         FileOp::Rmdir { path } => file("rmdir", path, None),
         FileOp::Setstat { path } => file("setstat", path, None),
         FileOp::Symlink { link, target } => file("symlink", link, Some(target)),
+        FileOp::Hardlink { link, target } => file("hardlink", link, Some(target)),
+        FileOp::Copy {
+            from,
+            to,
+            bytes: Some(n),
+        } => EventBody::File {
+            channel,
+            op: "copy".into(),
+            path: from,
+            to: Some(to),
+            bytes_written: n,
+            bytes_read: n,
+        },
+        // The server copied "to end of file" and the size was never seen:
+        // the op name says the count is not known, rather than record 0.
+        FileOp::Copy {
+            from,
+            to,
+            bytes: None,
+        } => file("copy (size not known)", from, Some(to)),
         FileOp::Unparsable { reason } => EventBody::Error {
             message: format!(
-                "sftp channel {channel}: {reason}; file names are no longer recorded on it"
+                "channel {channel}: {reason}; file names are no longer recorded on it"
             ),
         },
     }
@@ -222,13 +248,30 @@ pub(super) async fn pump(
     id: ChannelId,
     kind: Arc<Mutex<Kind>>,
     replies: mpsc::Sender<bool>,
+    mut injected: mpsc::Receiver<Bytes>,
 ) {
     let number = u32::from(id);
     let mut streams = [StreamText::default(), StreamText::default()];
+    // SFTP answers from the gate wait here for a boundary between server packets.
+    let mut frames = ServerFrames::default();
+    let mut held: Vec<Bytes> = Vec::new();
+    let mut injecting = true;
     loop {
         let holding = streams.iter().any(StreamText::holding);
         let msg = tokio::select! {
             m = up.wait() => m,
+            r = injected.recv(), if injecting => {
+                match r {
+                    Some(r) if frames.at_boundary() && held.is_empty() => {
+                        if !send(&client, 0, r).await {
+                            break;
+                        }
+                    }
+                    Some(r) => held.push(r),
+                    None => injecting = false,
+                }
+                continue;
+            }
             _ = tokio::time::sleep(FLUSH_IDLE), if holding => {
                 if !flush(&shared, &client, number, &mut streams).await {
                     break;
@@ -238,9 +281,32 @@ pub(super) async fn pump(
         };
         let Some(msg) = msg else { break };
         match msg {
-            ChannelMsg::Data { data } => {
+            ChannelMsg::Data { mut data } => {
                 bytes.1.fetch_add(data.len() as u64, Relaxed);
-                if !deliver(&shared, &client, &kind, number, 0, &mut streams[0], data).await {
+                let sftp = kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_)));
+                let cut = if sftp {
+                    frames.first_boundary(&data)
+                } else {
+                    None
+                };
+                if let Some(at) = cut.filter(|_| !held.is_empty()) {
+                    let head = data.split_to(at);
+                    if !head.is_empty()
+                        && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], head).await
+                    {
+                        break;
+                    }
+                    let mut ok = true;
+                    for r in held.drain(..) {
+                        ok &= send(&client, 0, r).await;
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+                if !data.is_empty()
+                    && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], data).await
+                {
                     break;
                 }
             }
@@ -298,6 +364,7 @@ pub(super) async fn pump(
     let left = match kind.lock() {
         Ok(mut k) => match &mut *k {
             Kind::Sftp(tap) => tap.finish(),
+            Kind::Scp(tap) => tap.finish(),
             _ => Vec::new(),
         },
         Err(_) => Vec::new(),
@@ -325,13 +392,28 @@ pub(super) async fn deliver(
                 ops = tap.server(&data);
                 false
             }
+            // `scp -f`: the server sends the files. Passed raw (not recorded
+            // as output) only while the stream really parses as scp and no
+            // masking applies: a program that merely calls itself scp gets
+            // the terminal treatment. Acks of `scp -t` and stderr are text.
+            Kind::Scp(tap) if !tap.write && stream == 0 => {
+                ops = tap.feed(&data);
+                shared.mask.is_some() || tap.inert()
+            }
+            Kind::Scp(_) => true,
             Kind::Raw => false,
             Kind::Pending | Kind::Terminal => true,
         },
         Err(_) => false,
     };
+    let unparsable = ops.iter().any(|o| matches!(o, FileOp::Unparsable { .. }));
     for op in ops {
         shared.record(file_event(number, op)).await;
+    }
+    // SFTP answers the tap cannot read would leave later files unnamed:
+    // the channel ends instead (the pump closes it).
+    if unparsable && kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_))) {
+        return false;
     }
     if !terminal {
         return send(client, stream, data).await;

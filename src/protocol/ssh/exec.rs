@@ -11,8 +11,10 @@ use serde_json::json;
 use super::front::MAX_COMMAND;
 use super::{upstream, SshError};
 use crate::approvals;
+use crate::config::ConnectionConfig;
 use crate::ingress::{end_event, recording_failed, ApiError};
-use crate::policy::guardrails::Verdict;
+use crate::policy::guardrails::{Guardrails, Verdict};
+use crate::policy::shell;
 use crate::recording::EventBody;
 use crate::session::Session;
 use crate::Gateway;
@@ -56,7 +58,7 @@ pub async fn respond(
     } else {
         gw.rails
             .get(conn.name())
-            .map(|r| r.check_command(command))
+            .map(|r| check_command(r, &conn, command, false))
             .unwrap_or(Verdict::Allow)
     };
     let review_id = headers
@@ -150,6 +152,53 @@ pub async fn respond(
                 &audit_id,
             ))
         }
+    }
+}
+
+/// Whether the connection has deny or approval patterns for commands.
+pub fn has_patterns(conn: &ConnectionConfig) -> bool {
+    conn.guardrails
+        .as_ref()
+        .is_some_and(|g| !g.deny_patterns.is_empty() || !g.approval_patterns.is_empty())
+}
+
+/// Guardrails for one SSH command (exec or typed line) as the shell will read
+/// it: patterns see the words with quoting removed (`top''secret` is
+/// `topsecret`), and a command whose words are only known when it runs
+/// (`$X`, `$(…)`, globs, …) is refused rather than guessed at. The raw text
+/// is checked too, so a pattern written for the spelling still applies.
+/// `terminal`: a PTY follows, whose typed lines are checked themselves.
+pub fn check_command(
+    rails: &Guardrails,
+    conn: &ConnectionConfig,
+    command: &str,
+    terminal: bool,
+) -> Verdict {
+    if !has_patterns(conn) {
+        return rails.check_command(command);
+    }
+    let lexed = if terminal {
+        shell::normalize_nested_terminal(command)
+    } else {
+        shell::normalize_nested(command)
+    };
+    let normalized = match lexed {
+        Ok(n) => n,
+        Err(e) => {
+            return Verdict::Deny {
+                rule: "shell_syntax".into(),
+                reason: format!("the command cannot be checked against this connection's patterns: {e}; write it with fixed words (quote special characters), or run a script that lives on the server"),
+            }
+        }
+    };
+    let (a, b) = (
+        rails.check_command(&normalized),
+        rails.check_command(command),
+    );
+    match (a, b) {
+        (d @ Verdict::Deny { .. }, _) | (_, d @ Verdict::Deny { .. }) => d,
+        (h @ Verdict::NeedsApproval { .. }, _) | (_, h @ Verdict::NeedsApproval { .. }) => h,
+        _ => Verdict::Allow,
     }
 }
 

@@ -17,7 +17,8 @@ use russh::{Channel, ChannelId, ChannelWriteHalf, MethodSet, Pty, Sig};
 use tokio::sync::mpsc;
 
 use super::channel::{file_event, pump, typed, write_up, Kind, Shared, Upward, UPWARD_QUEUE};
-use super::sftp::SftpTap;
+use super::sftp::{FileOp, SftpTap};
+use super::sftp_gate::SftpGate;
 use super::upstream::{self, Upstream};
 use crate::recording::EventBody;
 
@@ -37,6 +38,10 @@ pub(super) struct Chan {
     pty: bool,
     /// The line being typed, for guardrails on shell lines.
     line: Vec<u8>,
+    /// SFTP: requests the recording could not name are answered here.
+    gate: Option<SftpGate>,
+    /// Answers for the client, slipped in between whole server packets by the pump.
+    inject: mpsc::Sender<Bytes>,
 }
 
 pub struct Front {
@@ -142,6 +147,7 @@ impl Front {
         let (to_up, from_client) = mpsc::channel(UPWARD_QUEUE);
         let writer = tokio::spawn(write_up(up_wr.clone(), from_client));
         let kind = Arc::new(Mutex::new(kind));
+        let (inject, injected) = mpsc::channel(UPWARD_QUEUE);
         let task = tokio::spawn(pump(
             self.shared.clone(),
             self.bytes.clone(),
@@ -151,6 +157,7 @@ impl Front {
             id,
             kind.clone(),
             reply_tx,
+            injected,
         ));
         if let Ok(mut pumps) = self.shared.pumps.lock() {
             pumps.retain(|p| !p.is_finished());
@@ -167,9 +174,55 @@ impl Front {
                 kind,
                 pty: false,
                 line: Vec::new(),
+                gate: None,
+                inject,
             },
         );
         number
+    }
+
+    /// Ends a shell or exec request with `message` on stderr and status 126.
+    /// OpenSSH drops stderr that precedes a failed request reply, so the
+    /// request "succeeds" and the refusal arrives as output.
+    async fn refuse(
+        &mut self,
+        channel: ChannelId,
+        session: &mut SshSession,
+        message: &str,
+    ) -> Result<(), russh::Error> {
+        let msg = format!("custody: {message} (audit id {})\r\n", self.shared.audit_id);
+        session.channel_success(channel)?;
+        session.extended_data(channel, 1, Bytes::from(msg))?;
+        session.exit_status_request(channel, 126)?;
+        session.eof(channel)?;
+        if let Some(ch) = self.channels.remove(&channel) {
+            let _ = ch.up.close().await;
+        }
+        session.close(channel)
+    }
+
+    /// Ends an SFTP channel whose requests can no longer be vouched for,
+    /// recording the file operations seen up to then.
+    async fn close_sftp(
+        &mut self,
+        channel: ChannelId,
+        session: &mut SshSession,
+        ops: Vec<FileOp>,
+        why: String,
+    ) -> Result<(), russh::Error> {
+        let number = self.number(channel);
+        if let Some(ch) = self.channels.remove(&channel) {
+            let _ = ch.to_up.send(Upward::Close).await;
+        }
+        for op in ops {
+            self.shared.record(file_event(number, op)).await;
+        }
+        self.shared
+            .record(EventBody::Error {
+                message: format!("sftp channel {number}: {why}; the channel was closed"),
+            })
+            .await;
+        session.close(channel)
     }
 
     fn set_kind(&self, channel: ChannelId, kind: Kind) {
@@ -407,9 +460,29 @@ impl server::Handler for Front {
         channel: ChannelId,
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        let number = self.number(channel);
+        let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
+        // Without a PTY a shell reads commands from stdin in any chunking and
+        // with its own line editing out of sight: nothing here could check
+        // them against the patterns, so such a shell does not start.
+        if !pty && self.shared.rails.is_some() && super::exec::has_patterns(&self.shared.conn) {
+            let reason = "a shell without a terminal (ssh -T, or input from a pipe) cannot be checked against this connection's deny and approval patterns; run the command as `ssh HOST COMMAND`, or use an interactive terminal (ssh -t)";
+            self.shared
+                .record(EventBody::Guardrail {
+                    sql: "shell".into(),
+                    protocol: "ssh-shell".into(),
+                    rule: "shell_without_pty".into(),
+                    outcome: "refused".into(),
+                })
+                .await;
+            self.note(number, "shell", None, &format!("refused: {reason}"))
+                .await;
+            return self
+                .refuse(channel, session, &format!("refused: {reason}"))
+                .await;
+        }
         self.set_kind(channel, Kind::Terminal);
-        self.note(self.number(channel), "shell", None, "allowed")
-            .await;
+        self.note(number, "shell", None, "allowed").await;
         self.shared.commands.fetch_add(1, Relaxed);
         let Some(ch) = self.channels.get(&channel) else {
             return session.channel_failure(channel);
@@ -438,7 +511,8 @@ impl server::Handler for Front {
                 ),
             ))
         } else {
-            self.shared.refusal(&command)
+            let pty = self.channels.get(&channel).is_some_and(|c| c.pty);
+            self.shared.refusal(&command, pty)
         };
         if let Some((rule, reason)) = refusal {
             self.shared
@@ -449,22 +523,17 @@ impl server::Handler for Front {
                     outcome: "refused".into(),
                 })
                 .await;
-            let msg = format!(
-                "custody: refused by guardrail {rule}: {reason} (audit id {})\r\n",
-                self.shared.audit_id
-            );
-            // OpenSSH drops stderr that precedes a failed exec reply, so the
-            // request "succeeds" and the refusal arrives as output + status 126.
-            session.channel_success(channel)?;
-            session.extended_data(channel, 1, Bytes::from(msg))?;
-            session.exit_status_request(channel, 126)?;
-            session.eof(channel)?;
-            if let Some(ch) = self.channels.remove(&channel) {
-                let _ = ch.up.close().await;
-            }
-            return session.close(channel);
+            return self
+                .refuse(
+                    channel,
+                    session,
+                    &format!("refused by guardrail {rule}: {reason}"),
+                )
+                .await;
         }
-        self.set_kind(channel, Kind::Terminal);
+        // Legacy scp moves files over the exec channel: record them as files.
+        let kind = super::scp::scp_mode(&command).map_or(Kind::Terminal, Kind::Scp);
+        self.set_kind(channel, kind);
         self.note(number, "exec", Some(shown), "allowed").await;
         self.shared.commands.fetch_add(1, Relaxed);
         let Some(ch) = self.channels.get(&channel) else {
@@ -482,19 +551,30 @@ impl server::Handler for Front {
         name: &str,
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        let number = self.number(channel);
+        // Only sftp is understood (and recorded file by file); any other
+        // subsystem is an opaque byte stream, so it runs only where listed.
+        if name != "sftp" && !self.shared.conn.subsystems.iter().any(|s| s == name) {
+            self.note(
+                number,
+                "subsystem",
+                Some(name.to_string()),
+                "refused: this connection does not list it in `subsystems`",
+            )
+            .await;
+            return session.channel_failure(channel);
+        }
         let kind = if name == "sftp" {
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.gate = Some(SftpGate::default());
+            }
             Kind::Sftp(SftpTap::new())
         } else {
             Kind::Raw
         };
         self.set_kind(channel, kind);
-        self.note(
-            self.number(channel),
-            "subsystem",
-            Some(name.to_string()),
-            "allowed",
-        )
-        .await;
+        self.note(number, "subsystem", Some(name.to_string()), "allowed")
+            .await;
         self.shared.commands.fetch_add(1, Relaxed);
         let Some(ch) = self.channels.get(&channel) else {
             return session.channel_failure(channel);
@@ -578,16 +658,36 @@ impl server::Handler for Front {
         let Some(ch) = self.channels.get_mut(&channel) else {
             return Ok(());
         };
+        let mut gated = match ch.gate.as_mut().map(|g| g.client(data)) {
+            Some(Ok(g)) => Some(g),
+            Some(Err(why)) => return self.close_sftp(channel, session, Vec::new(), why).await,
+            None => None,
+        };
+        let input = data;
+        let data: &[u8] = gated.as_ref().map_or(input, |g| &g.forward);
         let mut ops = Vec::new();
         if let Ok(mut k) = ch.kind.lock() {
-            if let Kind::Sftp(tap) = &mut *k {
-                ops = tap.client(data);
+            match &mut *k {
+                Kind::Sftp(tap) => ops = tap.client(data),
+                Kind::Scp(tap) if tap.write => ops = tap.feed(data),
+                _ => {}
             }
         }
+        let unparsable = |o: &FileOp| matches!(o, FileOp::Unparsable { .. });
+        if gated.is_some() && ops.iter().any(unparsable) {
+            // The tap would stop naming files: stop the channel instead, before
+            // the request it cannot read reaches the server.
+            ops.retain(|o| !unparsable(o));
+            let why = "a request the recording cannot read (a control packet over 64 KiB)".into();
+            return self.close_sftp(channel, session, ops, why).await;
+        }
         let (forward, refused) = if ch.pty && shared.rails.is_some() {
-            typed(&mut ch.line, data, |line| shared.refusal(line))
+            typed(&mut ch.line, data, |line| shared.refusal(line, true))
+        } else if let Some(g) = gated.as_mut() {
+            // The gate already copied what passes: hand that buffer on.
+            (Bytes::from(std::mem::take(&mut g.forward)), None)
         } else {
-            (Bytes::copy_from_slice(data), None)
+            (Bytes::copy_from_slice(input), None)
         };
         if ch.pty && shared.conn.record_input && !forward.is_empty() {
             let text = String::from_utf8_lossy(&forward).into_owned();
@@ -604,6 +704,21 @@ impl server::Handler for Front {
         }
         for op in ops {
             shared.record(file_event(number, op)).await;
+        }
+        if let Some(g) = gated {
+            if !g.replies.is_empty() {
+                let _ = ch.inject.send(Bytes::from(g.replies)).await;
+            }
+            for what in g.refused {
+                shared
+                    .record(EventBody::SshRequest {
+                        channel: number,
+                        request: "sftp".into(),
+                        detail: Some(what),
+                        outcome: "refused: not allowed through this gateway (answered SSH_FX_OP_UNSUPPORTED)".into(),
+                    })
+                    .await;
+            }
         }
         if let Some((rule, reason, line)) = refused {
             shared

@@ -7,8 +7,10 @@
 pub mod channel;
 pub mod exec;
 pub mod front;
+pub mod scp;
 pub mod serve;
 pub mod sftp;
+pub mod sftp_gate;
 pub mod text;
 pub mod upstream;
 

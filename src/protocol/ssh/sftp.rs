@@ -12,24 +12,31 @@ const OPEN: u8 = 3;
 const CLOSE: u8 = 4;
 const READ: u8 = 5;
 const WRITE: u8 = 6;
+const LSTAT: u8 = 7;
+const FSTAT: u8 = 8;
 const SETSTAT: u8 = 9;
+const FSETSTAT: u8 = 10;
 const REMOVE: u8 = 13;
 const MKDIR: u8 = 14;
 const RMDIR: u8 = 15;
 const RENAME: u8 = 18;
+const STAT: u8 = 17;
 const SYMLINK: u8 = 20;
 const EXTENDED: u8 = 200;
 const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
 const DATA: u8 = 103;
+const ATTRS: u8 = 105;
+const ATTR_SIZE: u32 = 0x1;
 
 /// Packets whose fields the tap reads. Every other type (INIT, VERSION, NAME
 /// listings, ATTRS, ...) is skipped without buffering, whatever its size, so a
 /// long directory listing cannot stop the tap.
 const CLIENT_READS: &[u8] = &[
-    OPEN, CLOSE, READ, SETSTAT, REMOVE, MKDIR, RMDIR, RENAME, SYMLINK, EXTENDED,
+    OPEN, CLOSE, READ, LSTAT, FSTAT, SETSTAT, FSETSTAT, REMOVE, MKDIR, RMDIR, STAT, RENAME,
+    SYMLINK, EXTENDED,
 ];
-const SERVER_READS: &[u8] = &[STATUS, HANDLE];
+const SERVER_READS: &[u8] = &[STATUS, HANDLE, ATTRS];
 
 const FXF_READ: u32 = 0x1;
 /// WRITE, APPEND, CREAT, TRUNC: any of them means the file may change.
@@ -44,6 +51,8 @@ const MAX_PATH: usize = 4096;
 const MAX_HANDLE: usize = 256;
 const MAX_HANDLES: usize = 1024;
 const MAX_PENDING: usize = 4096;
+/// File sizes seen in STAT answers, for server-side copies "to end of file".
+const MAX_SIZES: usize = 256;
 
 /// What the recording gets: one per finished file operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +85,18 @@ pub enum FileOp {
         link: String,
         target: String,
     },
+    /// hardlink@openssh.com: `link` now names the same file as `target`.
+    Hardlink {
+        link: String,
+        target: String,
+    },
+    /// copy-data: the server copied between two open files; `bytes` is None
+    /// when it copied "to end of file" and the source's size was never seen.
+    Copy {
+        from: String,
+        to: String,
+        bytes: Option<u64>,
+    },
     /// The stream could not be parsed (bad length, oversized control packet):
     /// the tap stops parsing this channel; the relay itself carries on.
     Unparsable {
@@ -93,6 +114,8 @@ pub struct SftpTap {
     pending: HashMap<u32, (u64, Pending)>,
     /// Open file handles → (insertion number, the File op being counted).
     handles: HashMap<Vec<u8>, (u64, FileOp)>,
+    /// Path → size from the latest STAT / LSTAT / FSTAT answer.
+    sizes: HashMap<String, u64>,
     seq: u64,
     inert: bool,
 }
@@ -100,6 +123,7 @@ pub struct SftpTap {
 enum Pending {
     Open { path: String, pflags: u32 },
     Read(Vec<u8>),
+    Stat(String),
 }
 
 impl SftpTap {
@@ -171,14 +195,13 @@ impl SftpTap {
             OPEN => {
                 let path = r.path()?;
                 let pflags = r.u32()?;
-                self.track(id, Pending::Open { path, pflags });
-                None
+                self.track(id, Pending::Open { path, pflags })
             }
             READ => {
                 let handle = r.bytes()?;
                 // Reads on directories or untracked handles resolve nothing.
                 if self.handles.contains_key(handle) {
-                    self.track(id, Pending::Read(handle.to_vec()));
+                    return self.track(id, Pending::Read(handle.to_vec()));
                 }
                 None
             }
@@ -191,6 +214,18 @@ impl SftpTap {
             // Reported at the request: the server's STATUS adds nothing the audit needs.
             CLOSE => self.handles.remove(r.bytes()?).map(|(_, op)| op),
             SETSTAT => Some(FileOp::Setstat { path: r.path()? }),
+            // `put -p` sets times and modes through the open handle.
+            FSETSTAT => Some(FileOp::Setstat {
+                path: self.handle_path(r.bytes()?),
+            }),
+            STAT | LSTAT => {
+                let path = r.path()?;
+                self.track(id, Pending::Stat(path))
+            }
+            FSTAT => {
+                let path = self.handle_path(r.bytes()?);
+                self.track(id, Pending::Stat(path))
+            }
             REMOVE => Some(FileOp::Remove { path: r.path()? }),
             MKDIR => Some(FileOp::Mkdir { path: r.path()? }),
             RMDIR => Some(FileOp::Rmdir { path: r.path()? }),
@@ -207,11 +242,61 @@ impl SftpTap {
                     target,
                 })
             }
-            EXTENDED if r.bytes()? == b"posix-rename@openssh.com" => Some(FileOp::Rename {
+            EXTENDED => self.extended(&mut r),
+            _ => None,
+        }
+    }
+
+    /// The extensions the gate lets through (see `sftp_gate`) that change files.
+    fn extended(&mut self, r: &mut Rd) -> Option<FileOp> {
+        match r.bytes()? {
+            b"posix-rename@openssh.com" => Some(FileOp::Rename {
                 from: r.path()?,
                 to: r.path()?,
             }),
+            b"hardlink@openssh.com" => {
+                let target = r.path()?;
+                Some(FileOp::Hardlink {
+                    link: r.path()?,
+                    target,
+                })
+            }
+            b"lsetstat@openssh.com" => Some(FileOp::Setstat { path: r.path()? }),
+            b"copy-data" => {
+                let from = r.bytes()?.to_vec();
+                let (offset, len) = (r.u64()?, r.u64()?);
+                let to = r.bytes()?.to_vec();
+                let (from_path, to_path) = (self.handle_path(&from), self.handle_path(&to));
+                let left = self.sizes.get(&from_path).map(|s| s.saturating_sub(offset));
+                let bytes = match (len, left) {
+                    (0, left) => left,
+                    (len, Some(left)) => Some(len.min(left)),
+                    (len, None) => Some(len),
+                };
+                // The server moved the bytes: count them on both files too.
+                let n = bytes.unwrap_or(0);
+                if let Some((_, FileOp::File { bytes_read, .. })) = self.handles.get_mut(&from) {
+                    *bytes_read = bytes_read.saturating_add(n);
+                }
+                if let Some((_, FileOp::File { bytes_written, .. })) = self.handles.get_mut(&to) {
+                    *bytes_written = bytes_written.saturating_add(n);
+                }
+                Some(FileOp::Copy {
+                    from: from_path,
+                    to: to_path,
+                    bytes,
+                })
+            }
             _ => None,
+        }
+    }
+
+    /// The path a handle was opened with (directories and untracked handles
+    /// are not named: the record says so).
+    fn handle_path(&self, handle: &[u8]) -> String {
+        match self.handles.get(handle) {
+            Some((_, FileOp::File { path, .. })) => path.clone(),
+            _ => "(an untracked handle)".into(),
         }
     }
 
@@ -222,17 +307,12 @@ impl SftpTap {
             (HANDLE, Pending::Open { path, pflags }) => {
                 let handle = r.bytes()?;
                 let full = self.handles.len() >= MAX_HANDLES && !self.handles.contains_key(handle);
+                let file = opened(path, pflags);
+                // Untrackable: the file is still named now, its byte counts unknown.
                 if handle.len() > MAX_HANDLE || full {
-                    return None;
+                    return Some(file);
                 }
                 self.seq += 1;
-                let file = FileOp::File {
-                    path,
-                    write: pflags & FXF_CHANGES != 0,
-                    read: pflags & FXF_READ != 0,
-                    bytes_written: 0,
-                    bytes_read: 0,
-                };
                 // A handle reused without a CLOSE seen: report the old file, do not lose it.
                 let old = self.handles.insert(handle.to_vec(), (self.seq, file));
                 old.map(|(_, op)| op)
@@ -243,22 +323,49 @@ impl SftpTap {
                 }
                 None
             }
+            (ATTRS, Pending::Stat(path)) => {
+                let flags = r.u32()?;
+                if flags & ATTR_SIZE != 0 {
+                    if self.sizes.len() >= MAX_SIZES && !self.sizes.contains_key(&path) {
+                        self.sizes.clear();
+                    }
+                    self.sizes.insert(path, r.u64()?);
+                }
+                None
+            }
             // STATUS (failed OPEN, EOF on READ) or a mismatched answer: the request is over.
             _ => None,
         }
     }
 
-    fn track(&mut self, id: u32, p: Pending) {
+    /// Returns the file of an OPEN pushed out unanswered, so a flood of
+    /// requests cannot keep an opened file out of the record.
+    fn track(&mut self, id: u32, p: Pending) -> Option<FileOp> {
         // Peers keep a few dozen requests in flight; a full map means answers
         // went missing, and a linear scan then is cheap enough.
+        let mut evicted = None;
         if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&id) {
             let oldest = self.pending.iter().min_by_key(|(_, (seq, _))| *seq);
             if let Some(oldest) = oldest.map(|(id, _)| *id) {
-                self.pending.remove(&oldest);
+                evicted = self.pending.remove(&oldest);
             }
         }
         self.seq += 1;
         self.pending.insert(id, (self.seq, p));
+        match evicted {
+            Some((_, Pending::Open { path, pflags })) => Some(opened(path, pflags)),
+            _ => None,
+        }
+    }
+}
+
+fn opened(path: String, pflags: u32) -> FileOp {
+    FileOp::File {
+        path,
+        write: pflags & FXF_CHANGES != 0,
+        read: pflags & FXF_READ != 0,
+        bytes_written: 0,
+        bytes_read: 0,
     }
 }
 
@@ -390,6 +497,12 @@ impl<'a> Rd<'a> {
         let (n, rest) = self.0.split_first_chunk::<4>()?;
         self.0 = rest;
         Some(u32::from_be_bytes(*n))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let (n, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_be_bytes(*n))
     }
 
     fn bytes(&mut self) -> Option<&'a [u8]> {
@@ -566,6 +679,92 @@ mod tests {
     }
 
     #[test]
+    fn fsetstat_extensions_and_server_side_copy_are_recorded() {
+        let mut tap = SftpTap::new();
+        let mut ops = Vec::new();
+        let attrs = |id: u32, size: u64| pkt(ATTRS, &[&n(id), &n(ATTR_SIZE), &size.to_be_bytes()]);
+        let copy = |id: u32, len: u64| {
+            pkt(
+                EXTENDED,
+                &[
+                    &n(id),
+                    &s(b"copy-data"),
+                    &s(b"src"),
+                    &0u64.to_be_bytes(),
+                    &len.to_be_bytes(),
+                    &s(b"dst"),
+                    &0u64.to_be_bytes(),
+                ],
+            )
+        };
+        for (client, bytes) in [
+            (true, open(1, "/up", WCT)),
+            (false, handle(1, b"up")),
+            (true, pkt(FSETSTAT, &[&n(2), &s(b"up"), &n(0)])),
+            (
+                true,
+                req(EXTENDED, 3, &["hardlink@openssh.com", "/old", "/new"]),
+            ),
+            (
+                true,
+                pkt(
+                    EXTENDED,
+                    &[&n(4), &s(b"lsetstat@openssh.com"), &s(b"/l"), &n(0)],
+                ),
+            ),
+            (true, req(STAT, 5, &["/src"])),
+            (false, attrs(5, 1234)),
+            (true, open(6, "/src", FXF_READ)),
+            (false, handle(6, b"src")),
+            (true, open(7, "/dst", WCT)),
+            (false, handle(7, b"dst")),
+            (true, copy(8, 0)),
+            (true, copy(9, 100)),
+            (true, close(10, b"dst")),
+        ] {
+            ops.extend(if client {
+                tap.client(&bytes)
+            } else {
+                tap.server(&bytes)
+            });
+        }
+        assert_eq!(
+            ops,
+            vec![
+                FileOp::Setstat { path: "/up".into() },
+                FileOp::Hardlink {
+                    link: "/new".into(),
+                    target: "/old".into()
+                },
+                FileOp::Setstat { path: "/l".into() },
+                FileOp::Copy {
+                    from: "/src".into(),
+                    to: "/dst".into(),
+                    bytes: Some(1234)
+                },
+                FileOp::Copy {
+                    from: "/src".into(),
+                    to: "/dst".into(),
+                    bytes: Some(100)
+                },
+                file("/dst", true, false, 1334, 0),
+            ]
+        );
+        // A copy "to end of file" of a file never STATed: the count is unknown.
+        let mut tap = SftpTap::new();
+        tap.client(&open(1, "/a", FXF_READ));
+        tap.server(&handle(1, b"src"));
+        assert_eq!(
+            tap.client(&copy(2, 0)),
+            vec![FileOp::Copy {
+                from: "/a".into(),
+                to: "(an untracked handle)".into(),
+                bytes: None
+            }]
+        );
+    }
+
+    #[test]
     fn big_write_is_counted_not_buffered_and_finish_reports_it() {
         let mut tap = SftpTap::new();
         assert!(tap.client(&open(1, "/big", WCT)).is_empty());
@@ -607,17 +806,24 @@ mod tests {
     #[test]
     fn tracking_is_bounded() {
         let mut tap = SftpTap::new();
+        let mut named = Vec::new();
         for id in 0..5000 {
-            tap.client(&open(id, "/f", FXF_READ));
+            named.extend(tap.client(&open(id, "/f", FXF_READ)));
         }
         assert_eq!(tap.pending.len(), MAX_PENDING);
-        // The oldest unanswered OPENs were dropped: their answers resolve nothing.
-        tap.server(&handle(0, b"old"));
+        // The oldest unanswered OPENs were dropped, but each was still named.
+        assert_eq!(named.len(), 5000 - MAX_PENDING);
+        assert_eq!(named[0], file("/f", false, true, 0, 0));
+        // Their answers resolve nothing.
+        assert!(tap.server(&handle(0, b"old")).is_empty());
         assert!(tap.handles.is_empty());
+        let mut untracked = Vec::new();
         for id in 3000..5000 {
-            tap.server(&handle(id, &n(id)));
+            untracked.extend(tap.server(&handle(id, &n(id))));
         }
         assert_eq!(tap.handles.len(), MAX_HANDLES);
+        // Files opened past the handle limit are named at once (counts unknown).
+        assert_eq!(untracked.len(), 2000 - MAX_HANDLES);
     }
 
     #[test]
