@@ -196,6 +196,14 @@ async fn dml_in_copy_role_spellings_and_quoted_names_are_seen() {
             .unwrap_or_default();
         assert!(m.contains(rule), "{sql}: {m}");
     }
+    // The gateway logs at debug level in tests: no literal reaches the log.
+    c.batch_execute("select 'literal-7f3a9c' where false")
+        .await
+        .unwrap();
+    assert!(
+        !gw.proc.log().contains("literal-7f3a9c"),
+        "a literal reached the log"
+    );
     assert_eq!(victims(), "3");
     assert_eq!(
         count("select count(*) from pg_roles where rolname = 'mallory'"),

@@ -43,3 +43,42 @@ fn random_pipelines_never_return_a_ruled_column_in_clear() {
         pgsim::check(&program);
     }
 }
+
+#[test]
+fn a_rebind_past_the_tracking_limit_is_masked() {
+    use pgsim::{cstrs, frame};
+    let mut f = Vec::new();
+    // A harmless statement, described; then more named portals than the
+    // tracker keeps, so it stops recording new binds.
+    f.extend(frame(
+        b'P',
+        &[&cstrs(&["p0", "select name from t"])[..], &[0, 0]].concat(),
+    ));
+    f.extend(frame(b'D', &[b"S".as_slice(), &cstrs(&["p0"])].concat()));
+    for i in 0..10_001 {
+        let portal = format!("b{i}");
+        f.extend(frame(
+            b'B',
+            &[&cstrs(&[&portal, "p0"])[..], &[0, 0, 0, 0, 0, 0]].concat(),
+        ));
+    }
+    f.extend(frame(b'S', b""));
+    // Rebind b0 to the ruled query and run it.
+    f.extend(frame(
+        b'P',
+        &[&cstrs(&["x", "select ssn from t"])[..], &[0, 0]].concat(),
+    ));
+    f.extend(frame(
+        b'B',
+        &[&cstrs(&["b0", "x"])[..], &[0, 0, 0, 0, 0, 0]].concat(),
+    ));
+    f.extend(frame(b'E', &[&cstrs(&["b0"])[..], &[0, 0, 0, 0]].concat()));
+    f.extend(frame(b'S', b""));
+    let out = pgsim::run_frames(&f);
+    let secret = pgsim::SECRET.as_bytes();
+    assert!(
+        !out.windows(secret.len()).any(|w| w == secret),
+        "clear SSN after a rebind"
+    );
+    assert!(out.windows(10).any(|w| w == b"[REDACTED]"), "not masked");
+}

@@ -27,14 +27,14 @@ const QUERIES: [(&str, bool); 3] = [
     ("select 1", false),
 ];
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut f = vec![tag];
     f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     f.extend_from_slice(body);
     f
 }
 
-fn cstrs(parts: &[&str]) -> Vec<u8> {
+pub fn cstrs(parts: &[&str]) -> Vec<u8> {
     let mut b = Vec::new();
     for p in parts {
         b.extend_from_slice(p.as_bytes());
@@ -265,6 +265,11 @@ fn engine() -> Engine {
 
 /// Runs one program; returns what the client received.
 pub fn run(data: &[u8]) -> Vec<u8> {
+    run_frames(&program(data))
+}
+
+/// Runs client frames as they are; returns what the client received.
+pub fn run_frames(input: &[u8]) -> Vec<u8> {
     let engine = engine();
     let mut catalog = Catalog::default();
     catalog
@@ -280,7 +285,6 @@ pub fn run(data: &[u8]) -> Vec<u8> {
     let mut server_scan = Scanner::collect_limited(1 << 20);
     let mut done = Vec::new();
     let mut to_client = BytesMut::new();
-    let input = program(data);
     let mut client = ClientHook::new(&tracker, None, Some(mask), "audit");
     // Feed the program in a few reads, as a real pipeline arrives.
     for chunk in input.chunks(64) {
