@@ -707,3 +707,43 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod sql_text_tests {
+    use super::*;
+    use crate::mask::EngineConfig;
+    use std::collections::BTreeMap;
+
+    fn engine() -> Engine {
+        let detectors: Vec<String> = vec!["private_key".into(), "email".into()];
+        Engine::new(&EngineConfig {
+            detectors: &detectors,
+            custom: &BTreeMap::new(),
+            columns: &BTreeMap::new(),
+            detector_strategy: None,
+            hash_key: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn what_the_approver_sees_keeps_the_structure() {
+        // The review's attack: two markers around `or id > 0` hid it.
+        let sql = "delete from orders where note = '-----BEGIN PRIVATE KEY-----' or id > 0 or note = '-----END PRIVATE KEY-----'";
+        let shown = sql_masked(sql);
+        assert!(shown.contains("' or id > 0 or note = '"), "{shown}");
+        let tunnel = "select 1 /*-----BEGIN PRIVATE KEY-----*/; copy (delete from t returning *) to stdout; /*-----END PRIVATE KEY-----*/";
+        let shown = sql_masked(tunnel);
+        assert!(
+            shown.contains("copy (delete from t returning *) to stdout"),
+            "{shown}"
+        );
+        // Values inside literals and comments are still masked.
+        let shown = sql_masked("select 'bob@example.com' /* alice@example.com */ from t");
+        assert_eq!(shown, "select '[EMAIL]' /* [EMAIL] */ from t");
+    }
+
+    fn sql_masked(s: &str) -> String {
+        sql(&engine(), s, &mut Counts::default())
+    }
+}
