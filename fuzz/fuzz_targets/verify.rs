@@ -246,6 +246,22 @@ fn check_replay(rec: &verify::Fetched) {
     }
 }
 
+/// What differs, for the failure message.
+fn differences(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> String {
+    let mut out = String::new();
+    for key in a.keys().chain(b.keys()) {
+        let (x, y) = (a.get(key), b.get(key));
+        if x != y {
+            out.push_str(&format!(
+                "\n{key}:\n  was {:?}\n  now {:?}",
+                x.map(|v| String::from_utf8_lossy(v)),
+                y.map(|v| String::from_utf8_lossy(v))
+            ));
+        }
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let mut objects = f.original.clone();
@@ -261,8 +277,8 @@ fuzz_target!(|data: &[u8]| {
     if changed {
         assert!(
             !pinned.ok() && !embedded.ok(),
-            "VERIFIED although the store differs from the sealed original: {:?}",
-            store.snapshot().keys().collect::<Vec<_>>()
+            "VERIFIED although the store differs from the sealed original: {}",
+            differences(&f.original, &store.snapshot())
         );
     } else {
         assert!(pinned.ok() && embedded.ok(), "the original: {pinned:?}");

@@ -124,15 +124,22 @@ pub fn check_manifest_bytes(
                 .to_string(),
         );
     }
-    if let (Some(id), Some(k)) = (&sig.key_id, embedded_key(sig)) {
-        if *id != key_id(&k) {
-            return Err(format!(
-                "its key id {id} is not the embedded key's ({})",
-                key_id(&k)
-            ));
-        }
+    if sig.alg != "Ed25519" {
+        return Ok(());
     }
-    Ok(())
+    // The gateway always embeds its key and key id; a pinned key must not
+    // make a garbled one pass unnoticed.
+    let Some(k) = embedded_key(sig) else {
+        return Err("its embedded public key is missing or not an Ed25519 key".to_string());
+    };
+    match &sig.key_id {
+        Some(id) if *id == key_id(&k) => Ok(()),
+        other => Err(format!(
+            "its key id {} is not the embedded key's ({})",
+            other.as_deref().unwrap_or("(none)"),
+            key_id(&k)
+        )),
+    }
 }
 
 /// "SHA256:<base64>" of the raw public key, as OpenSSH prints fingerprints.

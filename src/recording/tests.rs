@@ -333,6 +333,9 @@ async fn only_what_the_manifest_names_verifies() {
         text.replacen('\n', "\n\n", 1),
         text.replacen("\"alg\":\"Ed25519\"", "\"alg\": \"Ed25519\"", 1),
         text.replacen("\"key_id\":\"SHA256:", "\"key_id\":\"SHA256:x", 1),
+        // Found by fuzz/fuzz_targets/verify.rs: a garbled embedded key
+        // passed when the key was pinned.
+        text.replacen("=\",\"signature\"", "<\",\"signature\"", 1),
     ] {
         let mut o = objects.clone();
         o.insert(key.clone(), forged.into_bytes());
