@@ -630,7 +630,12 @@ pub fn normalize(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn rails(deny: &[&str], approval: &[&str], read_only: bool, patterns: &[&str]) -> Guardrails {
+    pub(super) fn rails(
+        deny: &[&str],
+        approval: &[&str],
+        read_only: bool,
+        patterns: &[&str],
+    ) -> Guardrails {
         let cfg = GuardrailsConfig {
             deny: deny.iter().map(|s| s.to_string()).collect(),
             require_approval: approval.iter().map(|s| s.to_string()).collect(),
@@ -822,16 +827,7 @@ mod approval_tests {
 mod attack_tests {
     use super::*;
 
-    fn rails(deny: &[&str], approval: &[&str], read_only: bool, patterns: &[&str]) -> Guardrails {
-        Guardrails::new(&GuardrailsConfig {
-            deny: deny.iter().map(|s| s.to_string()).collect(),
-            require_approval: approval.iter().map(|s| s.to_string()).collect(),
-            read_only,
-            deny_patterns: patterns.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        })
-        .unwrap()
-    }
+    use super::tests::rails;
 
     fn rule(v: Verdict) -> String {
         match v {

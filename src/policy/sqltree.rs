@@ -414,38 +414,27 @@ impl ser::SerializeSeq for &mut Walker {
     }
 }
 
-impl ser::SerializeTuple for &mut Walker {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
+/// Tuples carry no field names: their elements are walked as they come.
+macro_rules! walk_elements {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for &mut Walker {
+            type Ok = ();
+            type Error = Never;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> R {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTupleStruct for &mut Walker {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for &mut Walker {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
+walk_elements!(
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for &mut Walker {
     type Ok = ();
