@@ -127,22 +127,65 @@ impl Guardrails {
         // DROP hides in a literal.
         let standard = self.check_with(sql, ParserOptions::DEFAULT);
         if !sql.contains('\\') {
-            return standard;
+            return match standard {
+                Verdict::Deny { rule, reason } if rule == LEXICAL => unparsed_denial(reason),
+                v => v,
+            };
         }
         let escaped = self.check_with(sql, ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS);
-        let real_denial =
-            |v: &Verdict| matches!(v, Verdict::Deny { rule, .. } if rule != "unparsed");
-        if real_denial(&standard) {
-            return standard;
-        }
-        if real_denial(&escaped) {
-            return escaped;
-        }
+        // A reading that fails only because its scanner runs off the end of
+        // a literal cannot be what PostgreSQL runs; any other failure
+        // (grammar, nesting depth) might be, and is a denial.
+        let lexical = |v: &Verdict| matches!(v, Verdict::Deny { rule, .. } if rule == LEXICAL);
         match (standard, escaped) {
-            // Only one reading parses: PostgreSQL rejects the other itself.
-            (Verdict::Deny { .. }, v) | (v, Verdict::Deny { .. }) => v,
+            (s, e) if lexical(&s) && lexical(&e) => unparsed_denial("unterminated literal".into()),
+            (s, e) if lexical(&s) => e,
+            (s, e) if lexical(&e) => s,
+            (v @ Verdict::Deny { .. }, _) | (_, v @ Verdict::Deny { .. }) => v,
             (v @ Verdict::NeedsApproval { .. }, _) | (_, v @ Verdict::NeedsApproval { .. }) => v,
             (Verdict::Allow, Verdict::Allow) => Verdict::Allow,
+        }
+    }
+
+    /// The same bytes as a client-only multibyte encoding (SJIS, BIG5, GBK,
+    /// UHC, GB18030, JOHAB) would read them: a byte >= 0x81 takes the next
+    /// byte with it when that byte is ASCII 0x30-0x7E (a backslash among
+    /// them). Those encodings are refused, but a session could still be
+    /// switched to one unseen (a function, a role default set mid-session,
+    /// a pipelined SET racing the check), so that reading must pass too:
+    /// a denial or a hold there counts; a reading that does not parse does not.
+    pub fn check_multibyte_view(&self, raw: &[u8]) -> Verdict {
+        let pair = |w: &[u8]| w[0] >= 0x81 && (0x30..=0x7e).contains(&w[1]);
+        if !raw.windows(2).any(pair) {
+            return Verdict::Allow;
+        }
+        let mut view = String::with_capacity(raw.len());
+        let mut i = 0;
+        while i < raw.len() {
+            let b = raw[i];
+            if b < 0x80 {
+                view.push(b as char);
+                i += 1;
+                continue;
+            }
+            // One letter per multibyte character: it stays inside the
+            // identifier or literal it belongs to.
+            view.push('x');
+            i += if b >= 0x81 && raw.get(i + 1).is_some_and(|n| (0x30..=0x7e).contains(n)) {
+                2
+            } else {
+                1
+            };
+        }
+        match self.check(&view) {
+            Verdict::Deny { rule, .. } if rule == "unparsed" || rule == "statement_size" => {
+                Verdict::Allow
+            }
+            Verdict::Deny { rule, reason } => Verdict::Deny {
+                reason: format!("{reason} (read as a multibyte client encoding would read it)"),
+                rule,
+            },
+            v => v,
         }
     }
 
@@ -162,16 +205,29 @@ impl Guardrails {
         let tree = match pg_query::parse(sql, options) {
             Ok(t) => t,
             Err(e) => {
-                if self.allow_unparsed {
-                    return self.check_patterns(&sqltext::pattern_forms(sql, options));
+                let why = parse_error(&e);
+                if why.contains("unterminated") {
+                    return Verdict::Deny {
+                        rule: LEXICAL.into(),
+                        reason: why,
+                    };
                 }
-                return Verdict::Deny {
-                    rule: "unparsed".into(),
-                    reason: format!(
-                        "the statement could not be parsed, and guardrails refuse what they cannot check ({})",
-                        parse_error(&e)
-                    ),
-                };
+                if !self.allow_unparsed {
+                    return unparsed_denial(why);
+                }
+                // PostgreSQL's grammar here is newer than some servers', so
+                // "unparsed" is not "rejected upstream": such a statement
+                // may do anything, and only passes where no rule applies.
+                let v = self.check_patterns(&sqltext::pattern_forms(sql, options));
+                if v != Verdict::Allow {
+                    return v;
+                }
+                return self.check_kinds(&[k(
+                    "ddl",
+                    EVERYTHING,
+                    "unparsed (guardrails cannot tell what it does)",
+                    true,
+                )]);
             }
         };
         // A denial anywhere wins over a hold anywhere: an approval must never
@@ -223,7 +279,11 @@ impl Guardrails {
             return v;
         }
         let kinds: Vec<Kind> = found.iter().filter_map(kind_of).collect();
-        for k in &kinds {
+        self.check_kinds(&kinds)
+    }
+
+    fn check_kinds(&self, kinds: &[Kind]) -> Verdict {
+        for k in kinds {
             if let Some(rule) = k.rules().find(|r| self.deny.contains(r)) {
                 return Verdict::Deny {
                     rule: rule.into(),
@@ -242,7 +302,7 @@ impl Guardrails {
                 };
             }
         }
-        for k in &kinds {
+        for k in kinds {
             if let Some(rule) = k.rules().find(|r| self.approval.contains(r)) {
                 return Verdict::NeedsApproval { rule: rule.into() };
             }
@@ -278,6 +338,18 @@ pub fn inspect_limit(sql: &str, max: usize) -> Option<Verdict> {
             tokens.len()
         ))),
         _ => None,
+    }
+}
+
+/// Internal marker for a reading whose scanner ran off a literal.
+const LEXICAL: &str = "unparsed_lexical";
+
+fn unparsed_denial(why: String) -> Verdict {
+    Verdict::Deny {
+        rule: "unparsed".into(),
+        reason: format!(
+            "the statement could not be parsed, and guardrails refuse what they cannot check ({why})"
+        ),
     }
 }
 
@@ -381,6 +453,16 @@ fn encoding_change(found: &[Found]) -> Option<Verdict> {
             reason,
         })
     };
+    // UPDATE pg_settings calls set_config through a rule.
+    let writes = found.iter().any(|f| {
+        matches!(
+            f,
+            Found::Dml { .. } | Found::Stmt("InsertStmt" | "MergeStmt")
+        )
+    });
+    if writes && found.contains(&Found::SettingsTable) {
+        return deny("writing pg_settings is refused while guardrails or masking inspect statements: it can switch client_encoding unseen; use SET".into());
+    }
     for f in found {
         match f {
             Found::Set {
@@ -501,6 +583,8 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
     "dblink",
     "dblink_exec",
+    "dblink_send_query",
+    "dblink_open",
     "pg_file_write",
     "pg_file_rename",
     "pg_file_unlink",
@@ -536,6 +620,16 @@ fn kind_of(f: &Found) -> Option<Kind> {
         Found::Copy {
             is_program: true, ..
         } => k("copy_program", &[], "COPY ... PROGRAM", true),
+        Found::Copy {
+            to_file: true,
+            is_from,
+            ..
+        } => k(
+            "copy_program",
+            if *is_from { &["insert"] } else { &[] },
+            "COPY to or from a server file",
+            true,
+        ),
         Found::Copy { is_from: true, .. } => k("insert", &[], "COPY FROM", true),
         Found::Copy { .. } => k("read", &[], "COPY TO", false),
         Found::Grant { is_grant: true, .. } => k("grant", &[], "GRANT", true),
@@ -546,6 +640,14 @@ fn kind_of(f: &Found) -> Option<Kind> {
         }
         Found::Rename { .. } => k("alter", &["ddl"], "ALTER", true),
         Found::SelectInto => k("ddl", &[], "SELECT INTO", true),
+        Found::Upsert { has_where: false } => k(
+            "update_without_where",
+            &["update"],
+            "INSERT ... ON CONFLICT DO UPDATE without WHERE",
+            true,
+        ),
+        Found::Upsert { .. } => k("update", &[], "INSERT ... ON CONFLICT DO UPDATE", true),
+        Found::SettingsTable => return None,
         Found::Call { name, .. } => {
             let short = name.rsplit('.').next().unwrap_or(name);
             if !WRITE_FUNCTIONS.contains(&short) {
@@ -570,7 +672,17 @@ fn by_statement(s: &str) -> Option<Kind> {
         | "ExecuteStmt" | "ListenStmt" | "UnlistenStmt" | "ConstraintsSetStmt" | "ExplainStmt"
         | "ExplainAnalyze" | "ReturnStmt" => return None,
         "InsertStmt" => k("insert", &[], "INSERT", true),
-        "MergeStmt" => k("update", &["insert", "delete"], "MERGE", true),
+        "MergeStmt" => k(
+            "update",
+            &[
+                "insert",
+                "delete",
+                "update_without_where",
+                "delete_without_where",
+            ],
+            "MERGE",
+            true,
+        ),
         "TruncateStmt" => k("truncate", &["ddl"], "TRUNCATE", true),
         "CreateRoleStmt" => k("create_role", &["ddl"], "CREATE ROLE", true),
         "AlterRoleStmt" | "AlterRoleSetStmt" => {
@@ -967,5 +1079,116 @@ mod attack_tests {
         let text = format!("select '{}'", "x".repeat(900));
         assert_eq!(rule(g.check(&text)), "allow");
         assert_eq!(rule(g.check("select 1")), "allow");
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::tests::rails;
+    use super::*;
+
+    fn denied(v: &Verdict) -> bool {
+        matches!(v, Verdict::Deny { .. })
+    }
+
+    #[test]
+    fn a_reading_that_fails_to_parse_is_not_a_free_pass() {
+        let ro = rails(&[], &[], true, &[]);
+        // The standard reading (what PostgreSQL runs) nests past the
+        // decoder's depth; the escaped reading is one harmless SELECT.
+        let deep = format!(
+            r"select 'a\', 1; drop table if exists victim; select {}1; --' as b",
+            "1+".repeat(200)
+        );
+        assert!(denied(&ro.check(&deep)), "{:?}", ro.check(&deep));
+        // A word reserved in the parser's grammar but not in older servers'.
+        assert!(denied(
+            &ro.check("drop table if exists victim, system_user")
+        ));
+        // Only an unterminated literal lets the other reading decide.
+        assert_eq!(ro.check(r"select 'C:\temp\'"), Verdict::Allow);
+    }
+
+    #[test]
+    fn writes_the_first_walk_missed() {
+        let g = rails(
+            &["update_without_where", "delete_without_where"],
+            &[],
+            false,
+            &[],
+        );
+        assert!(denied(&g.check(
+            "insert into victim select * from victim on conflict (id) do update set salary = 0"
+        )));
+        assert_eq!(
+            g.check("insert into victim values (1) on conflict (id) do update set salary = 0 where victim.id = 1"),
+            Verdict::Allow
+        );
+        assert_eq!(
+            g.check("insert into victim values (1) on conflict do nothing"),
+            Verdict::Allow
+        );
+        assert!(denied(&g.check(
+            "merge into victim using (select 1) s on true when matched then delete"
+        )));
+        let ro = rails(&[], &[], true, &[]);
+        assert!(denied(
+            &ro.check("copy (select 'x') to '/var/lib/postgresql/x'")
+        ));
+        assert!(denied(&ro.check("copy victim from '/etc/passwd'")));
+        assert!(denied(
+            &ro.check("select dblink_send_query('c', 'delete from t')")
+        ));
+    }
+
+    #[test]
+    fn the_sjis_reading_of_the_same_bytes_must_pass_too() {
+        let g = rails(&["drop"], &[], false, &[]);
+        let mut attack = b"select E'".to_vec();
+        attack.extend_from_slice(&[0xC2, 0x81, 0x5C]);
+        attack.extend_from_slice(b"'; drop table victim; --'");
+        let text = std::str::from_utf8(&attack).unwrap();
+        assert_eq!(g.check(text), Verdict::Allow, "as UTF-8 it is one SELECT");
+        assert!(denied(&g.check_multibyte_view(&attack)));
+        // Ordinary non-ASCII text is untouched.
+        assert_eq!(
+            g.check_multibyte_view("select 'naïve café', E'résumé\\n'".as_bytes()),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn writing_pg_settings_cannot_switch_the_encoding() {
+        let g = rails(&[], &[], false, &[]);
+        let v = g.check("update pg_settings set setting = 'SJIS' where name = 'client_encoding'");
+        assert!(
+            matches!(&v, Verdict::Deny { rule, .. } if rule == "client_encoding"),
+            "{v:?}"
+        );
+        assert_eq!(g.check("select * from pg_settings"), Verdict::Allow);
+        assert!(encoding_refusal(
+            "update pg_catalog.pg_settings set setting = 'x' where name = 'y'",
+            DEFAULT_MAX_INSPECTED
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn allow_unparsed_never_skips_the_rules() {
+        let g = Guardrails::new(&GuardrailsConfig {
+            read_only: true,
+            allow_unparsed: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(denied(&g.check("delete from victim system_user")));
+        let patterns_only = Guardrails::new(&GuardrailsConfig {
+            allow_unparsed: true,
+            deny_patterns: vec!["secret".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(patterns_only.check("selec wat"), Verdict::Allow);
+        assert!(denied(&patterns_only.check("selec secret")));
     }
 }

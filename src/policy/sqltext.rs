@@ -27,7 +27,7 @@ pub fn pattern_forms(text: &str, options: ParserOptions) -> Vec<String> {
 pub fn may_change_encoding(sql: &str) -> bool {
     let b = sql.as_bytes();
     b.contains(&b'\\')
-        || ["encoding", "names", "set_config", "u&"]
+        || ["encoding", "names", "set_config", "u&", "settings"]
             .iter()
             .any(|needle| contains_ignore_case(b, needle.as_bytes()))
 }

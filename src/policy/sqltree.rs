@@ -23,7 +23,15 @@ pub enum Found {
     Copy {
         is_from: bool,
         is_program: bool,
+        /// `COPY … TO/FROM 'server file'`.
+        to_file: bool,
     },
+    /// `INSERT … ON CONFLICT DO UPDATE`, and whether that update has a WHERE.
+    Upsert {
+        has_where: bool,
+    },
+    /// A reference to `pg_settings` (writing it calls set_config).
+    SettingsTable,
     Grant {
         stmt: &'static str,
         is_grant: bool,
@@ -98,6 +106,7 @@ impl Walker {
             "CopyStmt" => Some(Found::Copy {
                 is_from: false,
                 is_program: false,
+                to_file: false,
             }),
             "GrantStmt" | "GrantRoleStmt" => Some(Found::Grant {
                 stmt: name,
@@ -156,6 +165,11 @@ impl Walker {
                 }
             }
             ("SelectStmt", "into_clause") => self.found.push(Found::SelectInto),
+            ("OnConflictClause", "where_clause") => {
+                if let Some(Found::Upsert { has_where }) = self.entry_mut(0) {
+                    *has_where = true;
+                }
+            }
             _ => {}
         }
     }
@@ -180,7 +194,18 @@ impl Walker {
         if !self.fresh {
             return;
         }
-        let field = self.top().map(|t| t.field).unwrap_or("");
+        let (name, field) = self.top().map(|t| (t.name, t.field)).unwrap_or(("", ""));
+        // OnConflictClause.action: ONCONFLICT_UPDATE = 3 (proto enum); the
+        // clause's WHERE comes after it and is marked in some().
+        if name == "OnConflictClause" && field == "action" && v == 3 {
+            self.found.push(Found::Upsert { has_where: false });
+            let at = self.found.len() - 1;
+            if let Some(t) = self.stack.last_mut() {
+                t.entry = Some(at);
+            }
+            self.fresh = false;
+            return;
+        }
         match self.entry_mut(0) {
             Some(Found::Rename { rename_type }) if field == "rename_type" => {
                 *rename_type = v as i32
@@ -223,6 +248,16 @@ impl Walker {
                     }
                     _ => {}
                 }
+            }
+            return;
+        }
+        if top == Some(("RangeVar", "relname")) && v.eq_ignore_ascii_case("pg_settings") {
+            self.found.push(Found::SettingsTable);
+            return;
+        }
+        if top == Some(("CopyStmt", "filename")) && !v.is_empty() {
+            if let Some(Found::Copy { to_file, .. }) = self.entry_mut(0) {
+                *to_file = true;
             }
             return;
         }
@@ -497,7 +532,8 @@ mod tests {
             vec![
                 Found::Copy {
                     is_from: false,
-                    is_program: false
+                    is_program: false,
+                    to_file: false
                 },
                 Found::Dml {
                     stmt: "DeleteStmt",
@@ -512,7 +548,8 @@ mod tests {
         }));
         assert!(found("copy t from program 'x'").contains(&Found::Copy {
             is_from: true,
-            is_program: true
+            is_program: true,
+            to_file: true
         }));
         assert!(found("select * into x from t").contains(&Found::SelectInto));
         assert_eq!(

@@ -83,10 +83,10 @@ impl<'a> ClientHook<'a> {
     }
 
     /// The refusal message for a statement, or None when it may run.
-    fn refuse(&mut self, sql: &str, protocol: &str) -> Option<String> {
+    fn refuse(&mut self, sql: &str, raw: &[u8], protocol: &str) -> Option<String> {
         let verdict = match (self.rails, self.mask) {
             // Guardrails check the size before they parse anything.
-            (Some(r), _) => r.check(sql),
+            (Some(r), _) => both_readings(r, sql, raw),
             // Masking alone: the size, then a switch to an unsafe encoding.
             (None, Some(_)) => {
                 guardrails::encoding_refusal(sql, self.max_inspected).unwrap_or(Verdict::Allow)
@@ -196,7 +196,28 @@ pub fn refusal(
     protocol: &str,
     audit_id: &str,
 ) -> Option<(EventBody, String)> {
-    refusal_for(rails.check(sql), sql, protocol, audit_id)
+    refusal_for(
+        both_readings(rails, sql, sql.as_bytes()),
+        sql,
+        protocol,
+        audit_id,
+    )
+}
+
+/// The statement as the gateway reads it, and its bytes as a multibyte
+/// client encoding would read them: a denial in either wins, then a hold.
+fn both_readings(rails: &Guardrails, sql: &str, raw: &[u8]) -> Verdict {
+    match rails.check(sql) {
+        v @ Verdict::Deny { .. } => v,
+        v => match rails.check_multibyte_view(raw) {
+            d @ Verdict::Deny { .. } => d,
+            Verdict::Allow => v,
+            hold => match v {
+                Verdict::Allow => hold,
+                v => v,
+            },
+        },
+    }
 }
 
 /// The first KiB of an oversized statement, and its size: what recordings
@@ -309,7 +330,8 @@ impl Inspect for ClientHook<'_> {
             b'Q' => {
                 let text = codec::query_sql(body)?;
                 let sql = text.as_ref();
-                let refused = self.refuse(sql, "simple");
+                let raw = body.strip_suffix(&[0]).unwrap_or(body);
+                let refused = self.refuse(sql, raw, "simple");
                 let mut t = lock(self.tracker)?;
                 let oversized =
                     (self.rails.is_some() || self.mask.is_some()) && sql.len() > self.max_inspected;
@@ -340,7 +362,12 @@ impl Inspect for ClientHook<'_> {
             b'P' => {
                 let (name, text) = codec::parse_msg(body)?;
                 let (name, sql) = (name.as_ref(), text.as_ref());
-                if let Some(message) = self.refuse(sql, "extended") {
+                let raw = {
+                    let mut rest = body;
+                    codec::cbytes(&mut rest)?;
+                    codec::cbytes(&mut rest)?
+                };
+                if let Some(message) = self.refuse(sql, raw, "extended") {
                     self.skipping = Some(Skipping {
                         error: error_bytes(&message),
                         sent: false,

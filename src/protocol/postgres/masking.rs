@@ -419,7 +419,6 @@ pub enum CopyPlan {
 /// one COPY per query, from a table the catalog resolves or with an explicit
 /// column list. With detectors only: anything but binary format.
 pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
-    use pg_query::protobuf::node::Node as N;
     // COPY is a keyword, and keywords cannot be escaped: no "copy", no COPY.
     if !sql
         .as_bytes()
@@ -428,17 +427,29 @@ pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
     {
         return CopyPlan::NotCopyOut;
     }
+    let standard = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
+        .map(|t| plan_of(&t, engine, catalog));
+    if !sql.contains('\\') {
+        // Unparsable: PostgreSQL cannot run it either.
+        return standard.unwrap_or(CopyPlan::NotCopyOut);
+    }
+    // With standard_conforming_strings off the same text can hold another
+    // COPY: a refusal under either reading wins.
+    let escaped = pg_query::parse(
+        sql,
+        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
+    )
+    .map(|t| plan_of(&t, engine, catalog));
+    match (standard, escaped) {
+        (Ok(r @ CopyPlan::Refuse(_)), _) | (_, Ok(r @ CopyPlan::Refuse(_))) => r,
+        (Ok(CopyPlan::NotCopyOut), Ok(p)) | (Ok(p), _) | (Err(_), Ok(p)) => p,
+        (Err(_), Err(_)) => CopyPlan::NotCopyOut,
+    }
+}
+
+fn plan_of(tree: &pg_query::ParseResult, engine: &Engine, catalog: &Catalog) -> CopyPlan {
+    use pg_query::protobuf::node::Node as N;
     let rules = engine.has_column_rules();
-    let tree = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).or_else(|_| {
-        pg_query::parse(
-            sql,
-            pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
-        )
-    });
-    // Neither reading parses: PostgreSQL cannot run it either.
-    let Ok(tree) = tree else {
-        return CopyPlan::NotCopyOut;
-    };
     let mut plan = CopyPlan::NotCopyOut;
     for raw in &tree.protobuf.stmts {
         let Some(N::CopyStmt(c)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
