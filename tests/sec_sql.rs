@@ -308,3 +308,35 @@ async fn detectors_never_hide_sql_structure_in_the_recording() {
     let rec = gw.wait_recordings("count(*) from victim where id > 0");
     assert!(rec.contains("[PRIVATE_KEY]"), "{rec}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_is_enforced_by_postgresql_too() {
+    setup();
+    pg().admin(
+        "create or replace function sec_writer() returns int language sql as 'insert into victim values (99) returning 1'; \
+         alter function sec_writer() owner to app;",
+    );
+    let gw = Gateway::start("[connections.guardrails]\nread_only = true\n");
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let c = pg_client(addr).await;
+    // A write the guardrails cannot see: PostgreSQL refuses it itself.
+    let e = c.batch_execute("select sec_writer()").await.unwrap_err();
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "25006", "{}", db.message());
+    // Turning read-only off is refused by the guardrails.
+    for sql in [
+        "begin read write",
+        "set default_transaction_read_only = off",
+    ] {
+        let e = c.batch_execute(sql).await.unwrap_err();
+        let m = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(m.contains("read-only"), "{sql}: {m}");
+    }
+    assert_eq!(count("select count(*) from victim where id = 99"), "0");
+    c.batch_execute("select count(*) from victim")
+        .await
+        .unwrap();
+}

@@ -278,6 +278,11 @@ impl Guardrails {
         if let Some(v) = encoding_change(&found) {
             return v;
         }
+        if self.read_only {
+            if let Some(v) = read_write_request(raw, &found) {
+                return v;
+            }
+        }
         let kinds: Vec<Kind> = found.iter().filter_map(kind_of).collect();
         self.check_kinds(&kinds)
     }
@@ -409,6 +414,70 @@ fn explain_runs(options: &[protobuf::Node]) -> bool {
         }
         _ => false,
     })
+}
+
+const READ_ONLY_SETTINGS: [&str; 2] = ["default_transaction_read_only", "transaction_read_only"];
+
+/// On a read_only connection the upstream session starts with
+/// default_transaction_read_only on; any statement that could turn it off
+/// (`SET … = off`, `BEGIN READ WRITE`, `SET SESSION CHARACTERISTICS AS
+/// TRANSACTION READ WRITE`, `set_config`) is refused. RESET returns to the
+/// session's startup value, which is on.
+fn read_write_request(raw: &protobuf::RawStmt, found: &[Found]) -> Option<Verdict> {
+    let deny = || {
+        Some(Verdict::Deny {
+            rule: "read_only".into(),
+            reason: "the connection is read-only and this statement would make the transaction read-write".into(),
+        })
+    };
+    for f in found {
+        if let Found::Call { name, first_arg } = f {
+            let named = first_arg.as_deref().map(|a| a.trim().to_ascii_lowercase());
+            let touches = named
+                .as_deref()
+                .is_none_or(|a| READ_ONLY_SETTINGS.contains(&a));
+            if name.rsplit('.').next() == Some("set_config") && touches {
+                return deny();
+            }
+        }
+    }
+    let (options, named) = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+        Some(N::TransactionStmt(t)) => (&t.options, None),
+        Some(N::VariableSetStmt(v)) => (&v.args, Some(v.name.to_ascii_lowercase())),
+        _ => return None,
+    };
+    let truthy = |n: &protobuf::Node| match &n.node {
+        Some(N::AConst(c)) => match &c.val {
+            Some(protobuf::a_const::Val::Ival(i)) => Some(i.ival != 0),
+            Some(protobuf::a_const::Val::Boolval(b)) => Some(b.boolval),
+            Some(protobuf::a_const::Val::Sval(s)) => match s.sval.to_ascii_lowercase().as_str() {
+                "on" | "true" | "yes" | "1" => Some(true),
+                "off" | "false" | "no" | "0" => Some(false),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    if named.is_some_and(|n| READ_ONLY_SETTINGS.contains(&n.as_str())) {
+        let on = options.len() == 1 && truthy(&options[0]) == Some(true);
+        // SET x TO DEFAULT has no arguments and returns to the startup value.
+        if !on && !options.is_empty() {
+            return deny();
+        }
+        return None;
+    }
+    for o in options {
+        if let Some(N::DefElem(d)) = &o.node {
+            if d.defname == "transaction_read_only" {
+                let on = d.arg.as_deref().and_then(truthy);
+                if on != Some(true) {
+                    return deny();
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Client encodings in which a multibyte character can contain an ASCII
@@ -1171,6 +1240,36 @@ mod review_tests {
             DEFAULT_MAX_INSPECTED
         )
         .is_some());
+    }
+
+    #[test]
+    fn read_only_cannot_be_switched_off() {
+        let ro = rails(&[], &[], true, &[]);
+        for sql in [
+            "set default_transaction_read_only = off",
+            "SET transaction_read_only TO false",
+            "begin read write",
+            "start transaction isolation level serializable, read write",
+            "set session characteristics as transaction read write",
+            "set transaction read write",
+            "select set_config('default_transaction_read_only', 'off', false)",
+            "select set_config('transaction_' || 'read_only', 'off', false)",
+        ] {
+            assert!(denied(&ro.check(sql)), "{sql}");
+        }
+        for ok in [
+            "begin",
+            "begin read only",
+            "set transaction_read_only = on",
+            "reset default_transaction_read_only",
+            "set default_transaction_read_only to default",
+            "select set_config('search_path', 'public', false)",
+        ] {
+            assert_eq!(ro.check(ok), Verdict::Allow, "{ok}");
+        }
+        // Connections that are not read_only may do as they like.
+        let rw = rails(&[], &[], false, &[]);
+        assert_eq!(rw.check("begin read write"), Verdict::Allow);
     }
 
     #[test]

@@ -220,6 +220,12 @@ async fn login(
             params.push((k, v));
         }
     }
+    // A read_only connection is read-only in PostgreSQL too, so a write the
+    // guardrails cannot see (a user function) still fails; guardrails refuse
+    // turning it off.
+    if conn.guardrails.as_ref().is_some_and(|g| g.read_only) {
+        params.push(("options", "-c default_transaction_read_only=on"));
+    }
     let mut out = BytesMut::new();
     codec::startup_message(&mut out, &params);
     stream.write_all(&out).await?;
