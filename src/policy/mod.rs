@@ -2,6 +2,7 @@
 //! only starts with the `Permit` it returns, so no code path skips the check.
 
 pub mod guardrails;
+mod kinds;
 pub mod shell;
 pub mod sqltext;
 pub mod sqltree;
