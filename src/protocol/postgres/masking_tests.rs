@@ -1,0 +1,173 @@
+//! Tests of the wire masking: frame rewrites, DETAIL, COPY plans, well-formed frames under proptest.
+
+use super::*;
+use crate::mask::EngineConfig;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn engine() -> Engine {
+    let detectors: Vec<String> = ["email", "credit_card", "us_ssn", "phone"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let columns: BTreeMap<String, String> =
+        [("ssn", "redact"), ("age", "null"), ("*.email", "partial")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+    let custom = BTreeMap::new();
+    Engine::new(&EngineConfig {
+        detectors: &detectors,
+        custom: &custom,
+        columns: &columns,
+        detector_strategy: None,
+        hash_key: None,
+    })
+    .unwrap()
+}
+
+fn row(values: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut b = (values.len() as i16).to_be_bytes().to_vec();
+    for v in values {
+        match v {
+            Some(v) => {
+                b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                b.extend_from_slice(v);
+            }
+            None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    b
+}
+
+/// Splits a 'D' frame back into values, checking every length.
+fn values(frame: &[u8]) -> Vec<Option<Vec<u8>>> {
+    assert_eq!(frame[0], b'D');
+    let len = i32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+    assert_eq!(len + 1, frame.len(), "frame length field matches the bytes");
+    let mut rest = &frame[5..];
+    let n = rest.get_i16();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let l = rest.get_i32();
+        if l < 0 {
+            out.push(None);
+        } else {
+            out.push(Some(rest[..l as usize].to_vec()));
+            rest = &rest[l as usize..];
+        }
+    }
+    assert!(rest.is_empty());
+    out
+}
+
+#[test]
+fn data_row_masks_by_column_and_detector() {
+    let e = engine();
+    let cat = Catalog::default();
+    let cols = vec![
+        Col {
+            name: "ssn".into(),
+            table_oid: 0,
+            attnum: 0,
+            type_oid: 25,
+            format: 0,
+        },
+        Col {
+            name: "note".into(),
+            table_oid: 0,
+            attnum: 0,
+            type_oid: 25,
+            format: 0,
+        },
+        Col {
+            name: "age".into(),
+            table_oid: 0,
+            attnum: 0,
+            type_oid: 23,
+            format: 1,
+        },
+        Col {
+            name: "id".into(),
+            table_oid: 0,
+            attnum: 0,
+            type_oid: 23,
+            format: 1,
+        },
+    ];
+    let masks = resolve(&cols, &e, &cat);
+    let body = row(&[
+        Some(b"123-45-6789"),
+        Some(b"mail ada@example.com"),
+        Some(&[0, 0, 0, 7]),
+        Some(&[0, 0, 0, 9]),
+    ]);
+    let mut out = BytesMut::new();
+    let mut counts = Counts::default();
+    data_row(&body, Some(&masks), &e, &mut counts, &mut out).unwrap();
+    let v = values(&out);
+    assert_eq!(v[0].as_deref(), Some(&b"[REDACTED]"[..]));
+    assert_eq!(v[1].as_deref(), Some(&b"mail [EMAIL]"[..]));
+    assert_eq!(v[2], None, "binary int under a rule becomes NULL");
+    assert_eq!(
+        v[3].as_deref(),
+        Some(&[0u8, 0, 0, 9][..]),
+        "other binary values pass untouched"
+    );
+    assert_eq!(counts.0.get("email"), Some(&1));
+}
+
+#[test]
+fn unique_violation_detail_loses_its_values() {
+    let e = engine();
+    let mut body = Vec::new();
+    for (f, v) in [
+        (b'S', "ERROR"),
+        (b'C', "23505"),
+        (b'M', "duplicate key"),
+        (b'D', "Key (email)=(someone) already exists."),
+    ] {
+        body.push(f);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = BytesMut::new();
+    notice(b'E', &body, &e, &mut Counts::default(), &mut out);
+    let (code, _) = super::super::codec::error_fields(&out[5..]);
+    assert_eq!(code, "23505");
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("Key (email)=([REDACTED]) already exists.") && !text.contains("someone"),
+        "{text}"
+    );
+}
+
+proptest! {
+    #[test]
+    fn masked_rows_are_well_formed(vals in proptest::collection::vec(proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)), 0..8), text in "[a-z0-9@. -]{0,40}") {
+        let e = engine();
+        let mut vals = vals;
+        vals.push(Some(text.into_bytes()));
+        let refs: Vec<Option<&[u8]>> = vals.iter().map(|v| v.as_deref()).collect();
+        let body = row(&refs);
+        let mut out = BytesMut::new();
+        data_row(&body, None, &e, &mut Counts::default(), &mut out).unwrap();
+        prop_assert_eq!(values(&out).len(), vals.len());
+    }
+
+    #[test]
+    fn garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let e = engine();
+        let mut out = BytesMut::new();
+        let _ = data_row(&body, None, &e, &mut Counts::default(), &mut out);
+        let mut out = BytesMut::new();
+        copy_row(&body, None, &e, &mut Counts::default(), &mut out);
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        prop_assert_eq!(len + 1, out.len());
+        let mut out = BytesMut::new();
+        notice(b'N', &body, &e, &mut Counts::default(), &mut out);
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        prop_assert_eq!(len + 1, out.len());
+    }
+}
