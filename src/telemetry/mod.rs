@@ -350,17 +350,86 @@ impl SessionTrace {
     }
 }
 
-/// The statement's first keyword (SELECT, UPDATE, …): never a literal.
+/// Statement keywords a span may be named after.
+const OPERATIONS: &[&str] = &[
+    "ABORT",
+    "ALTER",
+    "ANALYZE",
+    "BEGIN",
+    "CALL",
+    "CHECKPOINT",
+    "CLOSE",
+    "CLUSTER",
+    "COMMENT",
+    "COMMIT",
+    "COPY",
+    "CREATE",
+    "DEALLOCATE",
+    "DECLARE",
+    "DELETE",
+    "DISCARD",
+    "DO",
+    "DROP",
+    "END",
+    "EXECUTE",
+    "EXPLAIN",
+    "FETCH",
+    "GRANT",
+    "IMPORT",
+    "INSERT",
+    "LISTEN",
+    "LOAD",
+    "LOCK",
+    "MERGE",
+    "MOVE",
+    "NOTIFY",
+    "PREPARE",
+    "REASSIGN",
+    "REFRESH",
+    "REINDEX",
+    "RELEASE",
+    "RESET",
+    "REVOKE",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "SECURITY",
+    "SELECT",
+    "SET",
+    "SHOW",
+    "START",
+    "TABLE",
+    "TRUNCATE",
+    "UNLISTEN",
+    "UPDATE",
+    "VACUUM",
+    "VALUES",
+    "WITH",
+];
+
+/// The statement's first keyword (SELECT, UPDATE, …), only when it is one:
+/// a client's own word never names a span.
 fn operation(sql: &str) -> String {
     let word: String = sql
         .trim_start()
         .chars()
         .take_while(|c| c.is_ascii_alphabetic())
         .take(24)
-        .collect();
-    if word.is_empty() {
-        "statement".into()
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if OPERATIONS.contains(&word.as_str()) {
+        word
     } else {
-        word.to_ascii_uppercase()
+        "statement".into()
+    }
+}
+
+#[cfg(test)]
+mod operation_tests {
+    #[test]
+    fn spans_are_named_by_keywords_only() {
+        assert_eq!(super::operation("  select 1"), "SELECT");
+        assert_eq!(super::operation("with x as (select 1) select 1"), "WITH");
+        assert_eq!(super::operation("alicesecret from t"), "statement");
+        assert_eq!(super::operation("/* a@b.c */ select 1"), "statement");
     }
 }
