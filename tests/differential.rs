@@ -43,6 +43,18 @@ fn writes() -> Vec<String> {
         "lock table d_t".into(),
         "do $$ begin delete from d_t; end $$".into(),
         "select lo_create(0)".into(),
+        "insert into d_t select id + 100, v from d_t".into(),
+        "update d_t set v = v || 'x' where id > 0".into(),
+        "delete from d_t where v like 'a%'".into(),
+        "alter table d_t rename column v to w".into(),
+        "create sequence d_seq".into(),
+        "create temp table d_tmp (a int)".into(),
+        "grant all on d_t to app".into(),
+        "select * from d_t for update".into(),
+        "select * from d_t for share".into(),
+        "insert into d_t values (7, 'q') on conflict (id) do update set v = 'r'".into(),
+        "create materialized view d_mv as select 1".into(),
+        "copy (select 1) to '/tmp/custody-d-copy'".into(),
         "select pg_catalog.lo_create(0)".into(),
     ]
 }
@@ -86,6 +98,12 @@ fn respell(sql: &str) -> Vec<String> {
         format!("/* leading */ {sql} -- trailing"),
         sql.replace(' ', "  "),
         sql.replace("select", "SeLeCt").replace("delete", "DeLeTe"),
+        sql.replace(' ', "\r\n"),
+        format!("/* {} */ {sql}", "x".repeat(10)),
+        format!("{sql} /* trailing ; drop table d_t */"),
+        format!("select 'a;b'; {sql}"),
+        format!("select $q$ ; $q$; {sql}"),
+        sql.replace("d_t", "\"D_T\"").replace("\"D_T\"", "d_t"),
     ];
     out.dedup();
     out
@@ -179,7 +197,7 @@ async fn guardrails_agree_with_postgresql_on_what_writes() {
         corpus.len(),
         misses.len()
     );
-    assert!(corpus.len() > 1000, "corpus too small: {}", corpus.len());
+    assert!(corpus.len() > 2000, "corpus too small: {}", corpus.len());
     assert!(wrote > 300, "too few writing statements ran: {wrote}");
     assert!(
         misses.is_empty(),

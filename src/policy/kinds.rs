@@ -165,6 +165,7 @@ fn by_statement(s: &str) -> Option<Kind> {
         | "ExecuteStmt" | "ListenStmt" | "UnlistenStmt" | "ConstraintsSetStmt" | "ExplainStmt"
         | "ExplainAnalyze" | "ReturnStmt" => return None,
         "InsertStmt" => k("insert", &[], "INSERT", true),
+        "LockingClause" => k("other", &[], "SELECT ... FOR UPDATE/SHARE", true),
         "MergeStmt" => k(
             "update",
             &[

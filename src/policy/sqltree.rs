@@ -122,6 +122,9 @@ impl Walker {
                 first_arg: None,
                 reset: false,
             }),
+            // SELECT … FOR UPDATE/SHARE writes row locks: PostgreSQL refuses
+            // it in a read-only transaction, and so does read_only.
+            "LockingClause" => Some(Found::Stmt("LockingClause")),
             n if n.ends_with("Stmt") && n != "RawStmt" => Some(Found::Stmt(n)),
             _ => None,
         };
