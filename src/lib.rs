@@ -1,27 +1,18 @@
 //! Custody: an access gateway that proves who is asking (OIDC), fetches the
 //! upstream credential itself, and records every session.
 
-pub mod approvals;
 pub mod client;
 pub mod config;
-pub mod csv;
-pub mod delegation;
-pub mod devissuer;
-pub mod exchange;
-pub mod forwarded;
 pub mod identity;
 pub mod ingress;
-pub mod listen;
 pub mod mask;
 pub mod policy;
 pub mod protocol;
 pub mod recording;
-pub mod review;
-pub mod revocation;
 pub mod secrets;
 pub mod session;
 pub mod telemetry;
-pub mod tunnel;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -72,7 +63,7 @@ pub enum ServeError {
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
     #[error("server.{0}")]
-    Forwarded(#[from] forwarded::ForwardedError),
+    Forwarded(#[from] ingress::forwarded::ForwardedError),
     #[error("connection {connection}: {source}")]
     Guardrails {
         connection: String,
@@ -88,8 +79,8 @@ pub struct Gateway {
     pub secrets: SecretStore,
     pub recorder: Arc<Recorder>,
     /// Delegation token keys, when `[identity] signing_key` is set.
-    pub delegation: Option<delegation::Keys>,
-    pub revocations: revocation::Revocations,
+    pub delegation: Option<identity::delegation::Keys>,
+    pub revocations: identity::revocation::Revocations,
     pub cancels: Arc<CancelRegistry>,
     /// Compiled guardrails per connection name.
     pub rails: HashMap<String, Arc<Guardrails>>,
@@ -103,7 +94,7 @@ pub struct Gateway {
     /// The gateway's SSH host key, when any connection is kind = "ssh".
     pub ssh_host_key: Option<russh::keys::PrivateKey>,
     /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<forwarded::Cidr>,
+    pub trusted_proxies: Vec<ingress::forwarded::Cidr>,
 }
 
 /// Cloud Run allows 10 s between SIGTERM and SIGKILL; sessions get most of it.
@@ -153,7 +144,7 @@ impl Gateway {
                     .first()
                     .cloned()
                     .unwrap_or_default();
-                Some(delegation::Keys::new(key, &issuer))
+                Some(identity::delegation::Keys::new(key, &issuer))
             }
             Some(Err(e)) => return Err(recording::RecordError::Key(e.to_string()).into()),
             None => None,
@@ -185,7 +176,7 @@ impl Gateway {
             .filter(|c| c.masking.is_some())
             .map(|c| (c.name().to_string(), tokio::sync::OnceCell::new()))
             .collect();
-        let trusted_proxies = forwarded::parse_proxies(
+        let trusted_proxies = ingress::forwarded::parse_proxies(
             config
                 .server
                 .trusted_proxies
@@ -307,7 +298,7 @@ pub async fn run(
         signal.shutdown.send_replace(true);
     };
     let header_read_timeout = gw.config.server.header_read_timeout;
-    listen::serve(listener, app, header_read_timeout, shutdown).await?;
+    ingress::listen::serve(listener, app, header_read_timeout, shutdown).await?;
     // Upgraded tunnels outlive the HTTP server: wait for them to seal.
     let left = gw.live.wait_idle(SHUTDOWN_GRACE).await;
     if left > 0 {

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use custody::client::{self, ClientError, Format, Target};
 use custody::config::Config;
-use custody::devissuer::DevIssuer;
+use custody::identity::devissuer::DevIssuer;
 use custody::recording;
 
 /// Custody: OIDC-authenticated, recorded access to PostgreSQL through a gateway.

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use custody::devissuer::DevIssuer;
+use custody::identity::devissuer::DevIssuer;
 use support::sshd::{run, ssh_client, sshd};
 use support::*;
 

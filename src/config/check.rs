@@ -24,7 +24,7 @@ impl Config {
             }
         }
         for p in &self.server.trusted_proxies {
-            if let Err(e) = p.get_ref().parse::<crate::forwarded::Cidr>() {
+            if let Err(e) = p.get_ref().parse::<crate::ingress::forwarded::Cidr>() {
                 out.push((p.span(), format!("server.{e}")));
             }
         }

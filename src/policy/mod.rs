@@ -3,6 +3,7 @@
 
 pub mod guardrails;
 mod kinds;
+pub mod review;
 pub mod shell;
 pub mod sqltext;
 pub mod sqltree;
@@ -12,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::config::ConnectionConfig;
-use crate::delegation::Chain;
+use crate::identity::delegation::Chain;
 use crate::identity::Principal;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

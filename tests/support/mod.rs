@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use custody::devissuer::DevIssuer;
+use custody::identity::devissuer::DevIssuer;
 
 pub mod sshd;
 

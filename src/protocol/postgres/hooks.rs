@@ -114,7 +114,7 @@ impl<'a> ClientHook<'a> {
     /// A statement a guardrail holds: run it if an approval covers it, else
     /// refuse it with a new review id (the relay stores the review).
     fn hold(&mut self, sql: &str, protocol: &str, rule: String) -> Option<String> {
-        let hash = crate::review::statement_hash(sql);
+        let hash = crate::policy::review::statement_hash(sql);
         if self.approved.window || self.approved.hashes.remove(&hash) {
             self.events.push(EventBody::Review {
                 review_id: self.approved.review_id.clone(),

@@ -15,8 +15,8 @@ use super::tracker::Tracker;
 use super::{upstream, PgError};
 use crate::policy::guardrails::unsafe_encoding;
 use crate::recording::EventBody;
+use crate::session::tunnel::{self, TunnelRx, TunnelTx};
 use crate::session::{CancelTarget, Session};
-use crate::tunnel::{self, TunnelRx, TunnelTx};
 use crate::Gateway;
 
 /// Upstream reads are sized to one tunnel message (the tunnel's unit is 64 KiB).
@@ -272,7 +272,7 @@ async fn run(
         let mut hook = ClientHook::new(tracker, rails, mask, &session.audit_id);
         hook.max_inspected = gw.config.server.max_inspected_statement_bytes;
         hook.comment = comment.as_deref();
-        hook.approvable = crate::approvals::approvable(conn);
+        hook.approvable = crate::ingress::reviews::approvable(conn);
         if let Some(r) = &session.approval {
             hook.approved.review_id = r.request.id.clone();
             hook.approved.review_audit_id = r.request.audit_id.clone();
@@ -306,7 +306,7 @@ async fn run(
                     Some(m) => super::masking::sql(m.engine, &h.statement, &mut Default::default()),
                     None => h.statement.clone(),
                 };
-                let stored = crate::approvals::store_hold(
+                let stored = crate::ingress::reviews::store_hold(
                     gw,
                     session,
                     &h.review_id,

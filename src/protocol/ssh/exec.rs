@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::front::MAX_COMMAND;
 use super::{upstream, SshError};
-use crate::approvals;
 use crate::config::ConnectionConfig;
+use crate::ingress::reviews;
 use crate::ingress::{end_event, recording_failed, ApiError};
 use crate::policy::guardrails::{Guardrails, Verdict};
 use crate::policy::shell;
@@ -62,23 +62,23 @@ pub async fn respond(
             .unwrap_or(Verdict::Allow)
     };
     let review_id = headers
-        .get(approvals::REVIEW_HEADER)
+        .get(reviews::REVIEW_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty());
     let denied = match verdict {
         Verdict::Allow => None,
         Verdict::Deny { rule, reason } => Some((rule, reason)),
-        Verdict::NeedsApproval { rule } if approvals::approvable(&conn) => match review_id {
+        Verdict::NeedsApproval { rule } if reviews::approvable(&conn) => match review_id {
             Some(id) => {
-                if let Err(e) = approvals::use_approval(gw, &session, id, command).await {
+                if let Err(e) = reviews::use_approval(gw, &session, id, command).await {
                     let _ = session.finish(end_event("approval not usable", 0, 0)).await;
                     return Err(e);
                 }
                 None
             }
             None => {
-                let resp = approvals::hold(gw, &session, command, &shown, &rule).await;
+                let resp = reviews::hold(gw, &session, command, &shown, &rule).await;
                 let _ = session.finish(end_event("held for approval", 0, 0)).await;
                 return resp;
             }

@@ -17,8 +17,8 @@ use super::front::Front;
 use super::upstream::{self};
 use crate::config::ConnectionConfig;
 use crate::recording::EventBody;
+use crate::session::tunnel::{self, TunnelRx, TunnelTx};
 use crate::session::Session;
-use crate::tunnel::{self, TunnelRx, TunnelTx};
 use crate::Gateway;
 
 const CLIENT_WINDOW: u32 = 2 << 20;

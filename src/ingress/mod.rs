@@ -1,6 +1,11 @@
 //! The HTTP surface: health, connections, tunnel and exec. Every `/v1`
 //! answer carries `x-custody-audit-id`; every refusal is JSON with a reason.
 
+pub mod forwarded;
+pub mod listen;
+pub mod reviews;
+pub mod token;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,25 +18,25 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::delegation::{self, Chain, DelegationError};
-use crate::forwarded::Origin;
+use crate::identity::delegation::{self, Chain, DelegationError};
 use crate::identity::{bearer, Principal};
+use crate::ingress::forwarded::Origin;
 
 /// Header carrying a delegation token (the CLI sets it from CUSTODY_DELEGATION).
 pub const DELEGATION_HEADER: &str = "x-custody-delegation";
-use crate::approvals;
 use crate::policy;
 use crate::policy::guardrails::Verdict;
 use crate::protocol::postgres::exec::{self, ExecOutcome};
 use crate::protocol::postgres::relay;
 use crate::recording::{EventBody, Recording};
+use crate::session::tunnel;
 use crate::session::Session;
-use crate::{telemetry, tunnel, Gateway};
+use crate::{telemetry, Gateway};
 use tracing::Instrument;
 
 pub const AUDIT_HEADER: &str = "x-custody-audit-id";
 
-pub use crate::csv::to_csv;
+pub use crate::wire::csv::to_csv;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
@@ -40,12 +45,15 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/connections", get(connections))
         .route("/v1/tunnel/{connection}", get(tunnel_handler))
         .route("/v1/exec/{connection}", post(exec_handler))
-        .route("/v1/token", post(crate::exchange::token))
-        .route("/v1/reviews", get(crate::approvals::list))
-        .route("/v1/reviews/{id}", get(crate::approvals::show))
-        .route("/v1/reviews/{id}/{action}", post(crate::approvals::decide))
-        .route("/v1/revocations", post(crate::exchange::revoke))
-        .route("/.well-known/jwks.json", get(crate::exchange::jwks))
+        .route("/v1/token", post(crate::ingress::token::token))
+        .route("/v1/reviews", get(crate::ingress::reviews::list))
+        .route("/v1/reviews/{id}", get(crate::ingress::reviews::show))
+        .route(
+            "/v1/reviews/{id}/{action}",
+            post(crate::ingress::reviews::decide),
+        )
+        .route("/v1/revocations", post(crate::ingress::token::revoke))
+        .route("/.well-known/jwks.json", get(crate::ingress::token::jwks))
         .with_state(gw)
 }
 
@@ -379,12 +387,12 @@ async fn tunnel_handler(
     };
     session.traceparent = telemetry::traceparent(&span, &headers);
     if let Some(id) = headers
-        .get(approvals::REVIEW_HEADER)
+        .get(reviews::REVIEW_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
     {
-        match approvals::approve_session(&gw, &session, id).await {
+        match reviews::approve_session(&gw, &session, id).await {
             Ok(r) => session.approval = Some(r),
             Err(e) => {
                 let _ = session.finish(end_event("approval not usable", 0, 0)).await;
@@ -469,17 +477,17 @@ async fn exec_inner(
     let input = req.input.replace('\0', "");
     if let Some(rails) = gw.rails.get(conn.name()) {
         let held = match rails.check(&input) {
-            Verdict::NeedsApproval { rule } if approvals::approvable(&conn) => Some(rule),
+            Verdict::NeedsApproval { rule } if reviews::approvable(&conn) => Some(rule),
             _ => None,
         };
         let review_id = headers
-            .get(approvals::REVIEW_HEADER)
+            .get(reviews::REVIEW_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty());
         match (&held, review_id) {
             (Some(_), Some(id)) => {
-                if let Err(e) = approvals::use_approval(gw, &session, id, &input).await {
+                if let Err(e) = reviews::use_approval(gw, &session, id, &input).await {
                     let _ = session.finish(end_event("approval not usable", 0, 0)).await;
                     return Err(e);
                 }
@@ -493,7 +501,7 @@ async fn exec_inner(
                     ),
                     _ => input.clone(),
                 };
-                let resp = approvals::hold(gw, &session, &input, &shown, rule).await;
+                let resp = reviews::hold(gw, &session, &input, &shown, rule).await;
                 let _ = session.finish(end_event("held for approval", 0, 0)).await;
                 return resp;
             }

@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::config::ConnectionConfig;
 use crate::identity::Principal;
 use crate::ingress::{self, ApiError};
+use crate::policy::review::{self, Review, ReviewError};
 use crate::recording::EventBody;
-use crate::review::{self, Review, ReviewError};
 use crate::session::Session;
 use crate::Gateway;
 
@@ -406,7 +406,7 @@ pub async fn decide(
                         reason: None,
                         review_audit_id: None,
                     };
-                    let _ = crate::exchange::audit(
+                    let _ = crate::ingress::token::audit(
                         &gw,
                         &audit_id,
                         &who,
@@ -419,7 +419,7 @@ pub async fn decide(
                 return Err(api_error(e, &audit_id));
             }
         };
-        crate::exchange::audit(
+        crate::ingress::token::audit(
             &gw,
             &audit_id,
             &who,

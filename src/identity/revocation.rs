@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::delegation::Chain;
+use crate::identity::delegation::Chain;
 use crate::identity::{issuer_key, split_principal_id};
 use crate::policy::Member;
 use crate::recording::{ObjectStore, RecordError};

@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::delegation::{self, Chain, DelegationError};
+use crate::identity::delegation::{self, Chain, DelegationError};
+use crate::identity::revocation::{self, Revoked};
 use crate::identity::Principal;
 use crate::ingress::{self, ApiError};
 use crate::policy::Member;
 use crate::recording::{EventBody, Recording};
-use crate::revocation::{self, Revoked};
 use crate::Gateway;
 
 pub async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {

@@ -1,5 +1,9 @@
 //! OIDC ID token verification against each configured issuer's JWKS.
 
+pub mod delegation;
+pub mod devissuer;
+pub mod revocation;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

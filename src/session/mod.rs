@@ -1,5 +1,7 @@
 //! A session: the permit that allowed it, its audit id and its recording.
 
+pub mod tunnel;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +18,7 @@ pub struct Session {
     /// W3C traceparent of the session, for the sqlcommenter comment.
     pub traceparent: Option<String>,
     /// The approved review this session runs a held statement under.
-    pub approval: Option<crate::review::Review>,
+    pub approval: Option<crate::policy::review::Review>,
     recording: Recording,
 }
 
@@ -27,7 +29,7 @@ impl Session {
         audit_id: String,
         permit: Permit,
         mode: &str,
-        origin: &crate::forwarded::Origin,
+        origin: &crate::ingress::forwarded::Origin,
         trace_id: Option<String>,
         span: tracing::Span,
     ) -> Result<Session, RecordError> {
