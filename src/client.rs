@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::ingress::AUDIT_HEADER;
 use crate::protocol::postgres::codec::{self, Startup};
+use crate::wire::{AUDIT_HEADER, DELEGATION_HEADER, REVIEW_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -201,7 +201,7 @@ pub async fn open_tunnel(target: &Target, connection: &str) -> Result<(Ws, Strin
         h.insert(DELEGATION_HEADER, d);
     }
     if let Some(r) = target.review.as_ref().and_then(|t| t.trim().parse().ok()) {
-        h.insert("x-custody-review", r);
+        h.insert(REVIEW_HEADER, r);
     }
     match tokio_tungstenite::connect_async_with_config(req, None, true).await {
         Ok((ws, resp)) => {
@@ -441,7 +441,7 @@ pub async fn exec(
         req = req.header(DELEGATION_HEADER, d.trim());
     }
     if let Some(r) = review {
-        req = req.header("x-custody-review", r.trim());
+        req = req.header(REVIEW_HEADER, r.trim());
     }
     let resp = req.send().await.map_err(|e| transport(e.to_string()))?;
     let status = resp.status().as_u16();
@@ -514,7 +514,7 @@ pub async fn exec(
     Ok(())
 }
 
-/// The exec answer's columns and rows as CSV (see [`crate::ingress::to_csv`]).
+/// The exec answer's columns and rows as CSV (see [`crate::wire::csv::to_csv`]).
 pub fn csv_from_json(v: &serde_json::Value) -> String {
     let cell = |c: &serde_json::Value| match c {
         serde_json::Value::Null => None,
@@ -537,7 +537,7 @@ pub fn csv_from_json(v: &serde_json::Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    crate::ingress::to_csv(&columns, &rows)
+    crate::wire::csv::to_csv(&columns, &rows)
 }
 
 /// psql-style aligned output.
@@ -617,8 +617,6 @@ pub fn render_table(v: &serde_json::Value) -> String {
     ));
     out
 }
-
-const DELEGATION_HEADER: &str = "x-custody-delegation";
 
 /// Sends a control request; the JSON answer, or the refusal as an error.
 async fn control(

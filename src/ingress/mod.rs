@@ -22,8 +22,6 @@ use crate::identity::delegation::{self, Chain, DelegationError};
 use crate::identity::{bearer, Principal};
 use crate::ingress::forwarded::Origin;
 
-/// Header carrying a delegation token (the CLI sets it from CUSTODY_DELEGATION).
-pub const DELEGATION_HEADER: &str = "x-custody-delegation";
 use crate::policy;
 use crate::policy::guardrails::Verdict;
 use crate::protocol::postgres::exec::{self, ExecOutcome};
@@ -34,7 +32,7 @@ use crate::session::Session;
 use crate::{telemetry, Gateway};
 use tracing::Instrument;
 
-pub const AUDIT_HEADER: &str = "x-custody-audit-id";
+pub use crate::wire::{AUDIT_HEADER, DELEGATION_HEADER};
 
 pub use crate::wire::csv::to_csv;
 

@@ -18,8 +18,7 @@ use crate::recording::EventBody;
 use crate::session::Session;
 use crate::Gateway;
 
-/// Header naming an approved review the request relies on (CLI: --review / CUSTODY_REVIEW).
-pub const REVIEW_HEADER: &str = "x-custody-review";
+pub use crate::wire::REVIEW_HEADER;
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()

@@ -15,12 +15,7 @@ pub enum TunnelError {
     Transport(String),
 }
 
-/// Close codes (RFC 6455) the gateway uses.
-pub const CLOSE_NORMAL: u16 = 1000;
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_PROTOCOL: u16 = 1002;
-pub const CLOSE_POLICY: u16 = 1008;
-pub const CLOSE_ERROR: u16 = 1011;
+pub use crate::wire::{CLOSE_ERROR, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL};
 
 pub fn split(ws: WebSocket) -> (TunnelTx, TunnelRx) {
     let (tx, rx) = ws.split();

@@ -2,3 +2,17 @@
 //! the CSV form of an exec answer.
 
 pub mod csv;
+
+/// Every `/v1` answer names its audit id here.
+pub const AUDIT_HEADER: &str = "x-custody-audit-id";
+/// A delegation token (the CLI sets it from CUSTODY_DELEGATION).
+pub const DELEGATION_HEADER: &str = "x-custody-delegation";
+/// An approved review the request relies on (CLI: --review / CUSTODY_REVIEW).
+pub const REVIEW_HEADER: &str = "x-custody-review";
+
+/// Close codes (RFC 6455) a tunnel ends with.
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_ERROR: u16 = 1011;
