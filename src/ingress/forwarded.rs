@@ -69,15 +69,7 @@ pub fn parse_proxies<'a>(
     entries.into_iter().map(str::parse).collect()
 }
 
-/// The two addresses every session records.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Origin {
-    /// The TCP peer, as the socket reports it.
-    pub peer: SocketAddr,
-    /// The client: the peer's IP, or the first untrusted hop of a trusted
-    /// proxy chain.
-    pub client: IpAddr,
-}
+pub use crate::session::Origin;
 
 impl Origin {
     pub fn of(peer: SocketAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Origin {

@@ -203,6 +203,15 @@ pub struct Engine {
     rules: Vec<ColumnRule>,
 }
 
+/// `s` with every detector applied, as text (SSH output, commands, error
+/// messages: anything that is not a typed value or SQL).
+pub fn text(engine: &Engine, s: &str, counts: &mut Counts) -> String {
+    match engine.mask_text(s.as_bytes(), counts) {
+        Some(m) => String::from_utf8_lossy(&m).into_owned(),
+        None => s.to_string(),
+    }
+}
+
 impl Engine {
     pub fn new(cfg: &EngineConfig) -> Result<Engine, MaskError> {
         let mut customs = Vec::new();

@@ -1,6 +1,8 @@
 //! Who may use which connection. `authorize` is a pure function: the relay
 //! only starts with the `Permit` it returns, so no code path skips the check.
 
+pub mod command;
+pub mod decision;
 pub mod guardrails;
 mod kinds;
 pub mod review;

@@ -20,7 +20,7 @@ pub enum ReviewError {
     #[error("no review {0}")]
     NotFound(String),
     #[error("review {0} is already {1}")]
-    Decided(String, String),
+    Decided(String, State),
     #[error("review {0} expired unanswered")]
     Expired(String),
     #[error("{who} may not decide review {id}: it is their own request, or they are part of its chain ({chain})")]
@@ -36,7 +36,7 @@ pub enum ReviewError {
     #[error("review {0} was approved for a single use and has been used")]
     Used(String),
     #[error("review {0} is not approved (it is {1})")]
-    NotApproved(String, String),
+    NotApproved(String, State),
     #[error("review {id} was approved by {who}, who has since been revoked; ask for a new review")]
     ApproverRevoked { id: String, who: String },
     #[error("{0}")]
@@ -81,10 +81,46 @@ pub struct Vote {
     pub at: i64,
 }
 
+/// Where a review is: stored as these lowercase words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Used,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Used => "used",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the deciding vote (or the denial) made of a review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Approved,
+    Denied,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decision {
-    /// "approved" or "denied".
-    pub state: String,
+    pub state: Outcome,
     pub by: Vec<String>,
     pub reason: String,
     pub at: i64,
@@ -102,8 +138,8 @@ pub struct Review {
     pub approvals: Vec<Vote>,
     pub decision: Option<Decision>,
     pub used: Option<Use>,
-    /// pending, approved, denied, expired or used (filled by `state_at`).
-    pub state: String,
+    /// Filled by `state_at` when loaded.
+    pub state: State,
 }
 
 pub fn statement_hash(sql: &str) -> String {
@@ -166,10 +202,10 @@ pub fn check_reason(reason: &str, required: bool) -> Result<(), ReviewError> {
 }
 
 impl Review {
-    pub fn state_at(&self, now: i64) -> &'static str {
+    pub fn state_at(&self, now: i64) -> State {
         match (&self.decision, &self.used) {
-            (_, Some(_)) if self.request.window_secs.is_none() => "used",
-            (Some(d), _) if d.state == "denied" => "denied",
+            (_, Some(_)) if self.request.window_secs.is_none() => State::Used,
+            (Some(d), _) if d.state == Outcome::Denied => State::Denied,
             // An approval lasts its window, or (single use) as long as the
             // review could wait for it: approval_expires after the decision.
             (Some(d), _) => {
@@ -178,13 +214,13 @@ impl Review {
                     None => self.request.expires - self.request.created,
                 };
                 if now >= d.at + lasts {
-                    "expired"
+                    State::Expired
                 } else {
-                    "approved"
+                    State::Approved
                 }
             }
-            (None, _) if now >= self.request.expires => "expired",
-            (None, _) => "pending",
+            (None, _) if now >= self.request.expires => State::Expired,
+            (None, _) => State::Pending,
         }
     }
 
@@ -199,11 +235,10 @@ impl Review {
         now: i64,
     ) -> Result<(), ReviewError> {
         let id = &self.request.id;
-        let state = self.state_at(now);
-        match state {
-            "approved" => {}
-            "used" => return Err(ReviewError::Used(id.clone())),
-            other => return Err(ReviewError::NotApproved(id.clone(), other.into())),
+        match self.state_at(now) {
+            State::Approved => {}
+            State::Used => return Err(ReviewError::Used(id.clone())),
+            other => return Err(ReviewError::NotApproved(id.clone(), other)),
         }
         let mismatch = |why: String| ReviewError::Mismatch {
             id: id.clone(),
@@ -259,7 +294,7 @@ pub async fn load(store: &dyn ObjectStore, id: &str, now: i64) -> Result<Review,
         approvals: Vec::new(),
         decision: None,
         used: None,
-        state: String::new(),
+        state: State::Pending,
     };
     for k in store.list(&key(id, "")).await? {
         let name = k.rsplit('/').next().unwrap_or_default();
@@ -275,7 +310,7 @@ pub async fn load(store: &dyn ObjectStore, id: &str, now: i64) -> Result<Review,
         }
     }
     review.approvals.sort_by_key(|v| v.at);
-    review.state = review.state_at(now).to_string();
+    review.state = review.state_at(now);
     Ok(review)
 }
 
@@ -334,12 +369,9 @@ fn may_decide(review: &Review, who: &Principal) -> Result<(), ReviewError> {
 
 fn pending(review: &Review, now: i64) -> Result<(), ReviewError> {
     match review.state_at(now) {
-        "pending" => Ok(()),
-        "expired" => Err(ReviewError::Expired(review.request.id.clone())),
-        other => Err(ReviewError::Decided(
-            review.request.id.clone(),
-            other.into(),
-        )),
+        State::Pending => Ok(()),
+        State::Expired => Err(ReviewError::Expired(review.request.id.clone())),
+        other => Err(ReviewError::Decided(review.request.id.clone(), other)),
     }
 }
 
@@ -380,7 +412,7 @@ pub async fn approve(
     let votes = distinct_votes(&review.approvals);
     if votes.len() >= review.request.required.max(1) {
         let decision = Decision {
-            state: "approved".into(),
+            state: Outcome::Approved,
             by: votes.iter().map(|v| v.by.clone()).collect(),
             reason: reason.to_string(),
             at: now,
@@ -401,7 +433,7 @@ pub async fn deny(
     may_decide(&review, who)?;
     pending(&review, now)?;
     let decision = Decision {
-        state: "denied".into(),
+        state: Outcome::Denied,
         by: vec![who.member()],
         reason: reason.to_string(),
         at: now,
@@ -415,11 +447,7 @@ async fn decide(store: &dyn ObjectStore, id: &str, d: &Decision) -> Result<(), R
     match store.create(&key(id, "decision.json"), body).await {
         Ok(()) => Ok(()),
         Err(RecordError::Exists(_)) => {
-            let now = d.at;
-            let state = load(store, id, now)
-                .await
-                .map(|r| r.state)
-                .unwrap_or_else(|_| "decided".into());
+            let state = load(store, id, d.at).await?.state;
             Err(ReviewError::Decided(id.to_string(), state))
         }
         Err(e) => Err(e.into()),
@@ -495,7 +523,7 @@ mod tests {
             approvals: Vec::new(),
             decision: None,
             used: None,
-            state: "pending".into(),
+            state: State::Pending,
         }
     }
 

@@ -1,13 +1,29 @@
-//! A session: the permit that allowed it, its audit id and its recording.
+//! A session: the permit that allowed it, its audit id and its recording;
+//! and what a protocol is handed to run it (`context`).
 
+pub mod approvals;
+pub mod context;
+pub mod deadline;
+pub mod live;
 pub mod tunnel;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use crate::config::ConnectionConfig;
 use crate::policy::Permit;
 use crate::recording::{EventBody, RecordError, Recorder, Recording, Tap};
+
+pub use context::{Interrupt, Limits, Masker, SessionContext};
+
+/// The two addresses every session records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// The TCP peer, as the socket reports it.
+    pub peer: SocketAddr,
+    /// The client: the peer's IP, or the first untrusted hop of a trusted
+    /// proxy chain.
+    pub client: IpAddr,
+}
 
 pub struct Session {
     pub audit_id: String,
@@ -29,7 +45,7 @@ impl Session {
         audit_id: String,
         permit: Permit,
         mode: &str,
-        origin: &crate::ingress::forwarded::Origin,
+        origin: &Origin,
         trace_id: Option<String>,
         span: tracing::Span,
     ) -> Result<Session, RecordError> {
@@ -115,108 +131,5 @@ impl Session {
             tracing::error!(target: "custody::audit", audit_id = %self.audit_id, error = %e, "recording could not be completed");
         }
         sealed
-    }
-}
-
-/// Counts live tunnel sessions so shutdown can wait for them to seal.
-#[derive(Default)]
-pub struct LiveSessions {
-    count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// Held for the life of one tunnel session.
-pub struct LiveGuard(Arc<LiveSessions>);
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl LiveSessions {
-    pub fn enter(self: &Arc<Self>) -> LiveGuard {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        LiveGuard(self.clone())
-    }
-
-    pub fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Waits until no session is live, or `limit` passes; returns how many remain.
-    pub async fn wait_idle(&self, limit: std::time::Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            // Registered before the check, so a last guard dropping in between is not missed.
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if self.count() == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.count();
-            }
-        }
-    }
-}
-
-/// Where a client's CancelRequest must go. Keys are the ones the gateway
-/// handed the client; the upstream's own key never leaves the gateway.
-#[derive(Clone)]
-pub struct CancelTarget {
-    pub connection: Arc<ConnectionConfig>,
-    pub pid: i32,
-    pub key: i32,
-    pub principal: String,
-    pub audit_id: String,
-}
-
-#[derive(Default)]
-pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
-}
-
-/// Removes its entry when the session ends.
-pub struct CancelKey {
-    registry: Arc<CancelRegistry>,
-    pub pid: i32,
-    pub key: i32,
-}
-
-impl Drop for CancelKey {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.registry.map.lock() {
-            m.remove(&(self.pid, self.key));
-        }
-    }
-}
-
-impl CancelRegistry {
-    pub fn register(self: &Arc<Self>, target: CancelTarget) -> CancelKey {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let (pid, key) = (rand::random::<i32>() & 0x7fff_ffff, rand::random::<i32>());
-            if let std::collections::hash_map::Entry::Vacant(v) = map.entry((pid, key)) {
-                v.insert(target);
-                return CancelKey {
-                    registry: self.clone(),
-                    pid,
-                    key,
-                };
-            }
-        }
-    }
-
-    pub fn lookup(&self, pid: i32, key: i32) -> Option<CancelTarget> {
-        self.map.lock().ok()?.get(&(pid, key)).cloned()
     }
 }

@@ -1,11 +1,12 @@
-//! The gateway end of `/v1/tunnel`: binary WebSocket messages carry the
-//! client's raw bytes; pings keep idle tunnels alive through Google's front
-//! end; a close frame's code and reason say why the session ended.
+//! The gateway end of a tunnel, whatever carries it: binary messages carry
+//! the client's raw bytes; pings keep idle tunnels alive through Google's
+//! front end; a close code and reason say why the session ended. Ingress
+//! adapts its WebSocket to these two halves, so protocols never see HTTP.
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use std::pin::Pin;
+
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -15,15 +16,43 @@ pub enum TunnelError {
     Transport(String),
 }
 
-pub use crate::wire::{CLOSE_ERROR, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL};
+/// What the gateway sends down a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Data(Bytes),
+    Ping,
+    /// RFC 6455 close code (see `wire::CLOSE_*`) and reason.
+    Close(u16, String),
+}
 
-pub fn split(ws: WebSocket) -> (TunnelTx, TunnelRx) {
-    let (tx, rx) = ws.split();
-    (TunnelTx { inner: tx }, TunnelRx { inner: rx })
+/// What arrives from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Data(Bytes),
+    /// Pings and pongs: the transport's business.
+    Control,
+    Closed,
+}
+
+type TxSink = Pin<Box<dyn Sink<Outgoing, Error = TunnelError> + Send>>;
+type RxStream = Pin<Box<dyn Stream<Item = Result<Incoming, TunnelError>> + Send>>;
+
+pub fn halves(
+    tx: impl Sink<Outgoing, Error = TunnelError> + Send + 'static,
+    rx: impl Stream<Item = Result<Incoming, TunnelError>> + Send + 'static,
+) -> (TunnelTx, TunnelRx) {
+    (
+        TunnelTx {
+            inner: Box::pin(tx),
+        },
+        TunnelRx {
+            inner: Box::pin(rx),
+        },
+    )
 }
 
 pub struct TunnelRx {
-    inner: SplitStream<WebSocket>,
+    inner: RxStream,
 }
 
 impl TunnelRx {
@@ -31,33 +60,26 @@ impl TunnelRx {
     pub async fn recv(&mut self) -> Result<Option<Bytes>, TunnelError> {
         loop {
             match self.inner.next().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(None),
-                Some(Ok(Message::Binary(b))) => return Ok(Some(b)),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(Message::Text(_))) => return Err(TunnelError::Text),
-                Some(Err(e)) => return Err(TunnelError::Transport(e.to_string())),
+                None | Some(Ok(Incoming::Closed)) => return Ok(None),
+                Some(Ok(Incoming::Data(b))) => return Ok(Some(b)),
+                Some(Ok(Incoming::Control)) => continue,
+                Some(Err(e)) => return Err(e),
             }
         }
     }
 }
 
 pub struct TunnelTx {
-    inner: SplitSink<WebSocket, Message>,
+    inner: TxSink,
 }
 
 impl TunnelTx {
     pub async fn send(&mut self, bytes: Bytes) -> Result<(), TunnelError> {
-        self.inner
-            .send(Message::Binary(bytes))
-            .await
-            .map_err(|e| TunnelError::Transport(e.to_string()))
+        self.inner.send(Outgoing::Data(bytes)).await
     }
 
     pub async fn ping(&mut self) -> Result<(), TunnelError> {
-        self.inner
-            .send(Message::Ping(Bytes::new()))
-            .await
-            .map_err(|e| TunnelError::Transport(e.to_string()))
+        self.inner.send(Outgoing::Ping).await
     }
 
     /// Best effort: the peer may already be gone.
@@ -67,11 +89,10 @@ impl TunnelTx {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        let frame = CloseFrame {
-            code,
-            reason: reason[..end].into(),
-        };
-        let _ = self.inner.send(Message::Close(Some(frame))).await;
+        let _ = self
+            .inner
+            .send(Outgoing::Close(code, reason[..end].to_string()))
+            .await;
         let _ = self.inner.close().await;
     }
 }

@@ -16,3 +16,7 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_ERROR: u16 = 1011;
+
+/// The close reason of a tunnel the client itself ended: `custody connect`
+/// does not report it as an error.
+pub const CLIENT_CLOSED: &str = "client closed the tunnel";

@@ -285,7 +285,12 @@ pub fn run_frames(input: &[u8]) -> Vec<u8> {
     let mut server_scan = Scanner::collect_limited(1 << 20);
     let mut done = Vec::new();
     let mut to_client = BytesMut::new();
-    let mut client = ClientHook::new(&tracker, None, Some(mask), "audit");
+    let rules = custody::policy::decision::Rules {
+        masked: true,
+        max_inspected: custody::policy::guardrails::DEFAULT_MAX_INSPECTED,
+        ..Default::default()
+    };
+    let mut client = ClientHook::new(&tracker, &rules, Some(mask), "audit");
     // Feed the program in a few reads, as a real pipeline arrives.
     for chunk in input.chunks(64) {
         let mut upstream = BytesMut::new();

@@ -149,3 +149,42 @@ mod tests {
         assert_eq!(like("o'brien"), "o''brien");
     }
 }
+
+/// How long a connection's column-rule catalog is reused before it is read again.
+const CATALOG_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Catalogs per connection, shared by this instance's sessions.
+#[derive(Default)]
+pub struct Cache {
+    entries: std::sync::Mutex<HashMap<String, (std::time::Instant, std::sync::Arc<Catalog>)>>,
+}
+
+impl Cache {
+    /// The catalog for `connection`, read on `stream` when stale.
+    pub async fn get(
+        &self,
+        connection: &str,
+        engine: &Engine,
+        stream: &mut Box<dyn Io>,
+        buf: &mut BytesMut,
+    ) -> Result<std::sync::Arc<Catalog>, PgError> {
+        if !engine.has_column_rules() {
+            return Ok(Default::default());
+        }
+        if let Ok(cache) = self.entries.lock() {
+            if let Some((at, c)) = cache.get(connection) {
+                if at.elapsed() < CATALOG_TTL {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        let fresh = std::sync::Arc::new(load(stream, buf, engine).await?);
+        if let Ok(mut cache) = self.entries.lock() {
+            cache.insert(
+                connection.to_string(),
+                (std::time::Instant::now(), fresh.clone()),
+            );
+        }
+        Ok(fresh)
+    }
+}

@@ -12,9 +12,7 @@ use super::masking::{self, ColMask};
 use super::tracker::Tracker;
 use super::{upstream, PgError};
 use crate::mask::Counts;
-use crate::secrets::Secret;
-use crate::session::Session;
-use crate::Gateway;
+use crate::session::{Masker, SessionContext};
 
 #[derive(Debug, Serialize, Default)]
 pub struct ExecResult {
@@ -32,30 +30,32 @@ pub enum ExecOutcome {
 
 /// Runs `sql`; the statement and its outcome are recorded on the session.
 pub async fn run(
-    gw: &Gateway,
-    session: &Session,
-    password: &Secret<String>,
+    ctx: &SessionContext,
+    catalogs: &super::catalog::Cache,
     sql: &str,
 ) -> Result<ExecOutcome, PgError> {
-    let (max_rows, max_message) = (
-        gw.config.server.exec_max_rows,
-        gw.config.server.max_message_bytes,
-    );
+    let session = &ctx.session;
+    let (max_rows, max_message) = (ctx.limits.exec_max_rows, ctx.limits.max_message_bytes);
     let conn = &session.permit.connection;
-    let app = format!("custody/{}", session.audit_id);
-    let mut up = upstream::connect(conn, password, &app, &[]).await?;
-    let engine = gw
-        .masking_for(conn, &session.permit.principal)
+    let password = super::credential(conn, &ctx.credentials)
         .await
-        .map_err(|e| PgError::Protocol(format!("masking: {e}")))?;
-    let catalog = match &engine {
+        .map_err(PgError::Credential)?;
+    let app = format!("custody/{}", session.audit_id);
+    let mut up = upstream::connect(conn, &password, &app, &[]).await?;
+    drop(password);
+    let engine = match &ctx.masker {
+        Masker::Failed(why) => return Err(PgError::Protocol(format!("masking: {why}"))),
+        m => m.engine(),
+    };
+    let catalog = match engine {
         Some(e) => {
-            gw.catalog(conn, e, &mut up.stream, &mut up.leftover)
+            catalogs
+                .get(conn.name(), e, &mut up.stream, &mut up.leftover)
                 .await?
         }
         None => Default::default(),
     };
-    let mask = engine.as_deref().map(|engine| MaskCtx {
+    let mask = engine.map(|engine| MaskCtx {
         engine,
         catalog: &catalog,
     });
@@ -63,16 +63,7 @@ pub async fn run(
     let mut counts = Counts::default();
     let mut held = 0usize;
     let mut out = BytesMut::new();
-    let clean = sql.replace('\0', "");
-    if gw.config.telemetry.sqlcommenter && !comment::ends_with_comment(&clean) {
-        let c = comment::sqlcommenter(session.traceparent.as_deref(), &session.audit_id);
-        comment::put_query(&mut out, &clean, &c);
-    } else {
-        let mut body = Vec::with_capacity(clean.len() + 1);
-        body.extend_from_slice(clean.as_bytes());
-        body.push(0);
-        codec::put_frame(&mut out, b'Q', &body);
-    }
+    put_statement(&mut out, ctx, sql);
     up.stream.write_all(&out).await?;
 
     let mut tracker = Tracker::default();
@@ -183,4 +174,19 @@ pub async fn run(
         Some((sqlstate, message)) => ExecOutcome::QueryError { sqlstate, message },
         None => ExecOutcome::Done(result),
     })
+}
+
+/// The statement as one Query, with the sqlcommenter comment when enabled.
+fn put_statement(out: &mut BytesMut, ctx: &SessionContext, sql: &str) {
+    let clean = sql.replace('\0', "");
+    if ctx.sqlcommenter && !comment::ends_with_comment(&clean) {
+        let s = &ctx.session;
+        let c = comment::sqlcommenter(s.traceparent.as_deref(), &s.audit_id);
+        comment::put_query(out, &clean, &c);
+    } else {
+        let mut body = Vec::with_capacity(clean.len() + 1);
+        body.extend_from_slice(clean.as_bytes());
+        body.push(0);
+        codec::put_frame(out, b'Q', &body);
+    }
 }

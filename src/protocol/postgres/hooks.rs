@@ -15,7 +15,8 @@ use super::scanner::Inspect;
 use super::tracker::{RowDesc, Tracker};
 use super::PgError;
 use crate::mask::{Counts, Engine};
-use crate::policy::guardrails::{self, Guardrails, Verdict};
+use crate::policy::decision::{self, Cause, Decision, Grant, Input, Path, Refusal, Rules};
+use crate::policy::guardrails;
 use crate::recording::EventBody;
 
 /// What masking needs in the relay: the engine and the column-rule catalog.
@@ -32,7 +33,8 @@ fn lock(t: &Mutex<Tracker>) -> Result<std::sync::MutexGuard<'_, Tracker>, PgErro
 
 pub struct ClientHook<'a> {
     pub tracker: &'a Mutex<Tracker>,
-    pub rails: Option<&'a Guardrails>,
+    /// Guardrails, approvals and limits of this connection.
+    pub rules: &'a Rules,
     pub mask: Option<MaskCtx<'a>>,
     pub audit_id: &'a str,
     pub terminated: bool,
@@ -42,8 +44,6 @@ pub struct ClientHook<'a> {
     pub events: Vec<EventBody>,
     /// sqlcommenter comment appended to every statement sent upstream.
     pub comment: Option<&'a str>,
-    /// Held statements can be approved on this connection (it has approvers).
-    pub approvable: bool,
     /// What an approved review lets this session run: statement hashes
     /// (each once), or any held statement within a window grant.
     pub approved: Approved,
@@ -53,57 +53,58 @@ pub struct ClientHook<'a> {
     skipping: Option<Skipping>,
     /// Whether this pipeline segment (since the last Sync) reached the upstream.
     segment_forwarded: bool,
-    /// `[server] max_inspected_statement_bytes`.
-    pub max_inspected: usize,
 }
 
 impl<'a> ClientHook<'a> {
     pub fn new(
         tracker: &'a Mutex<Tracker>,
-        rails: Option<&'a Guardrails>,
+        rules: &'a Rules,
         mask: Option<MaskCtx<'a>>,
         audit_id: &'a str,
     ) -> Self {
         ClientHook {
             tracker,
-            rails,
+            rules,
             mask,
             audit_id,
             terminated: false,
             blocked: false,
             events: Vec::new(),
             comment: None,
-            approvable: false,
             approved: Approved::default(),
             holds: Vec::new(),
             skipping: None,
             segment_forwarded: false,
-            max_inspected: guardrails::DEFAULT_MAX_INSPECTED,
         }
     }
 
     /// The refusal message for a statement, or None when it may run.
     fn refuse(&mut self, sql: &str, raw: &[u8], protocol: &str) -> Option<String> {
-        let verdict = match (self.rails, self.mask) {
-            // Guardrails check the size before they parse anything.
-            (Some(r), _) => both_readings(r, sql, raw),
-            // Masking alone: the size, then a switch to an unsafe encoding.
-            (None, Some(_)) => {
-                guardrails::encoding_refusal(sql, self.max_inspected).unwrap_or(Verdict::Allow)
-            }
-            (None, None) => return None,
+        if !self.rules.inspects() && self.mask.is_none() {
+            return None;
+        }
+        let grant = if self.approved.window {
+            Grant::Window
+        } else {
+            Grant::Statements(&self.approved.hashes)
         };
+        let input = Input::Sql { text: sql, raw };
+        let decision = decision::decide(Path::PgTunnel, self.rules, grant, input);
         // A guardrail's denial names the real reason; then masking's own
         // refusal of a COPY it cannot cover; only then a hold.
-        let (event, message) = match verdict {
-            v @ Verdict::Deny { .. } => refusal_for(v, sql, protocol, self.audit_id)?,
-            v => match self.copy_refusal(sql, protocol == "extended") {
-                Some(r) => r,
-                None => match v {
-                    Verdict::NeedsApproval { rule } if self.approvable => {
-                        return self.hold(sql, protocol, rule);
+        let (event, message) = match decision {
+            Decision::Refuse(r) if r.cause == Cause::Denied => {
+                refusal_event(&r, sql, protocol, self.audit_id)
+            }
+            d => match self.copy_refusal(sql, protocol == "extended") {
+                Some(refused) => refused,
+                None => match d {
+                    Decision::Run => return None,
+                    Decision::RunApproved { hash, .. } => return self.run_approved(hash),
+                    Decision::Hold { rule } | Decision::UseReview { rule, .. } => {
+                        return Some(self.hold(sql, protocol, rule))
                     }
-                    v => refusal_for(v, sql, protocol, self.audit_id)?,
+                    Decision::Refuse(r) => refusal_event(&r, sql, protocol, self.audit_id),
                 },
             },
         };
@@ -111,20 +112,25 @@ impl<'a> ClientHook<'a> {
         Some(message)
     }
 
-    /// A statement a guardrail holds: run it if an approval covers it, else
-    /// refuse it with a new review id (the relay stores the review).
-    fn hold(&mut self, sql: &str, protocol: &str, rule: String) -> Option<String> {
-        let hash = crate::policy::review::statement_hash(sql);
-        if self.approved.window || self.approved.hashes.remove(&hash) {
-            self.events.push(EventBody::Review {
-                review_id: self.approved.review_id.clone(),
-                action: "used".into(),
-                by: None,
-                reason: None,
-                review_audit_id: Some(self.approved.review_audit_id.clone()),
-            });
-            return None;
+    /// A held statement the session's approval covers: it runs, once if
+    /// it was approved by hash.
+    fn run_approved(&mut self, hash: Option<String>) -> Option<String> {
+        if let Some(h) = hash {
+            self.approved.hashes.remove(&h);
         }
+        self.events.push(EventBody::Review {
+            review_id: self.approved.review_id.clone(),
+            action: "used".into(),
+            by: None,
+            reason: None,
+            review_audit_id: Some(self.approved.review_audit_id.clone()),
+        });
+        None
+    }
+
+    /// A statement a guardrail holds: refused with a new review id (the
+    /// relay stores the review before the refusal can reach the client).
+    fn hold(&mut self, sql: &str, protocol: &str, rule: String) -> String {
         let id = uuid::Uuid::now_v7().to_string();
         self.events.push(EventBody::Guardrail {
             sql: sql.to_string(),
@@ -137,10 +143,10 @@ impl<'a> ClientHook<'a> {
             statement: sql.to_string(),
             rule: rule.clone(),
         });
-        Some(format!(
+        format!(
             "custody: this statement requires approval (guardrail \"{rule}\"): review {id} is waiting; an approver runs `custody review approve {id}`, then reconnect with CUSTODY_REVIEW={id} and run it again (audit id {})",
             self.audit_id
-        ))
+        )
     }
 }
 
@@ -188,38 +194,6 @@ struct Skipping {
     sent: bool,
 }
 
-/// Checks `sql`; on refusal, the audit event and the message the client gets
-/// (SQLSTATE 42501), naming the rule and the audit id.
-pub fn refusal(
-    rails: &Guardrails,
-    sql: &str,
-    protocol: &str,
-    audit_id: &str,
-) -> Option<(EventBody, String)> {
-    refusal_for(
-        both_readings(rails, sql, sql.as_bytes()),
-        sql,
-        protocol,
-        audit_id,
-    )
-}
-
-/// The statement as the gateway reads it, and its bytes as a multibyte
-/// client encoding would read them: a denial in either wins, then a hold.
-fn both_readings(rails: &Guardrails, sql: &str, raw: &[u8]) -> Verdict {
-    match rails.check(sql) {
-        v @ Verdict::Deny { .. } => v,
-        v => match rails.check_multibyte_view(raw) {
-            d @ Verdict::Deny { .. } => d,
-            Verdict::Allow => v,
-            hold => match v {
-                Verdict::Allow => hold,
-                v => v,
-            },
-        },
-    }
-}
-
 /// The first KiB of an oversized statement, and its size: what recordings
 /// keep of a statement refused for its size (masking a multi-MiB text for
 /// the record would cost what refusing it saved).
@@ -231,24 +205,27 @@ fn head(sql: &str) -> String {
     format!("{}… [{} bytes]", &sql[..end], sql.len())
 }
 
-fn refusal_for(
-    verdict: Verdict,
+/// The audit event and the message (SQLSTATE 42501) for a refused
+/// statement, naming the rule and the audit id.
+pub fn refusal_event(
+    r: &Refusal,
     sql: &str,
     protocol: &str,
     audit_id: &str,
-) -> Option<(EventBody, String)> {
-    let (rule, outcome, message) = match verdict {
-        Verdict::Allow => return None,
-        Verdict::Deny { rule, reason } => {
-            let m = format!("custody: statement refused by guardrail \"{rule}\": {reason} (audit id {audit_id})");
-            (rule, "denied", m)
-        }
-        Verdict::NeedsApproval { rule } => {
-            let m = format!(
-                "custody: this statement requires approval (guardrail \"{rule}\"); approvals are not available yet, so it is refused (audit id {audit_id})"
-            );
-            (rule, "approval_required", m)
-        }
+) -> (EventBody, String) {
+    let rule = &r.rule;
+    let (outcome, message) = match r.cause {
+        Cause::Denied => (
+            "denied",
+            format!(
+                "custody: statement refused by guardrail \"{rule}\": {} (audit id {audit_id})",
+                r.reason
+            ),
+        ),
+        Cause::NoApprovers | Cause::ApprovalElsewhere => (
+            "approval_required",
+            format!("custody: this statement requires approval (guardrail \"{rule}\"); approvals are not available yet, so it is refused (audit id {audit_id})"),
+        ),
     };
     // An oversized statement is recorded by its head only.
     let sql = if rule == "statement_size" {
@@ -259,10 +236,10 @@ fn refusal_for(
     let event = EventBody::Guardrail {
         sql,
         protocol: protocol.into(),
-        rule,
+        rule: rule.clone(),
         outcome: outcome.into(),
     };
-    Some((event, message))
+    (event, message)
 }
 
 impl ClientHook<'_> {
@@ -333,8 +310,8 @@ impl Inspect for ClientHook<'_> {
                 let raw = body.strip_suffix(&[0]).unwrap_or(body);
                 let refused = self.refuse(sql, raw, "simple");
                 let mut t = lock(self.tracker)?;
-                let oversized =
-                    (self.rails.is_some() || self.mask.is_some()) && sql.len() > self.max_inspected;
+                let oversized = (self.rules.inspects() || self.mask.is_some())
+                    && sql.len() > self.rules.max_inspected;
                 t.on_query(if oversized {
                     head(sql)
                 } else {
@@ -386,7 +363,7 @@ impl Inspect for ClientHook<'_> {
                 }
             }
             // A function call by OID cannot be checked or masked: refused under either.
-            b'F' if self.rails.is_some() || self.mask.is_some() => {
+            b'F' if self.rules.inspects() || self.mask.is_some() => {
                 let msg = format!("custody: function calls by OID are refused when guardrails or masking are on (audit id {})", self.audit_id);
                 lock(self.tracker)?.push_blocked(error_bytes(&msg), true);
                 self.blocked = true;

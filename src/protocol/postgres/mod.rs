@@ -1,6 +1,7 @@
 //! PostgreSQL: the gateway is a server to the client and a client to the
 //! upstream, relaying raw frames and inspecting only the few it must.
 
+pub mod cancel;
 pub mod catalog;
 pub mod codec;
 pub mod comment;
@@ -9,10 +10,36 @@ pub mod hooks;
 pub mod masking;
 pub mod relay;
 pub mod scanner;
+pub mod startup;
 pub mod tracker;
 pub mod upstream;
 
 use crate::secrets::SecretError;
+
+/// The connection's upstream password, read through the secret store now
+/// (so rotation is picked up).
+pub async fn credential(
+    conn: &crate::config::ConnectionConfig,
+    secrets: &crate::secrets::SecretStore,
+) -> Result<crate::secrets::Secret<String>, String> {
+    let Some(r) = conn.password_ref() else {
+        return Err(format!(
+            "connection {} has no password reference",
+            conn.name()
+        ));
+    };
+    secrets
+        .get(&r)
+        .await
+        .map_err(|e| format!("connection {}: {e}", conn.name()))
+}
+
+/// What this instance's PostgreSQL sessions share: cancel keys and catalogs.
+#[derive(Default)]
+pub struct Services {
+    pub cancels: std::sync::Arc<cancel::CancelRegistry>,
+    pub catalogs: catalog::Cache,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -36,6 +63,8 @@ pub enum PgError {
     Recording(String),
     #[error("upstream did not answer within {0} s")]
     Timeout(u64),
+    #[error("{0}")]
+    Credential(String),
 }
 
 impl PgError {
@@ -49,7 +78,8 @@ impl PgError {
             | PgError::Tls { .. }
             | PgError::Secret(_)
             | PgError::Io(_)
-            | PgError::Timeout(_) => "08001",
+            | PgError::Timeout(_)
+            | PgError::Credential(_) => "08001",
             PgError::Recording(_) => "58000",
         }
     }

@@ -12,14 +12,14 @@ use russh::server::{self, Msg};
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::sync::{mpsc, watch};
 
-use super::front::MAX_COMMAND;
 use super::scp::ScpTap;
 use super::sftp::{FileOp, SftpTap};
 use super::sftp_gate::ServerFrames;
 use super::text::StreamText;
 use crate::config::ConnectionConfig;
 use crate::mask::Engine;
-use crate::policy::guardrails::{Guardrails, Verdict};
+use crate::policy::command::MAX_COMMAND;
+use crate::policy::decision::{self, Decision, Grant, Input, Path, Rules};
 use crate::recording::{EventBody, Tap};
 
 /// Held output (a prompt without newline) is released after this long.
@@ -32,7 +32,7 @@ pub(super) struct Shared {
     pub(super) conn: Arc<ConnectionConfig>,
     pub(super) tap: Tap,
     pub(super) mask: Option<Arc<Engine>>,
-    pub(super) rails: Option<Arc<Guardrails>>,
+    pub(super) rules: Rules,
     /// A JIT approval covers this session: held commands may run.
     pub(super) approved: bool,
     pub(super) authed: AtomicBool,
@@ -68,9 +68,7 @@ impl Shared {
 
     pub(super) fn shown(&self, text: &str) -> String {
         match &self.mask {
-            Some(engine) => {
-                crate::protocol::postgres::masking::text(engine, text, &mut Default::default())
-            }
+            Some(engine) => crate::mask::text(engine, text, &mut Default::default()),
             None => text.to_string(),
         }
     }
@@ -78,11 +76,22 @@ impl Shared {
     /// Guardrails for a command or typed line: None when it may run.
     /// `terminal`: a PTY follows (typed lines), so a shell reading stdin is checked line by line.
     pub(super) fn refusal(&self, command: &str, terminal: bool) -> Option<(String, String)> {
-        match super::exec::check_command(self.rails.as_ref()?, &self.conn, command, terminal) {
-            Verdict::Allow => None,
-            Verdict::Deny { rule, reason } => Some((rule, reason)),
-            Verdict::NeedsApproval { .. } if self.approved => None,
-            Verdict::NeedsApproval { rule } => Some((
+        self.rules.guardrails.as_ref()?;
+        let grant = if self.approved {
+            Grant::Window
+        } else {
+            Grant::None
+        };
+        let input = Input::Command {
+            text: command,
+            terminal,
+        };
+        match decision::decide(Path::SshTunnel, &self.rules, grant, input) {
+            Decision::Run | Decision::RunApproved { .. } => None,
+            Decision::Refuse(r) if r.cause == decision::Cause::Denied => Some((r.rule, r.reason)),
+            Decision::Refuse(decision::Refusal { rule, .. })
+            | Decision::Hold { rule }
+            | Decision::UseReview { rule, .. } => Some((
                 rule,
                 format!(
                     "the command requires approval; request it with `custody exec {} -- COMMAND`",
@@ -424,8 +433,7 @@ pub(super) async fn deliver(
             if ready.is_empty() {
                 return true;
             }
-            let masked =
-                crate::protocol::postgres::masking::text(engine, &ready, &mut Default::default());
+            let masked = crate::mask::text(engine, &ready, &mut Default::default());
             let sent = send(client, stream, Bytes::from(masked.clone().into_bytes())).await;
             record_output(shared, number, stream, masked).await;
             sent
@@ -456,8 +464,7 @@ pub(super) async fn flush(
         // Held text was never sent (masking on): mask and send it now.
         // Without masking only a cut UTF-8 tail is held, already sent raw.
         if let Some(engine) = &shared.mask {
-            let masked =
-                crate::protocol::postgres::masking::text(engine, &rest, &mut Default::default());
+            let masked = crate::mask::text(engine, &rest, &mut Default::default());
             ok &= send(client, i, Bytes::from(masked.clone().into_bytes())).await;
             record_output(shared, number, i, masked).await;
         } else {

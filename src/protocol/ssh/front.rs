@@ -22,8 +22,7 @@ use super::sftp_gate::SftpGate;
 use super::upstream::{self, Upstream};
 use crate::recording::EventBody;
 
-/// Longest exec command accepted (OpenSSH's own limit is near 256 KiB).
-pub const MAX_COMMAND: usize = 64 << 10;
+use crate::policy::command::MAX_COMMAND;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) struct Chan {
@@ -465,7 +464,7 @@ impl server::Handler for Front {
         // Without a PTY a shell reads commands from stdin in any chunking and
         // with its own line editing out of sight: nothing here could check
         // them against the patterns, so such a shell does not start.
-        if !pty && self.shared.rails.is_some() && super::exec::has_patterns(&self.shared.conn) {
+        if !pty && self.shared.rules.guardrails.is_some() && self.shared.rules.command_patterns {
             let reason = "a shell without a terminal (ssh -T, or input from a pipe) cannot be checked against this connection's deny and approval patterns; run the command as `ssh HOST COMMAND`, or use an interactive terminal (ssh -t)";
             self.shared
                 .record(EventBody::Guardrail {
@@ -681,7 +680,7 @@ impl server::Handler for Front {
             let why = "a request the recording cannot read (a control packet over 64 KiB)".into();
             return self.close_sftp(channel, session, ops, why).await;
         }
-        let (forward, refused) = if ch.pty && shared.rails.is_some() {
+        let (forward, refused) = if ch.pty && shared.rules.guardrails.is_some() {
             typed(&mut ch.line, data, |line| shared.refusal(line, true))
         } else if let Some(g) = gated.as_mut() {
             // The gate already copied what passes: hand that buffer on.

@@ -17,6 +17,13 @@ pub mod upstream;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{HashAlg, PublicKey};
 
+/// What this instance's SSH sessions share.
+#[derive(Default)]
+pub struct Services {
+    /// The gateway's SSH host key, when any connection is kind = "ssh".
+    pub host_key: Option<russh::keys::PrivateKey>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("upstream {addr} is unreachable: {why}")]

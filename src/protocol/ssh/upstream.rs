@@ -12,7 +12,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
 
 use super::{fingerprint, HostKeyPin, SshError};
 use crate::config::ConnectionConfig;
-use crate::Gateway;
+use crate::secrets::SecretStore;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,7 +63,10 @@ impl client::Handler for Upstream {
 
 /// The connection's private key, read through the secret store now (so
 /// rotation is picked up); OpenSSH and PEM formats.
-pub async fn private_key(gw: &Gateway, conn: &ConnectionConfig) -> Result<PrivateKey, SshError> {
+pub async fn private_key(
+    secrets: &SecretStore,
+    conn: &ConnectionConfig,
+) -> Result<PrivateKey, SshError> {
     let Some(raw) = conn.private_key.as_ref() else {
         return Err(SshError::Key {
             reference: "(none)".into(),
@@ -77,7 +80,7 @@ pub async fn private_key(gw: &Gateway, conn: &ConnectionConfig) -> Result<Privat
             reference: reference.clone(),
             why: e.to_string(),
         })?;
-    let text = gw.secrets.get(&parsed).await.map_err(|e| SshError::Key {
+    let text = secrets.get(&parsed).await.map_err(|e| SshError::Key {
         reference: reference.clone(),
         why: e.to_string(),
     })?;
@@ -171,11 +174,11 @@ pub async fn authenticate(
 
 /// Connect, verify and log in as `user`: what exec and the tunnel share.
 pub async fn open(
-    gw: &Gateway,
+    secrets: &SecretStore,
     conn: &ConnectionConfig,
     user: &str,
 ) -> Result<Handle<Upstream>, SshError> {
-    let key = private_key(gw, conn).await?;
+    let key = private_key(secrets, conn).await?;
     let mut handle = connect(conn).await?;
     authenticate(&mut handle, user, key).await?;
     Ok(handle)
