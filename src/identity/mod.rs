@@ -170,19 +170,7 @@ impl Verifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| {
-            if token.split('.').next().is_some_and(header_says_none) {
-                AuthError::Algorithm("none".into())
-            } else {
-                AuthError::Malformed(e.to_string())
-            }
-        })?;
-        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
-        }
-        let kid = header
-            .kid
-            .ok_or_else(|| AuthError::Malformed("token header has no kid".into()))?;
+        let (claimed_alg, kid) = signed_header(token)?;
         let iss = unverified_issuer(token)?;
         let issuer = self
             .issuers
@@ -190,19 +178,30 @@ impl Verifier {
             .find(|i| *i.cfg.issuer.get_ref() == iss)
             .ok_or_else(|| AuthError::UnknownIssuer(iss.clone()))?;
         let (alg, key) = self.key(issuer, &kid).await?;
-        if alg != header.alg {
+        if alg != claimed_alg {
             return Err(AuthError::Invalid(format!(
-                "key {kid} is a {alg:?} key but the token says {:?}",
-                header.alg
+                "key {kid} is a {alg:?} key but the token says {claimed_alg:?}"
             )));
         }
+        let c = self.validated_claims(token, alg, &key, &iss)?;
+        Ok(principal(issuer, c))
+    }
+
+    /// Signature, audience, issuer, expiry and not-before, then issued-at.
+    fn validated_claims(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        key: &DecodingKey,
+        iss: &str,
+    ) -> Result<Claims, AuthError> {
         let mut v = Validation::new(alg);
         v.set_audience(&self.audiences);
-        v.set_issuer(&[iss.as_str()]);
+        v.set_issuer(&[iss]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.leeway = self.leeway.as_secs();
         v.validate_nbf = true;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
         let now = chrono::Utc::now().timestamp();
@@ -213,43 +212,7 @@ impl Verifier {
                 "token issued in the future (iat)".into(),
             ));
         }
-        // Google sends a bool, some IdPs a string; an unverified email is not an identity.
-        let verified = match &c.email_verified {
-            None => true,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(serde_json::Value::String(s)) => s == "true",
-            Some(_) => false,
-        };
-        let groups_claim = issuer.cfg.groups_claim.as_deref().unwrap_or("groups");
-        let groups = match c.rest.get(groups_claim) {
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|g| g.as_str().map(|s| s.to_ascii_lowercase()))
-                .collect(),
-            Some(serde_json::Value::String(s)) => vec![s.to_ascii_lowercase()],
-            _ => Vec::new(),
-        };
-        // With several issuers, one must not vouch for another's users or groups.
-        let domains = &issuer.cfg.email_domains;
-        let (groups, dropped) = bound_groups(groups, domains);
-        if !dropped.is_empty() {
-            // Group names only: nothing else of the token goes to the log.
-            tracing::warn!(target: "custody::audit", issuer = %c.iss, dropped_groups = ?dropped, "groups outside the issuer's email_domains dropped");
-        }
-        let in_domain = |e: &String| {
-            domains.is_empty()
-                || e.rsplit_once('@')
-                    .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
-        };
-        Ok(Principal {
-            subject: c.sub,
-            email: c
-                .email
-                .filter(|e| verified && in_domain(e))
-                .map(|e| e.to_ascii_lowercase()),
-            issuer: c.iss,
-            groups,
-        })
+        Ok(c)
     }
 
     async fn key(&self, issuer: &Issuer, kid: &str) -> Result<(Algorithm, DecodingKey), AuthError> {
@@ -339,6 +302,65 @@ fn b64_json(segment: &str) -> Option<serde_json::Value> {
         .decode(segment.trim_end_matches('='))
         .ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The token header's algorithm (RS256 or ES256 only) and key id.
+fn signed_header(token: &str) -> Result<(Algorithm, String), AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| {
+        if token.split('.').next().is_some_and(header_says_none) {
+            AuthError::Algorithm("none".into())
+        } else {
+            AuthError::Malformed(e.to_string())
+        }
+    })?;
+    if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+        return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+    }
+    let kid = header
+        .kid
+        .ok_or_else(|| AuthError::Malformed("token header has no kid".into()))?;
+    Ok((header.alg, kid))
+}
+
+/// The caller as verified claims name it, within what its issuer may vouch for.
+fn principal(issuer: &Issuer, c: Claims) -> Principal {
+    // Google sends a bool, some IdPs a string; an unverified email is not an identity.
+    let verified = match &c.email_verified {
+        None => true,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "true",
+        Some(_) => false,
+    };
+    let groups_claim = issuer.cfg.groups_claim.as_deref().unwrap_or("groups");
+    let groups = match c.rest.get(groups_claim) {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|g| g.as_str().map(|s| s.to_ascii_lowercase()))
+            .collect(),
+        Some(serde_json::Value::String(s)) => vec![s.to_ascii_lowercase()],
+        _ => Vec::new(),
+    };
+    // With several issuers, one must not vouch for another's users or groups.
+    let domains = &issuer.cfg.email_domains;
+    let (groups, dropped) = bound_groups(groups, domains);
+    if !dropped.is_empty() {
+        // Group names only: nothing else of the token goes to the log.
+        tracing::warn!(target: "custody::audit", issuer = %c.iss, dropped_groups = ?dropped, "groups outside the issuer's email_domains dropped");
+    }
+    let in_domain = |e: &String| {
+        domains.is_empty()
+            || e.rsplit_once('@')
+                .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+    };
+    Principal {
+        subject: c.sub,
+        email: c
+            .email
+            .filter(|e| verified && in_domain(e))
+            .map(|e| e.to_ascii_lowercase()),
+        issuer: c.iss,
+        groups,
+    }
 }
 
 fn header_says_none(segment: &str) -> bool {

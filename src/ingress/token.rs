@@ -149,111 +149,14 @@ async fn exchange(
         .as_ref()
         .ok_or_else(|| forbidden(DelegationError::NotConfigured.to_string(), audit_id))?;
     let p = params(headers, body).map_err(|e| bad(e, audit_id))?;
-    if p.get("grant_type").map(String::as_str) != Some(delegation::GRANT_TYPE) {
-        return Err(bad(
-            format!("grant_type must be {}", delegation::GRANT_TYPE),
-            audit_id,
-        ));
-    }
-    let subject = p
-        .get("subject_token")
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            bad(
-                "subject_token is required: your OIDC ID token, or the delegation token you hold",
-                audit_id,
-            )
-        })?;
+    let subject = subject_token(&p, audit_id)?;
     let now = chrono::Utc::now().timestamp();
-    // The subject: an OIDC ID token (the originator), or a delegation token
-    // held by the authenticated caller it names as next actor.
-    let (caller, parent) = match keys.verify(subject, now) {
-        Ok(claims) => {
-            let caller = ingress::authenticate(gw, headers, audit_id, &client).await?;
-            let chain = delegation::chain_for(&caller, Some(claims))
-                .map_err(|e| forbidden(e.to_string(), audit_id))?;
-            (caller, chain)
-        }
-        Err(DelegationError::Malformed(_)) => {
-            let principal = gw.verifier.verify(subject).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    format!("subject_token: {e}"),
-                    audit_id,
-                )
-            })?;
-            let chain = Chain::direct(&principal);
-            (principal, chain)
-        }
-        Err(e) => return Err(forbidden(format!("subject_token: {e}"), audit_id)),
-    };
-    let (actor, actor_id) = match (p.get("actor_token").filter(|t| !t.is_empty()), p.get("actor")) {
-        (Some(t), _) => {
-            let a = gw
-                .verifier
-                .verify(t)
-                .await
-                .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", format!("actor_token: {e}"), audit_id))?;
-            (a.member(), Some(a.id()))
-        }
-        (None, Some(m)) => match m.parse::<Member>() {
-            Ok(Member::User(_) | Member::ServiceAccount(_)) => (m.to_string(), None),
-            _ => return Err(bad(format!("actor {m:?} must be user:EMAIL or serviceAccount:EMAIL"), audit_id)),
-        },
-        (None, None) => return Err(bad("name the next actor: actor_token (its OIDC ID token) or actor (user:EMAIL or serviceAccount:EMAIL)", audit_id)),
-    };
-    let connections = p
-        .get("connections")
-        .or(p.get("scope"))
-        .map(|c| {
-            c.split([' ', ','])
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .filter(|c| !c.is_empty());
-    if let Some(unknown) = connections
-        .iter()
-        .flatten()
-        .find(|c| gw.connection(c).is_none())
-    {
-        return Err(bad(format!("no connection named {unknown:?}"), audit_id));
-    }
-    let max = gw.config.identity.delegation_max_ttl;
-    let ttl = match p.get("ttl") {
-        Some(t) => {
-            crate::config::parse_duration(t).map_err(|e| bad(format!("ttl: {e}"), audit_id))?
-        }
-        None => std::time::Duration::from_secs(3600).min(max),
-    };
-    if ttl > max {
-        return Err(bad(
-            format!(
-                "ttl {}s is over delegation_max_ttl ({}s)",
-                ttl.as_secs(),
-                max.as_secs()
-            ),
-            audit_id,
-        ));
-    }
-    // Every hand of the parent chain, and the one it goes to next.
-    let revoked = gw
-        .revocations
-        .current(gw.recorder.store.as_ref())
-        .await
-        .map_err(|e| unavailable(e, audit_id))?;
-    let actor_revoked = revoked
-        .iter()
-        .any(|r| r.covers(&actor, actor_id.as_deref()));
-    let hit =
-        revocation::first_in(&revoked, &parent).or_else(|| actor_revoked.then(|| actor.clone()));
-    if let Some(m) = hit {
-        return Err(forbidden(
-            format!("{m} is revoked, so no delegation is issued"),
-            audit_id,
-        ));
-    }
+    let (caller, parent) =
+        subject_chain(gw, keys, headers, subject, now, audit_id, &client).await?;
+    let (actor, actor_id) = next_actor(gw, &p, audit_id).await?;
+    let connections = requested_connections(gw, &p, audit_id)?;
+    let ttl = requested_ttl(gw, &p, audit_id)?;
+    refuse_revoked(gw, &parent, &actor, actor_id.as_deref(), audit_id).await?;
     let req = delegation::Request {
         parent: &parent,
         actor: actor.clone(),
@@ -280,7 +183,174 @@ async fn exchange(
     )
     .await?;
     tracing::info!(target: "custody::audit", audit_id, chain = %parent.render(), to = %actor, root_audit_id = %claims.root_audit_id, "delegation issued");
-    let token = keys.sign(&claims);
+    Ok(token_response(keys, &claims, now, audit_id))
+}
+
+/// The grant type must be token exchange, and the subject token present.
+fn subject_token<'a>(
+    p: &'a HashMap<String, String>,
+    audit_id: &str,
+) -> Result<&'a String, ApiError> {
+    if p.get("grant_type").map(String::as_str) != Some(delegation::GRANT_TYPE) {
+        return Err(bad(
+            format!("grant_type must be {}", delegation::GRANT_TYPE),
+            audit_id,
+        ));
+    }
+    p.get("subject_token")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            bad(
+                "subject_token is required: your OIDC ID token, or the delegation token you hold",
+                audit_id,
+            )
+        })
+}
+
+/// The subject: an OIDC ID token (the originator), or a delegation token
+/// held by the authenticated caller it names as next actor. Returns the
+/// caller and the chain it extends.
+async fn subject_chain(
+    gw: &Gateway,
+    keys: &delegation::Keys,
+    headers: &HeaderMap,
+    subject: &str,
+    now: i64,
+    audit_id: &str,
+    client: &str,
+) -> Result<(Principal, Chain), ApiError> {
+    match keys.verify(subject, now) {
+        Ok(claims) => {
+            let caller = ingress::authenticate(gw, headers, audit_id, client).await?;
+            let chain = delegation::chain_for(&caller, Some(claims))
+                .map_err(|e| forbidden(e.to_string(), audit_id))?;
+            Ok((caller, chain))
+        }
+        Err(DelegationError::Malformed(_)) => {
+            let principal = gw.verifier.verify(subject).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    format!("subject_token: {e}"),
+                    audit_id,
+                )
+            })?;
+            let chain = Chain::direct(&principal);
+            Ok((principal, chain))
+        }
+        Err(e) => Err(forbidden(format!("subject_token: {e}"), audit_id)),
+    }
+}
+
+/// The next actor's member name, and its stable id when it proved itself
+/// with an ID token.
+async fn next_actor(
+    gw: &Gateway,
+    p: &HashMap<String, String>,
+    audit_id: &str,
+) -> Result<(String, Option<String>), ApiError> {
+    match (p.get("actor_token").filter(|t| !t.is_empty()), p.get("actor")) {
+        (Some(t), _) => {
+            let a = gw
+                .verifier
+                .verify(t)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", format!("actor_token: {e}"), audit_id))?;
+            Ok((a.member(), Some(a.id())))
+        }
+        (None, Some(m)) => match m.parse::<Member>() {
+            Ok(Member::User(_) | Member::ServiceAccount(_)) => Ok((m.to_string(), None)),
+            _ => Err(bad(format!("actor {m:?} must be user:EMAIL or serviceAccount:EMAIL"), audit_id)),
+        },
+        (None, None) => Err(bad("name the next actor: actor_token (its OIDC ID token) or actor (user:EMAIL or serviceAccount:EMAIL)", audit_id)),
+    }
+}
+
+/// The connections the delegation is limited to (None: any allowed one);
+/// each must exist.
+fn requested_connections(
+    gw: &Gateway,
+    p: &HashMap<String, String>,
+    audit_id: &str,
+) -> Result<Option<Vec<String>>, ApiError> {
+    let connections = p
+        .get("connections")
+        .or(p.get("scope"))
+        .map(|c| {
+            c.split([' ', ','])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty());
+    if let Some(unknown) = connections
+        .iter()
+        .flatten()
+        .find(|c| gw.connection(c).is_none())
+    {
+        return Err(bad(format!("no connection named {unknown:?}"), audit_id));
+    }
+    Ok(connections)
+}
+
+fn requested_ttl(
+    gw: &Gateway,
+    p: &HashMap<String, String>,
+    audit_id: &str,
+) -> Result<std::time::Duration, ApiError> {
+    let max = gw.config.identity.delegation_max_ttl;
+    let ttl = match p.get("ttl") {
+        Some(t) => {
+            crate::config::parse_duration(t).map_err(|e| bad(format!("ttl: {e}"), audit_id))?
+        }
+        None => std::time::Duration::from_secs(3600).min(max),
+    };
+    if ttl > max {
+        return Err(bad(
+            format!(
+                "ttl {}s is over delegation_max_ttl ({}s)",
+                ttl.as_secs(),
+                max.as_secs()
+            ),
+            audit_id,
+        ));
+    }
+    Ok(ttl)
+}
+
+/// Every hand of the parent chain, and the one it goes to next, must be
+/// unrevoked.
+async fn refuse_revoked(
+    gw: &Gateway,
+    parent: &Chain,
+    actor: &str,
+    actor_id: Option<&str>,
+    audit_id: &str,
+) -> Result<(), ApiError> {
+    let revoked = gw
+        .revocations
+        .current(gw.recorder.store.as_ref())
+        .await
+        .map_err(|e| unavailable(e, audit_id))?;
+    let actor_revoked = revoked.iter().any(|r| r.covers(actor, actor_id));
+    let hit =
+        revocation::first_in(&revoked, parent).or_else(|| actor_revoked.then(|| actor.to_string()));
+    if let Some(m) = hit {
+        return Err(forbidden(
+            format!("{m} is revoked, so no delegation is issued"),
+            audit_id,
+        ));
+    }
+    Ok(())
+}
+
+fn token_response(
+    keys: &delegation::Keys,
+    claims: &delegation::Claims,
+    now: i64,
+    audit_id: &str,
+) -> Response {
+    let token = keys.sign(claims);
     let body = json!({
         "access_token": token,
         "issued_token_type": delegation::TOKEN_TYPE,
@@ -293,7 +363,7 @@ async fn exchange(
     if let Ok(v) = audit_id.parse() {
         resp.headers_mut().insert(ingress::AUDIT_HEADER, v);
     }
-    Ok(resp)
+    resp
 }
 
 #[derive(serde::Deserialize)]
@@ -311,85 +381,116 @@ pub async fn revoke(
 ) -> Response {
     let audit_id = ingress::new_audit_id();
     let client = peer.to_string();
-    let done = async {
-        let admin = ingress::authenticate(&gw, &headers, &audit_id, &client).await?;
-        let admins: Vec<Member> = gw
-            .config
-            .identity
-            .admins
-            .iter()
-            .filter_map(|m| m.get_ref().parse().ok())
-            .collect();
-        if !admins.iter().any(|m| m.matches(&admin)) {
-            return Err(forbidden(
-                format!("{} is not in [identity] admins", admin.member()),
-                &audit_id,
-            ));
-        }
-        let store = gw.recorder.store.as_ref();
-        // An admin revoked (under any of its names) revokes nobody.
-        if gw
-            .revocations
-            .is_revoked(store, &admin.member(), Some(&admin.id()))
-            .await
-            .map_err(|e| unavailable(e, &audit_id))?
-        {
-            return Err(forbidden(
-                format!("{} is revoked, so it may not revoke", admin.member()),
-                &audit_id,
-            ));
-        }
-        let req: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
-            bad(
-                format!("body must be {{\"principal\": \"user:EMAIL\", \"reason\": \"...\"}}: {e}"),
-                &audit_id,
-            )
-        })?;
-        let issuers: Vec<String> = gw
-            .config
-            .identity
-            .issuers
-            .iter()
-            .map(|i| i.issuer.get_ref().clone())
-            .collect();
-        let principal =
-            Revoked::parse(&req.principal, &issuers).map_err(|e| bad(e.to_string(), &audit_id))?;
-        let member = principal.to_string();
-        audit(
-            &gw,
-            &audit_id,
-            &admin,
-            &client,
-            "revoke",
-            EventBody::Revocation {
-                principal: member.clone(),
-                reason: req.reason.clone(),
-            },
-        )
-        .await?;
-        let record = json!({"principal": member, "by": admin.member(), "by_id": admin.id(), "reason": req.reason, "at": chrono::Utc::now(), "audit_id": audit_id});
-        let created = gw
-            .revocations
-            .revoke(store, &principal, &record)
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    e.to_string(),
-                    &audit_id,
-                )
-            })?;
-        tracing::warn!(target: "custody::audit", audit_id, principal = %member, by = %admin.member(), "principal revoked");
-        let status = if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        };
-        Ok((status, Json(json!({"principal": member, "revoked": true, "already": !created, "audit_id": audit_id}))).into_response())
-    };
-    match done.await {
+    match revoke_principal(&gw, &headers, &body, &audit_id, &client).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+async fn revoke_principal(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: &[u8],
+    audit_id: &str,
+    client: &str,
+) -> Result<Response, ApiError> {
+    let admin = unrevoked_admin(gw, headers, audit_id, client).await?;
+    let (req, principal) = revocation_request(gw, body, audit_id)?;
+    let member = principal.to_string();
+    audit(
+        gw,
+        audit_id,
+        &admin,
+        client,
+        "revoke",
+        EventBody::Revocation {
+            principal: member.clone(),
+            reason: req.reason.clone(),
+        },
+    )
+    .await?;
+    let record = json!({"principal": member, "by": admin.member(), "by_id": admin.id(), "reason": req.reason, "at": chrono::Utc::now(), "audit_id": audit_id});
+    let created = gw
+        .revocations
+        .revoke(gw.recorder.store.as_ref(), &principal, &record)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                e.to_string(),
+                audit_id,
+            )
+        })?;
+    tracing::warn!(target: "custody::audit", audit_id, principal = %member, by = %admin.member(), "principal revoked");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({"principal": member, "revoked": true, "already": !created, "audit_id": audit_id}))).into_response())
+}
+
+/// The authenticated caller, when it is an admin and not itself revoked.
+async fn unrevoked_admin(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    audit_id: &str,
+    client: &str,
+) -> Result<Principal, ApiError> {
+    let admin = ingress::authenticate(gw, headers, audit_id, client).await?;
+    let admins: Vec<Member> = gw
+        .config
+        .identity
+        .admins
+        .iter()
+        .filter_map(|m| m.get_ref().parse().ok())
+        .collect();
+    if !admins.iter().any(|m| m.matches(&admin)) {
+        return Err(forbidden(
+            format!("{} is not in [identity] admins", admin.member()),
+            audit_id,
+        ));
+    }
+    // An admin revoked (under any of its names) revokes nobody.
+    if gw
+        .revocations
+        .is_revoked(
+            gw.recorder.store.as_ref(),
+            &admin.member(),
+            Some(&admin.id()),
+        )
+        .await
+        .map_err(|e| unavailable(e, audit_id))?
+    {
+        return Err(forbidden(
+            format!("{} is revoked, so it may not revoke", admin.member()),
+            audit_id,
+        ));
+    }
+    Ok(admin)
+}
+
+/// The request body and the principal it names.
+fn revocation_request(
+    gw: &Gateway,
+    body: &[u8],
+    audit_id: &str,
+) -> Result<(RevokeRequest, Revoked), ApiError> {
+    let req: RevokeRequest = serde_json::from_slice(body).map_err(|e| {
+        bad(
+            format!("body must be {{\"principal\": \"user:EMAIL\", \"reason\": \"...\"}}: {e}"),
+            audit_id,
+        )
+    })?;
+    let issuers: Vec<String> = gw
+        .config
+        .identity
+        .issuers
+        .iter()
+        .map(|i| i.issuer.get_ref().clone())
+        .collect();
+    let principal =
+        Revoked::parse(&req.principal, &issuers).map_err(|e| bad(e.to_string(), audit_id))?;
+    Ok((req, principal))
 }

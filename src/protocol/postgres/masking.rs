@@ -449,7 +449,6 @@ pub fn copy_plan(sql: &str, engine: &Engine, catalog: &Catalog) -> CopyPlan {
 
 fn plan_of(tree: &pg_query::ParseResult, engine: &Engine, catalog: &Catalog) -> CopyPlan {
     use pg_query::protobuf::node::Node as N;
-    let rules = engine.has_column_rules();
     let mut plan = CopyPlan::NotCopyOut;
     for raw in &tree.protobuf.stmts {
         let Some(N::CopyStmt(c)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
@@ -461,87 +460,110 @@ fn plan_of(tree: &pg_query::ParseResult, engine: &Engine, catalog: &Catalog) -> 
         if plan != CopyPlan::NotCopyOut {
             return CopyPlan::Refuse("only one COPY TO STDOUT per query can be masked".into());
         }
-        let option = |name: &str| {
-            c.options.iter().find_map(|o| match &o.node {
-                Some(N::DefElem(d)) if d.defname.eq_ignore_ascii_case(name) => {
-                    Some(match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
-                        Some(N::String(v)) => v.sval.to_ascii_lowercase(),
-                        _ => String::new(),
-                    })
-                }
-                _ => None,
-            })
-        };
-        let format = option("format");
-        if format.as_deref() == Some("binary") {
-            return CopyPlan::Refuse(
-                "binary COPY TO STDOUT cannot be masked; use text or csv format".into(),
-            );
+        plan = copy_out_plan(c, engine, catalog);
+        if matches!(plan, CopyPlan::Refuse(_)) {
+            return plan;
         }
-        if !rules {
-            plan = CopyPlan::Rules(Vec::new());
-            continue;
-        }
-        let plain = c.options.len() == usize::from(format.is_some())
-            && format.as_deref().is_none_or(|f| f == "text");
-        if !plain {
-            return CopyPlan::Refuse("only text-format COPY TO STDOUT without options can be masked by column rules; use SELECT".into());
-        }
-        let Some(rel) = c.relation.as_ref().filter(|_| c.query.is_none()) else {
-            return CopyPlan::Refuse("COPY (query) TO STDOUT cannot be masked by column rules; run the query with SELECT".into());
-        };
-        // The parser already folded unquoted names to lower case.
-        let t = rel.relname.clone();
-        let (schema, table) = if rel.schemaname.is_empty() {
-            let found: Vec<&String> = catalog
-                .tables
-                .keys()
-                .filter(|(_, tb)| *tb == t)
-                .map(|(sc, _)| sc)
-                .collect();
-            match found.as_slice() {
-                [] => ("public".to_string(), t),
-                [one] => ((*one).clone(), t),
-                _ => {
-                    return CopyPlan::Refuse(format!(
-                        "table {t} exists in several schemas; qualify it as schema.{t}"
-                    ))
-                }
-            }
-        } else {
-            (rel.schemaname.clone(), t)
-        };
-        let columns: Vec<&str> = c
-            .attlist
-            .iter()
-            .filter_map(|n| match &n.node {
-                Some(N::String(s)) => Some(s.sval.as_str()),
-                _ => None,
-            })
-            .collect();
-        plan = if !columns.is_empty() {
-            CopyPlan::Rules(
-                columns
-                    .iter()
-                    .map(|c| {
-                        engine
-                            .column_rule(Some((&schema, &table)), c)
-                            .map(|(s, p)| (s, p.to_string()))
-                    })
-                    .collect(),
-            )
-        } else {
-            // A table the catalog does not list has no column a rule names.
-            CopyPlan::Rules(
-                catalog
-                    .tables
-                    .get(&(schema, table))
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        };
     }
     plan
+}
+
+/// The plan for one COPY TO STDOUT: Rules or Refuse, never NotCopyOut.
+fn copy_out_plan(c: &pg_query::protobuf::CopyStmt, engine: &Engine, catalog: &Catalog) -> CopyPlan {
+    use pg_query::protobuf::node::Node as N;
+    let format = copy_option(c, "format");
+    if format.as_deref() == Some("binary") {
+        return CopyPlan::Refuse(
+            "binary COPY TO STDOUT cannot be masked; use text or csv format".into(),
+        );
+    }
+    if !engine.has_column_rules() {
+        return CopyPlan::Rules(Vec::new());
+    }
+    let plain = c.options.len() == usize::from(format.is_some())
+        && format.as_deref().is_none_or(|f| f == "text");
+    if !plain {
+        return CopyPlan::Refuse("only text-format COPY TO STDOUT without options can be masked by column rules; use SELECT".into());
+    }
+    let Some(rel) = c.relation.as_ref().filter(|_| c.query.is_none()) else {
+        return CopyPlan::Refuse(
+            "COPY (query) TO STDOUT cannot be masked by column rules; run the query with SELECT"
+                .into(),
+        );
+    };
+    let (schema, table) = match copied_table(rel, catalog) {
+        Ok(t) => t,
+        Err(refuse) => return refuse,
+    };
+    let columns: Vec<&str> = c
+        .attlist
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(N::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !columns.is_empty() {
+        CopyPlan::Rules(
+            columns
+                .iter()
+                .map(|c| {
+                    engine
+                        .column_rule(Some((&schema, &table)), c)
+                        .map(|(s, p)| (s, p.to_string()))
+                })
+                .collect(),
+        )
+    } else {
+        // A table the catalog does not list has no column a rule names.
+        CopyPlan::Rules(
+            catalog
+                .tables
+                .get(&(schema, table))
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// A COPY option's value in lower case ("" when it has no string value).
+fn copy_option(c: &pg_query::protobuf::CopyStmt, name: &str) -> Option<String> {
+    use pg_query::protobuf::node::Node as N;
+    c.options.iter().find_map(|o| match &o.node {
+        Some(N::DefElem(d)) if d.defname.eq_ignore_ascii_case(name) => {
+            Some(match d.arg.as_ref().and_then(|a| a.node.as_ref()) {
+                Some(N::String(v)) => v.sval.to_ascii_lowercase(),
+                _ => String::new(),
+            })
+        }
+        _ => None,
+    })
+}
+
+/// The copied table as (schema, table); an unqualified name must be in at
+/// most one schema of the catalog.
+fn copied_table(
+    rel: &pg_query::protobuf::RangeVar,
+    catalog: &Catalog,
+) -> Result<(String, String), CopyPlan> {
+    // The parser already folded unquoted names to lower case.
+    let t = rel.relname.clone();
+    if !rel.schemaname.is_empty() {
+        return Ok((rel.schemaname.clone(), t));
+    }
+    let found: Vec<&String> = catalog
+        .tables
+        .keys()
+        .filter(|(_, tb)| *tb == t)
+        .map(|(sc, _)| sc)
+        .collect();
+    match found.as_slice() {
+        [] => Ok(("public".to_string(), t)),
+        [one] => Ok(((*one).clone(), t)),
+        _ => Err(CopyPlan::Refuse(format!(
+            "table {t} exists in several schemas; qualify it as schema.{t}"
+        ))),
+    }
 }
 
 #[cfg(test)]

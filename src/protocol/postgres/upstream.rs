@@ -208,31 +208,11 @@ async fn login(
     application_name: &str,
     client_params: &[(String, String)],
 ) -> Result<Upstream, PgError> {
-    let mut stream = open_stream(conn).await?;
+    let stream = open_stream(conn).await?;
     let user = conn.user.as_deref().unwrap_or_default();
-    let mut params: Vec<(&str, &str)> = vec![
-        ("user", user),
-        ("database", conn.database.as_deref().unwrap_or_default()),
-        ("application_name", application_name),
-    ];
-    for (k, v) in client_params {
-        if PASSTHROUGH_PARAMS.contains(&k.as_str()) {
-            params.push((k, v));
-        }
-    }
-    // A read_only connection is read-only in PostgreSQL too, so a write the
-    // guardrails cannot see (a user function) still fails; guardrails refuse
-    // turning it off.
-    if conn.guardrails.as_ref().is_some_and(|g| g.read_only) {
-        params.push(("options", "-c default_transaction_read_only=on"));
-    }
+    let params = startup_params(conn, user, application_name, client_params);
     let mut out = BytesMut::new();
     codec::startup_message(&mut out, &params);
-    stream.write_all(&out).await?;
-
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut scram: Option<ScramSha256> = None;
-    let mut scram_done = false;
     let mut up = Upstream {
         stream,
         leftover: BytesMut::new(),
@@ -240,75 +220,22 @@ async fn login(
         pid: 0,
         key: 0,
     };
+    up.stream.write_all(&out).await?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut auth = Auth {
+        tls: conn.tls,
+        user,
+        password,
+        scram: None,
+        scram_done: false,
+    };
     loop {
         let (tag, mut body) = read_frame(&mut up.stream, &mut buf, MAX_LOGIN_FRAME).await?;
         out.clear();
         match tag {
             b'R' => {
-                if body.len() < 4 {
-                    return Err(PgError::Protocol("short authentication request".into()));
-                }
-                match body.get_i32() {
-                    // A server that started SCRAM must prove itself before it may say OK.
-                    0 if scram.is_some() && !scram_done => {
-                        return Err(PgError::Auth("server skipped SCRAM's final step".into()))
-                    }
-                    0 => {}
-                    // Never send the password in clear over an unencrypted connection.
-                    3 if conn.tls == TlsMode::Disable => {
-                        return Err(PgError::Auth(
-                            "server asks for a cleartext password on an unencrypted connection; use SCRAM or tls = \"verify-full\"".into(),
-                        ))
-                    }
-                    3 => frontend::password_message(password.expose().as_bytes(), &mut out)?,
-                    5 if body.len() >= 4 => {
-                        let salt = [body[0], body[1], body[2], body[3]];
-                        let hash = md5_hash(user.as_bytes(), password.expose().as_bytes(), salt);
-                        frontend::password_message(hash.as_bytes(), &mut out)?;
-                    }
-                    10 => {
-                        let mut rest: &[u8] = &body;
-                        let mut offered = Vec::new();
-                        while let Ok(m) = cstr(&mut rest) {
-                            if m.is_empty() {
-                                break;
-                            }
-                            offered.push(m.to_string());
-                        }
-                        if !offered.iter().any(|m| m == SCRAM_SHA_256) {
-                            return Err(PgError::Auth(format!(
-                                "server offers only {offered:?}; the gateway supports SCRAM-SHA-256, md5 and password"
-                            )));
-                        }
-                        let s = ScramSha256::new(
-                            password.expose().as_bytes(),
-                            ChannelBinding::unsupported(),
-                        );
-                        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
-                        scram = Some(s);
-                    }
-                    11 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| PgError::Auth("SASL continue without start".into()))?;
-                        s.update(&body).map_err(|e| PgError::Auth(e.to_string()))?;
-                        frontend::sasl_response(s.message(), &mut out)?;
-                    }
-                    12 => {
-                        let s = scram
-                            .as_mut()
-                            .ok_or_else(|| PgError::Auth("SASL final without start".into()))?;
-                        s.finish(&body).map_err(|e| {
-                            PgError::Auth(format!("server signature check failed: {e}"))
-                        })?;
-                        scram_done = true;
-                    }
-                    n => {
-                        return Err(PgError::Auth(format!(
-                            "unsupported authentication method {n} requested by the server"
-                        )))
-                    }
-                }
+                auth.respond(&mut body, &mut out)?;
                 if !out.is_empty() {
                     up.stream.write_all(&out).await?;
                 }
@@ -334,6 +261,122 @@ async fn login(
             // NoticeResponse and NegotiateProtocolVersion during login are informational.
             _ => {}
         }
+    }
+}
+
+/// The startup parameters the gateway sends: its own choice of user and
+/// database, and the client's settings that may pass through.
+fn startup_params<'a>(
+    conn: &'a ConnectionConfig,
+    user: &'a str,
+    application_name: &'a str,
+    client_params: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut params: Vec<(&str, &str)> = vec![
+        ("user", user),
+        ("database", conn.database.as_deref().unwrap_or_default()),
+        ("application_name", application_name),
+    ];
+    for (k, v) in client_params {
+        if PASSTHROUGH_PARAMS.contains(&k.as_str()) {
+            params.push((k, v));
+        }
+    }
+    // A read_only connection is read-only in PostgreSQL too, so a write the
+    // guardrails cannot see (a user function) still fails; guardrails refuse
+    // turning it off.
+    if conn.guardrails.as_ref().is_some_and(|g| g.read_only) {
+        params.push(("options", "-c default_transaction_read_only=on"));
+    }
+    params
+}
+
+/// The client side of PostgreSQL authentication, one request at a time.
+struct Auth<'a> {
+    tls: TlsMode,
+    user: &'a str,
+    password: &'a Secret<String>,
+    scram: Option<ScramSha256>,
+    scram_done: bool,
+}
+
+impl Auth<'_> {
+    /// Answers one AuthenticationRequest into `out` (left empty when no
+    /// answer is due).
+    fn respond(&mut self, body: &mut BytesMut, out: &mut BytesMut) -> Result<(), PgError> {
+        if body.len() < 4 {
+            return Err(PgError::Protocol("short authentication request".into()));
+        }
+        let secret = self.password;
+        let password = secret.expose().as_bytes();
+        match body.get_i32() {
+            // A server that started SCRAM must prove itself before it may say OK.
+            0 if self.scram.is_some() && !self.scram_done => {
+                return Err(PgError::Auth("server skipped SCRAM's final step".into()))
+            }
+            0 => {}
+            // Never send the password in clear over an unencrypted connection.
+            3 if self.tls == TlsMode::Disable => {
+                return Err(PgError::Auth(
+                    "server asks for a cleartext password on an unencrypted connection; use SCRAM or tls = \"verify-full\"".into(),
+                ))
+            }
+            3 => frontend::password_message(password, out)?,
+            5 if body.len() >= 4 => {
+                let salt = [body[0], body[1], body[2], body[3]];
+                let hash = md5_hash(self.user.as_bytes(), password, salt);
+                frontend::password_message(hash.as_bytes(), out)?;
+            }
+            10 => self.sasl_start(body, out)?,
+            11 => {
+                let s = self
+                    .scram
+                    .as_mut()
+                    .ok_or_else(|| PgError::Auth("SASL continue without start".into()))?;
+                s.update(body).map_err(|e| PgError::Auth(e.to_string()))?;
+                frontend::sasl_response(s.message(), out)?;
+            }
+            12 => {
+                let s = self
+                    .scram
+                    .as_mut()
+                    .ok_or_else(|| PgError::Auth("SASL final without start".into()))?;
+                s.finish(body)
+                    .map_err(|e| PgError::Auth(format!("server signature check failed: {e}")))?;
+                self.scram_done = true;
+            }
+            n => {
+                return Err(PgError::Auth(format!(
+                    "unsupported authentication method {n} requested by the server"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// AuthenticationSASL: the server lists its mechanisms; only
+    /// SCRAM-SHA-256 is spoken.
+    fn sasl_start(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
+        let mut rest: &[u8] = body;
+        let mut offered = Vec::new();
+        while let Ok(m) = cstr(&mut rest) {
+            if m.is_empty() {
+                break;
+            }
+            offered.push(m.to_string());
+        }
+        if !offered.iter().any(|m| m == SCRAM_SHA_256) {
+            return Err(PgError::Auth(format!(
+                "server offers only {offered:?}; the gateway supports SCRAM-SHA-256, md5 and password"
+            )));
+        }
+        let s = ScramSha256::new(
+            self.password.expose().as_bytes(),
+            ChannelBinding::unsupported(),
+        );
+        frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), out)?;
+        self.scram = Some(s);
+        Ok(())
     }
 }
 
