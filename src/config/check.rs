@@ -24,7 +24,7 @@ impl Config {
             }
         }
         for p in &self.server.trusted_proxies {
-            if let Err(e) = p.get_ref().parse::<crate::ingress::forwarded::Cidr>() {
+            if let Err(e) = p.get_ref().parse::<pins::Cidr>() {
                 out.push((p.span(), format!("server.{e}")));
             }
         }
@@ -205,7 +205,7 @@ impl Config {
                 if c.private_key.is_none() {
                     out.push((c.name.span(), format!("ssh connection {name:?} needs `private_key` (a secret reference to an OpenSSH or PEM key)")));
                 }
-                match c.host_key.as_deref().map(crate::protocol::ssh::HostKeyPin::parse) {
+                match c.host_key.as_deref().map(pins::HostKeyPin::parse) {
                     None => out.push((c.name.span(), format!("ssh connection {name:?} needs `host_key`: the upstream's key as a known_hosts line (`ssh-keyscan HOST`) or its SHA256: fingerprint"))),
                     Some(Err(e)) => out.push((c.name.span(), format!("connection {name:?} host_key: {e}"))),
                     Some(Ok(_)) => {}
@@ -227,7 +227,7 @@ impl Config {
                     }
                 }
                 for dest in &c.local_forwarding {
-                    if crate::protocol::ssh::parse_destination(dest).is_none() {
+                    if pins::parse_destination(dest).is_none() {
                         out.push((
                             c.name.span(),
                             format!(

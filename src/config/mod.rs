@@ -12,6 +12,7 @@ use crate::policy::Member;
 use crate::secrets::SecretRef;
 
 mod check;
+pub mod pins;
 #[cfg(test)]
 mod tests;
 mod units;

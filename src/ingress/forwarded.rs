@@ -8,59 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ForwardedError {
-    #[error("trusted_proxies entry {0:?} is not an IP address or CIDR such as \"10.0.0.0/8\" or \"::1\"")]
-    BadCidr(String),
-}
-
-/// An IP network: an address and how many leading bits must match.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cidr {
-    net: IpAddr,
-    bits: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = ForwardedError;
-
-    fn from_str(s: &str) -> Result<Cidr, ForwardedError> {
-        let bad = || ForwardedError::BadCidr(s.to_string());
-        let (addr, bits) = match s.trim().split_once('/') {
-            Some((a, b)) => (a, Some(b)),
-            None => (s.trim(), None),
-        };
-        let net: IpAddr = addr.parse().map_err(|_| bad())?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let bits = match bits {
-            None => max,
-            Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => {
-                b.parse::<u8>().ok().filter(|n| *n <= max).ok_or_else(bad)?
-            }
-            Some(_) => return Err(bad()),
-        };
-        Ok(Cidr { net, bits })
-    }
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4 peer may arrive as ::ffff:a.b.c.d on a dual-stack socket.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        let prefix = |a: u128, b: u128, width: u32| {
-            let shift = width - u32::from(self.bits);
-            shift >= width || (a >> shift) == (b >> shift)
-        };
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => prefix(u32::from(n).into(), u32::from(i).into(), 32),
-            (IpAddr::V6(n), IpAddr::V6(i)) => prefix(n.into(), i.into(), 128),
-            _ => false,
-        }
-    }
-}
+pub use crate::config::pins::{Cidr, CidrError as ForwardedError};
 
 /// Parses `[server] trusted_proxies`.
 pub fn parse_proxies<'a>(

@@ -3,9 +3,13 @@
 
 pub mod command;
 pub mod decision;
+#[cfg(test)]
+mod decision_tests;
 pub mod guardrails;
 mod kinds;
 pub mod review;
+#[cfg(test)]
+mod review_tests;
 pub mod shell;
 pub mod sqltext;
 pub mod sqltree;

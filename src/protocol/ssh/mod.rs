@@ -14,9 +14,6 @@ pub mod sftp_gate;
 pub mod text;
 pub mod upstream;
 
-use russh::keys::ssh_key::public::KeyData;
-use russh::keys::{HashAlg, PublicKey};
-
 /// What this instance's SSH sessions share.
 #[derive(Default)]
 pub struct Services {
@@ -46,76 +43,12 @@ pub enum SshError {
     Recording(String),
 }
 
-/// The upstream's host key(s) as pinned in the config: known_hosts lines
-/// (`ssh-keyscan` output, with or without the host field) and/or
-/// `SHA256:` fingerprints, one per line.
-#[derive(Debug, Clone)]
-pub struct HostKeyPin {
-    keys: Vec<KeyData>,
-    fingerprints: Vec<String>,
-}
+pub use crate::config::pins::{fingerprint, parse_destination, HostKeyPin, PinError};
 
-fn is_key_type(word: &str) -> bool {
-    word.starts_with("ssh-") || word.starts_with("ecdsa-sha2-") || word.starts_with("sk-")
-}
-
-impl HostKeyPin {
-    pub fn parse(text: &str) -> Result<HostKeyPin, SshError> {
-        let mut pin = HostKeyPin {
-            keys: Vec::new(),
-            fingerprints: Vec::new(),
-        };
-        for line in text.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            if line.starts_with("SHA256:") {
-                let fp = line.split_whitespace().next().unwrap_or(line);
-                pin.fingerprints.push(fp.to_string());
-                continue;
-            }
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let Some(at) = words.iter().position(|w| is_key_type(w)) else {
-                return Err(SshError::Pin(format!(
-                    "{line:?} is neither a known_hosts line (\"ssh-ed25519 AAAA...\") nor a SHA256: fingerprint"
-                )));
-            };
-            let (Some(kind), Some(b64)) = (words.get(at), words.get(at + 1)) else {
-                return Err(SshError::Pin(format!("{line:?} has no key after its type")));
-            };
-            let key = PublicKey::from_openssh(&format!("{kind} {b64}"))
-                .map_err(|e| SshError::Pin(format!("{kind} key does not parse: {e}")))?;
-            pin.keys.push(key.key_data().clone());
-        }
-        if pin.keys.is_empty() && pin.fingerprints.is_empty() {
-            return Err(SshError::Pin("is empty".into()));
-        }
-        Ok(pin)
+impl From<PinError> for SshError {
+    fn from(e: PinError) -> SshError {
+        SshError::Pin(e.0)
     }
-
-    pub fn matches(&self, key: &KeyData) -> bool {
-        let fp = fingerprint(key);
-        self.keys.contains(key) || self.fingerprints.contains(&fp)
-    }
-
-    /// What the pin expects, for error messages (fingerprints only).
-    pub fn describe(&self) -> String {
-        let mut all: Vec<String> = self.keys.iter().map(fingerprint).collect();
-        all.extend(self.fingerprints.iter().cloned());
-        all.join(" or ")
-    }
-}
-
-pub fn fingerprint(key: &KeyData) -> String {
-    key.fingerprint(HashAlg::Sha256).to_string()
-}
-
-/// "host:port" (or "[v6]:port") as configured in `local_forwarding`.
-pub fn parse_destination(dest: &str) -> Option<(String, u16)> {
-    let (host, port) = dest.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port.parse().ok()?;
-    (!host.is_empty() && port != 0).then(|| (host.to_string(), port))
 }
 
 /// Whether `name` matches one of the `allow_env` globs (`*` matches any run).
@@ -150,6 +83,7 @@ pub fn default_env() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use russh::keys::PublicKey;
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm9n+7wGfXNXhcz6kCzH3sNDX0P3G1cvbtpXIGsq1bb";
