@@ -1,7 +1,7 @@
 //! Custody: an access gateway that proves who is asking (OIDC), fetches the
 //! upstream credential itself, and records every session.
 
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod ingress;

@@ -1,0 +1,167 @@
+//! `custody connect`: a local listener (one tunnel per client) or stdio
+//! (OpenSSH ProxyCommand) carried to a connection through the gateway.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::args::ConnectArgs;
+use super::client::{ClientError, Target};
+use super::tunnel::{open_tunnel, pump};
+use super::{shutdown_signal, CliError};
+use crate::protocol::postgres::codec::{self, Startup};
+
+/// The close reason of a tunnel whose client hung up: not worth reporting.
+const CLIENT_CLOSED: &str = "client closed the tunnel";
+
+pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
+    let ConnectArgs {
+        connection,
+        listen,
+        stdio,
+        gw,
+    } = args;
+    let target = Target::resolve(gw.gateway, gw.token).await?;
+    if stdio {
+        let why = self::stdio(target, connection).await?;
+        if !why.is_empty() && why != CLIENT_CLOSED {
+            eprintln!("custody: session ended: {why}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let addr = listen.unwrap_or_else(|| "127.0.0.1:6432".into());
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| CliError::Listen { addr, source })?;
+    eprintln!(
+        "custody: listening on {} for {connection} via {}",
+        listener.local_addr()?,
+        target.gateway
+    );
+    tokio::select! {
+        r = self::listen(target, connection, listener) => r?,
+        _ = shutdown_signal() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `custody connect --listen`: one tunnel per accepted local connection.
+async fn listen(
+    target: Target,
+    connection: String,
+    listener: TcpListener,
+) -> Result<(), ClientError> {
+    loop {
+        let (sock, peer) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let (target, connection) = (target.clone(), connection.clone());
+        tokio::spawn(async move {
+            match open_tunnel(&target, &connection).await {
+                Ok((ws, audit)) => {
+                    eprintln!("custody: session {audit} opened: {peer} → {connection}");
+                    let (r, w) = sock.into_split();
+                    let why = pump(ws, r, w).await.unwrap_or_else(|e| e.to_string());
+                    let why = if why.is_empty() {
+                        "closed".to_string()
+                    } else {
+                        why
+                    };
+                    eprintln!(
+                        "custody: session {audit} ended: {why}{}",
+                        cloud_run_hint(&why)
+                    );
+                }
+                Err(e) => {
+                    eprintln!(
+                        "custody: {peer} → {connection} refused: {e}{}",
+                        audit_suffix(&e)
+                    );
+                    pg_refuse(sock, &format!("custody: {e}{}", audit_suffix(&e))).await;
+                }
+            }
+        });
+    }
+}
+
+/// `custody connect --stdio`: the tunnel on stdin/stdout (OpenSSH ProxyCommand).
+async fn stdio(target: Target, connection: String) -> Result<String, ClientError> {
+    let (ws, audit) = open_tunnel(&target, &connection).await?;
+    eprintln!("custody: session {audit} opened → {connection}");
+    let why = pump(ws, stdin_reader(), stdout_writer()).await?;
+    Ok(why)
+}
+
+/// Under ProxyCommand stdin and stdout are pipes: read and write them on the
+/// reactor (non-blocking) instead of tokio's blocking-thread stdio, which
+/// hands every chunk to another thread. Anything else (a terminal, a file)
+/// keeps the portable path.
+fn stdin_reader() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    use std::os::fd::AsFd;
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok());
+    match pipe {
+        Some(p) => Box::new(p),
+        None => Box::new(tokio::io::stdin()),
+    }
+}
+
+fn stdout_writer() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    use std::os::fd::AsFd;
+    let pipe = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
+    match pipe {
+        Some(p) => Box::new(p),
+        None => Box::new(tokio::io::stdout()),
+    }
+}
+
+fn audit_suffix(e: &ClientError) -> String {
+    e.audit_id()
+        .map(|a| format!(" (audit id {a})"))
+        .unwrap_or_default()
+}
+
+/// Cloud Run ends any request after 60 minutes; say so rather than look broken.
+fn cloud_run_hint(why: &str) -> &'static str {
+    if why.contains("tunnel error") {
+        " (Cloud Run ends a request after at most 60 minutes; reconnect to continue)"
+    } else {
+        ""
+    }
+}
+
+/// A refused tunnel still owes a PostgreSQL client a real error, not a reset:
+/// answer its startup as a server would, with a FATAL ErrorResponse.
+async fn pg_refuse(mut sock: TcpStream, message: &str) {
+    let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match codec::decode_startup(&mut buf) {
+            Ok(Some(Startup::Ssl | Startup::GssEnc)) => {
+                if sock.write_all(b"N").await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(Startup::Startup { .. })) => {
+                let mut out = BytesMut::new();
+                codec::error_response(&mut out, "FATAL", "28000", message, None);
+                let _ = sock.write_all(&out).await;
+                return;
+            }
+            Ok(None) => match tokio::time::timeout_at(deadline, sock.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            },
+            _ => return,
+        }
+    }
+}
