@@ -14,8 +14,7 @@ use super::tunnel::{open_tunnel, pump};
 use super::{shutdown_signal, CliError};
 use crate::protocol::postgres::codec::{self, Startup};
 
-/// The close reason of a tunnel whose client hung up: not worth reporting.
-const CLIENT_CLOSED: &str = "client closed the tunnel";
+use crate::wire::CLIENT_CLOSED;
 
 pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
     let ConnectArgs {
