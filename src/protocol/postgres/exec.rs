@@ -35,7 +35,6 @@ pub async fn run(
     sql: &str,
 ) -> Result<ExecOutcome, PgError> {
     let session = &ctx.session;
-    let (max_rows, max_message) = (ctx.limits.exec_max_rows, ctx.limits.max_message_bytes);
     let conn = &session.permit.connection;
     let password = super::credential(conn, &ctx.credentials)
         .await
@@ -59,90 +58,15 @@ pub async fn run(
         engine,
         catalog: &catalog,
     });
-    let mut masks: Vec<ColMask> = Vec::new();
-    let mut counts = Counts::default();
-    let mut held = 0usize;
     let mut out = BytesMut::new();
     put_statement(&mut out, ctx, sql);
     up.stream.write_all(&out).await?;
-
-    let mut tracker = Tracker::default();
-    tracker.on_query(sql.to_string());
-    let mut result = ExecResult::default();
-    let mut error = None;
-    let mut in_rows = false;
+    let mut answer = Answer::new(mask, ctx.limits.exec_max_rows, ctx.limits.max_message_bytes);
+    answer.tracker.on_query(sql.to_string());
     let mut buf = std::mem::take(&mut up.leftover);
     loop {
-        let (tag, frame) = loop {
-            if buf.len() >= 5 {
-                let len = codec::frame_len(buf[0], [buf[1], buf[2], buf[3], buf[4]], max_message)?;
-                if buf.len() >= 5 + len {
-                    let tag = buf[0];
-                    buf.advance(5);
-                    break (tag, buf.split_to(len));
-                }
-            }
-            if up.stream.read_buf(&mut buf).await? == 0 {
-                return Err(PgError::Protocol("upstream closed during the query".into()));
-            }
-        };
+        let (tag, frame) = next_frame(&mut up.stream, &mut buf, answer.max_message).await?;
         match tag {
-            b'T' => {
-                let cols = masking::row_description(&frame)?;
-                if let Some(m) = mask {
-                    masks = masking::resolve(&cols, m.engine, m.catalog);
-                }
-                result.columns = cols.into_iter().map(|c| c.name).collect();
-                result.rows.clear();
-                result.truncated = false;
-                in_rows = true;
-            }
-            b'D' => {
-                // Rows and bytes are both bounded: one answer cannot exhaust memory.
-                held += frame.len();
-                if result.rows.len() < max_rows && held <= max_message {
-                    let mut row = codec::text_row(&frame)?;
-                    if let Some(m) = mask {
-                        for (i, v) in row.iter_mut().enumerate() {
-                            let Some(text) = v.as_deref() else { continue };
-                            match masking::mask_one(
-                                text.as_bytes(),
-                                masks.get(i),
-                                m.engine,
-                                &mut counts,
-                            ) {
-                                None => {}
-                                Some(None) => *v = None,
-                                Some(Some(b)) => {
-                                    *v = Some(String::from_utf8_lossy(&b).into_owned())
-                                }
-                            }
-                        }
-                    }
-                    result.rows.push(row);
-                } else {
-                    result.truncated = true;
-                }
-            }
-            b'C' => {
-                let mut rest: &[u8] = &frame;
-                let tag = cstr(&mut rest)?.to_string();
-                if !in_rows {
-                    result.columns.clear();
-                    result.rows.clear();
-                }
-                in_rows = false;
-                tracker.on_complete(&tag);
-                result.command_tag = tag;
-            }
-            b'E' => {
-                let (code, mut message) = codec::error_fields(&frame);
-                if let Some(m) = mask {
-                    message = masking::text(m.engine, &message, &mut counts);
-                }
-                tracker.on_error(code.clone(), message.clone());
-                error = Some((code, message));
-            }
             b'Z' => break,
             // COPY cannot run over exec: answer CopyFail so the server moves on.
             b'G' => {
@@ -154,11 +78,11 @@ pub async fn run(
                 );
                 up.stream.write_all(&out).await?;
             }
-            _ => {}
+            _ => answer.on_frame(tag, &frame)?,
         }
     }
-    tracker.add_masked(&counts);
-    if let Some(mut ev) = tracker.on_ready(b'I').0 {
+    answer.tracker.add_masked(&answer.counts);
+    if let Some(mut ev) = answer.tracker.on_ready(b'I').0 {
         hooks::scrub(mask, &mut ev);
         // The statement ran: without its record, its result is not released.
         session
@@ -170,10 +94,127 @@ pub async fn run(
     out.clear();
     codec::put_frame(&mut out, b'X', b"");
     let _ = up.stream.write_all(&out).await;
-    Ok(match error {
+    Ok(match answer.error {
         Some((sqlstate, message)) => ExecOutcome::QueryError { sqlstate, message },
-        None => ExecOutcome::Done(result),
+        None => ExecOutcome::Done(answer.result),
     })
+}
+
+/// The next whole frame from the upstream: its tag and body.
+async fn next_frame(
+    stream: &mut Box<dyn upstream::Io>,
+    buf: &mut BytesMut,
+    max_message: usize,
+) -> Result<(u8, BytesMut), PgError> {
+    loop {
+        if buf.len() >= 5 {
+            let len = codec::frame_len(buf[0], [buf[1], buf[2], buf[3], buf[4]], max_message)?;
+            if buf.len() >= 5 + len {
+                let tag = buf[0];
+                buf.advance(5);
+                return Ok((tag, buf.split_to(len)));
+            }
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(PgError::Protocol("upstream closed during the query".into()));
+        }
+    }
+}
+
+/// The answer being collected: columns, masked text rows, the outcome.
+struct Answer<'a> {
+    mask: Option<MaskCtx<'a>>,
+    masks: Vec<ColMask>,
+    counts: Counts,
+    /// Row bytes kept so far.
+    held: usize,
+    max_rows: usize,
+    max_message: usize,
+    in_rows: bool,
+    tracker: Tracker,
+    result: ExecResult,
+    error: Option<(String, String)>,
+}
+
+impl<'a> Answer<'a> {
+    fn new(mask: Option<MaskCtx<'a>>, max_rows: usize, max_message: usize) -> Answer<'a> {
+        Answer {
+            mask,
+            masks: Vec::new(),
+            counts: Counts::default(),
+            held: 0,
+            max_rows,
+            max_message,
+            in_rows: false,
+            tracker: Tracker::default(),
+            result: ExecResult::default(),
+            error: None,
+        }
+    }
+
+    fn on_frame(&mut self, tag: u8, frame: &[u8]) -> Result<(), PgError> {
+        match tag {
+            b'T' => {
+                let cols = masking::row_description(frame)?;
+                if let Some(m) = self.mask {
+                    self.masks = masking::resolve(&cols, m.engine, m.catalog);
+                }
+                self.result.columns = cols.into_iter().map(|c| c.name).collect();
+                self.result.rows.clear();
+                self.result.truncated = false;
+                self.in_rows = true;
+            }
+            b'D' => self.row(frame)?,
+            b'C' => {
+                let mut rest: &[u8] = frame;
+                let tag = cstr(&mut rest)?.to_string();
+                if !self.in_rows {
+                    self.result.columns.clear();
+                    self.result.rows.clear();
+                }
+                self.in_rows = false;
+                self.tracker.on_complete(&tag);
+                self.result.command_tag = tag;
+            }
+            b'E' => {
+                let (code, mut message) = codec::error_fields(frame);
+                if let Some(m) = self.mask {
+                    message = crate::mask::text(m.engine, &message, &mut self.counts);
+                }
+                self.tracker.on_error(code.clone(), message.clone());
+                self.error = Some((code, message));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Rows and bytes are both bounded: one answer cannot exhaust memory.
+    fn row(&mut self, frame: &[u8]) -> Result<(), PgError> {
+        self.held += frame.len();
+        if self.result.rows.len() >= self.max_rows || self.held > self.max_message {
+            self.result.truncated = true;
+            return Ok(());
+        }
+        let mut row = codec::text_row(frame)?;
+        if let Some(m) = self.mask {
+            for (i, v) in row.iter_mut().enumerate() {
+                let Some(text) = v.as_deref() else { continue };
+                match masking::mask_one(
+                    text.as_bytes(),
+                    self.masks.get(i),
+                    m.engine,
+                    &mut self.counts,
+                ) {
+                    None => {}
+                    Some(None) => *v = None,
+                    Some(Some(b)) => *v = Some(String::from_utf8_lossy(&b).into_owned()),
+                }
+            }
+        }
+        self.result.rows.push(row);
+        Ok(())
+    }
 }
 
 /// The statement as one Query, with the sqlcommenter comment when enabled.

@@ -277,97 +277,17 @@ impl Inspect for ClientHook<'_> {
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
         if let Some(skip) = self.skipping.clone() {
-            let mut t = lock(self.tracker)?;
-            match tag {
-                // The client waits for an answer before its Sync: give the refusal now.
-                b'H' if !skip.sent => {
-                    t.push_blocked(skip.error.clone(), false);
-                    self.blocked = true;
-                    self.skipping = Some(Skipping { sent: true, ..skip });
-                }
-                b'S' => {
-                    self.skipping = None;
-                    let pending_error = if skip.sent { Bytes::new() } else { skip.error };
-                    if self.segment_forwarded {
-                        // Earlier messages of this segment are upstream: their
-                        // answers come first, the refusal just before ReadyForQuery.
-                        t.on_sync_with(pending_error);
-                        put_frame(out, tag, body);
-                    } else {
-                        t.push_blocked(pending_error, true);
-                        self.blocked = true;
-                    }
-                    self.segment_forwarded = false;
-                }
-                _ => {}
-            }
-            return Ok(());
+            return self.while_skipping(skip, tag, body, out);
         }
-        match tag {
-            b'Q' => {
-                let text = codec::query_sql(body)?;
-                let sql = text.as_ref();
-                let raw = body.strip_suffix(&[0]).unwrap_or(body);
-                let refused = self.refuse(sql, raw, "simple");
-                let mut t = lock(self.tracker)?;
-                let oversized = (self.rules.inspects() || self.mask.is_some())
-                    && sql.len() > self.rules.max_inspected;
-                t.on_query(if oversized {
-                    head(sql)
-                } else {
-                    sql.to_string()
-                });
-                if let Some(message) = refused {
-                    put_frame(out, b'Q', &raise_query(&message));
-                    return Ok(());
-                }
-                if let Some(m) = self.mask {
-                    if let CopyPlan::Rules(rules) = masking::copy_plan(sql, m.engine, m.catalog) {
-                        t.set_copy_rules(rules);
-                    }
-                }
-                // Text that is not UTF-8 is forwarded as the client's own bytes.
-                let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
-                if let Some(c) = self
-                    .comment
-                    .filter(|_| utf8 && !comment::ends_with_comment(sql))
-                {
-                    comment::put_query(out, sql, c);
-                    return Ok(());
-                }
-            }
-            b'P' => {
-                let (name, text) = codec::parse_msg(body)?;
-                let (name, sql) = (name.as_ref(), text.as_ref());
-                let raw = {
-                    let mut rest = body;
-                    codec::cbytes(&mut rest)?;
-                    codec::cbytes(&mut rest)?
-                };
-                if let Some(message) = self.refuse(sql, raw, "extended") {
-                    self.skipping = Some(Skipping {
-                        error: error_bytes(&message),
-                        sent: false,
-                    });
-                    return Ok(());
-                }
-                lock(self.tracker)?.on_parse(name, sql);
-                let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
-                if let Some(c) = self
-                    .comment
-                    .filter(|_| utf8 && !comment::ends_with_comment(sql))
-                {
-                    comment::put_parse(out, body, name, sql, c);
-                    self.segment_forwarded = true;
-                    return Ok(());
-                }
-            }
+        let handled = match tag {
+            b'Q' => return self.query(body, out),
+            b'P' => self.parse(body, out)?,
             // A function call by OID cannot be checked or masked: refused under either.
             b'F' if self.rules.inspects() || self.mask.is_some() => {
                 let msg = format!("custody: function calls by OID are refused when guardrails or masking are on (audit id {})", self.audit_id);
                 lock(self.tracker)?.push_blocked(error_bytes(&msg), true);
                 self.blocked = true;
-                return Ok(());
+                true
             }
             b'B' => {
                 let (portal, stmt) = codec::bind_msg(body)?;
@@ -376,44 +296,158 @@ impl Inspect for ClientHook<'_> {
                     None => None,
                 };
                 lock(self.tracker)?.on_bind(portal, stmt, formats);
+                false
             }
-            b'E' => {
-                let portal = codec::execute_portal(body)?;
-                let mut t = lock(self.tracker)?;
-                // Under column rules, rows are masked by what the upstream
-                // says this portal returns now, never by a cached Describe.
-                if self.mask.is_some_and(|m| m.engine.has_column_rules()) {
-                    t.on_internal_describe(portal);
-                    let mut d = Vec::with_capacity(portal.len() + 2);
-                    d.push(b'P');
-                    d.extend_from_slice(portal.as_bytes());
-                    d.push(0);
-                    put_frame(out, b'D', &d);
-                }
-                t.on_execute(portal);
-            }
+            b'E' => self.execute(body, out)?,
             b'D' if self.mask.is_some() => {
                 let (kind, name) = codec::describe_msg(body)?;
                 lock(self.tracker)?.on_describe(kind, name);
+                false
             }
             b'C' => {
                 let (kind, name) = codec::close_msg(body)?;
                 lock(self.tracker)?.on_close(kind, name);
+                false
             }
             b'S' => {
                 lock(self.tracker)?.on_sync();
                 self.segment_forwarded = false;
                 put_frame(out, tag, body);
-                return Ok(());
+                true
             }
-            b'X' => self.terminated = true,
+            b'X' => {
+                self.terminated = true;
+                false
+            }
+            _ => false,
+        };
+        if !handled {
+            self.segment_forwarded = true;
+            put_frame(out, tag, body);
+        }
+        Ok(())
+    }
+}
+
+impl ClientHook<'_> {
+    /// After a refused Parse: everything up to Sync is dropped, and the
+    /// refusal goes out where the client waits for it.
+    fn while_skipping(
+        &mut self,
+        skip: Skipping,
+        tag: u8,
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), PgError> {
+        let mut t = lock(self.tracker)?;
+        match tag {
+            // The client waits for an answer before its Sync: give the refusal now.
+            b'H' if !skip.sent => {
+                t.push_blocked(skip.error.clone(), false);
+                self.blocked = true;
+                self.skipping = Some(Skipping { sent: true, ..skip });
+            }
+            b'S' => {
+                self.skipping = None;
+                let pending_error = if skip.sent { Bytes::new() } else { skip.error };
+                if self.segment_forwarded {
+                    // Earlier messages of this segment are upstream: their
+                    // answers come first, the refusal just before ReadyForQuery.
+                    t.on_sync_with(pending_error);
+                    put_frame(out, tag, body);
+                } else {
+                    t.push_blocked(pending_error, true);
+                    self.blocked = true;
+                }
+                self.segment_forwarded = false;
+            }
             _ => {}
         }
-        if tag != b'Q' {
-            self.segment_forwarded = true;
-        }
-        put_frame(out, tag, body);
         Ok(())
+    }
+
+    /// A simple Query: checked, tracked, and forwarded (with the
+    /// sqlcommenter comment), or replaced by the refusal.
+    fn query(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
+        let text = codec::query_sql(body)?;
+        let sql = text.as_ref();
+        let raw = body.strip_suffix(&[0]).unwrap_or(body);
+        let refused = self.refuse(sql, raw, "simple");
+        let mut t = lock(self.tracker)?;
+        let oversized =
+            (self.rules.inspects() || self.mask.is_some()) && sql.len() > self.rules.max_inspected;
+        t.on_query(if oversized {
+            head(sql)
+        } else {
+            sql.to_string()
+        });
+        if let Some(message) = refused {
+            put_frame(out, b'Q', &raise_query(&message));
+            return Ok(());
+        }
+        if let Some(m) = self.mask {
+            if let CopyPlan::Rules(rules) = masking::copy_plan(sql, m.engine, m.catalog) {
+                t.set_copy_rules(rules);
+            }
+        }
+        // Text that is not UTF-8 is forwarded as the client's own bytes.
+        let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
+        match self
+            .comment
+            .filter(|_| utf8 && !comment::ends_with_comment(sql))
+        {
+            Some(c) => comment::put_query(out, sql, c),
+            None => put_frame(out, b'Q', body),
+        }
+        Ok(())
+    }
+
+    /// A Parse: checked (a refusal skips the segment) and tracked. True
+    /// when it was handled here rather than forwarded as it is.
+    fn parse(&mut self, body: &[u8], out: &mut BytesMut) -> Result<bool, PgError> {
+        let (name, text) = codec::parse_msg(body)?;
+        let (name, sql) = (name.as_ref(), text.as_ref());
+        let raw = {
+            let mut rest = body;
+            codec::cbytes(&mut rest)?;
+            codec::cbytes(&mut rest)?
+        };
+        if let Some(message) = self.refuse(sql, raw, "extended") {
+            self.skipping = Some(Skipping {
+                error: error_bytes(&message),
+                sent: false,
+            });
+            return Ok(true);
+        }
+        lock(self.tracker)?.on_parse(name, sql);
+        let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
+        if let Some(c) = self
+            .comment
+            .filter(|_| utf8 && !comment::ends_with_comment(sql))
+        {
+            comment::put_parse(out, body, name, sql, c);
+            self.segment_forwarded = true;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// An Execute. Under column rules, rows are masked by what the upstream
+    /// says this portal returns now, never by a cached Describe: the
+    /// gateway sends its own Describe first.
+    fn execute(&mut self, body: &[u8], out: &mut BytesMut) -> Result<bool, PgError> {
+        let portal = codec::execute_portal(body)?;
+        let mut t = lock(self.tracker)?;
+        if self.mask.is_some_and(|m| m.engine.has_column_rules()) {
+            t.on_internal_describe(portal);
+            let mut d = Vec::with_capacity(portal.len() + 2);
+            d.push(b'P');
+            d.extend_from_slice(portal.as_bytes());
+            d.push(0);
+            put_frame(out, b'D', &d);
+        }
+        t.on_execute(portal);
+        Ok(false)
     }
 }
 
@@ -435,75 +469,16 @@ impl Inspect for ServerHook<'_> {
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
         if tag == b'S' {
-            // Whatever path switched the session to an unsafe encoding (a
-            // function, a role default), statements after it could be read
-            // differently by the gateway and PostgreSQL: end the session.
-            let mut rest = body;
-            let name = codec::cbytes(&mut rest)?;
-            let value = codec::client_text(codec::cbytes(&mut rest)?);
-            if name.eq_ignore_ascii_case(b"client_encoding") && guardrails::unsafe_encoding(&value)
-            {
-                return Err(PgError::Protocol(format!(
-                    "the upstream session switched client_encoding to {value}, which is refused while guardrails or masking inspect statements"
-                )));
-            }
-            put_frame(out, tag, body);
-            return Ok(());
+            return encoding_guard(body, out);
         }
         let mut t = lock(self.tracker)?;
         if let Some(m) = self.mask {
             let mut counts = Counts::default();
-            let written = match tag {
-                b'T' => {
-                    let cols = masking::row_description(body)?;
-                    match t.on_row_description(cols) {
-                        RowDesc::Rows(cols) => {
-                            t.active = Some(masking::resolve(&cols, m.engine, m.catalog))
-                        }
-                        RowDesc::Described => {}
-                        // The gateway's own Describe: the client never asked.
-                        RowDesc::Internal => return Ok(()),
-                    }
-                    false
-                }
-                b'n' => {
-                    if t.on_no_data() {
-                        return Ok(());
-                    }
-                    false
-                }
-                b'D' => {
-                    if t.active.is_none() {
-                        // Extended protocol: rows come without a RowDescription;
-                        // an empty mask list means "never described" (detectors only).
-                        t.active = Some(match t.exec_columns() {
-                            Some(cols) => masking::resolve(&cols, m.engine, m.catalog),
-                            // Column rules cannot be checked without a description: fail closed.
-                            None if m.engine.has_column_rules() => masking::undescribed(body),
-                            None => Vec::new(),
-                        });
-                    }
-                    masking::data_row(body, t.active.as_deref(), m.engine, &mut counts, out)?;
-                    true
-                }
-                b'd' => {
-                    masking::copy_row(body, t.copy_rules(), m.engine, &mut counts, out);
-                    true
-                }
-                b'A' => {
-                    masking::notification(body, m.engine, &mut counts, out)?;
-                    true
-                }
-                b'N' | b'E' => {
-                    masking::notice(tag, body, m.engine, &mut counts, out);
-                    tag == b'N'
-                }
-                _ => false,
-            };
+            let masked = masked_frame(&mut t, m, tag, body, &mut counts, out)?;
             if !counts.is_empty() {
                 t.add_masked(&counts);
             }
-            if written {
+            if masked != Masked::Pass {
                 return Ok(());
             }
         }
@@ -516,7 +491,7 @@ impl Inspect for ServerHook<'_> {
             b'E' => {
                 let (code, message) = codec::error_fields(body);
                 let message = match self.mask {
-                    Some(m) => masking::text(m.engine, &message, &mut Counts::default()),
+                    Some(m) => crate::mask::text(m.engine, &message, &mut Counts::default()),
                     None => message,
                 };
                 t.on_error(code, message)
@@ -540,6 +515,89 @@ impl Inspect for ServerHook<'_> {
         }
         Ok(())
     }
+}
+
+/// What masking did with a frame from the upstream.
+#[derive(PartialEq, Eq)]
+enum Masked {
+    /// Written (masked) to the client: nothing more to do.
+    Written,
+    /// The gateway's own business: the client never sees it.
+    Swallowed,
+    /// Goes on to the outcome tracking (an ErrorResponse is written already).
+    Pass,
+}
+
+/// Whatever path switched the session to an unsafe encoding (a function, a
+/// role default), statements after it could be read differently by the
+/// gateway and PostgreSQL: the session ends.
+fn encoding_guard(body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
+    let mut rest = body;
+    let name = codec::cbytes(&mut rest)?;
+    let value = codec::client_text(codec::cbytes(&mut rest)?);
+    if name.eq_ignore_ascii_case(b"client_encoding") && guardrails::unsafe_encoding(&value) {
+        return Err(PgError::Protocol(format!(
+            "the upstream session switched client_encoding to {value}, which is refused while guardrails or masking inspect statements"
+        )));
+    }
+    put_frame(out, b'S', body);
+    Ok(())
+}
+
+fn masked_frame(
+    t: &mut Tracker,
+    m: MaskCtx,
+    tag: u8,
+    body: &[u8],
+    counts: &mut Counts,
+    out: &mut BytesMut,
+) -> Result<Masked, PgError> {
+    Ok(match tag {
+        b'T' => {
+            let cols = masking::row_description(body)?;
+            match t.on_row_description(cols) {
+                RowDesc::Rows(cols) => {
+                    t.active = Some(masking::resolve(&cols, m.engine, m.catalog))
+                }
+                RowDesc::Described => {}
+                // The gateway's own Describe: the client never asked.
+                RowDesc::Internal => return Ok(Masked::Swallowed),
+            }
+            Masked::Pass
+        }
+        b'n' if t.on_no_data() => Masked::Swallowed,
+        b'D' => {
+            if t.active.is_none() {
+                // Extended protocol: rows come without a RowDescription;
+                // an empty mask list means "never described" (detectors only).
+                t.active = Some(match t.exec_columns() {
+                    Some(cols) => masking::resolve(&cols, m.engine, m.catalog),
+                    // Column rules cannot be checked without a description: fail closed.
+                    None if m.engine.has_column_rules() => masking::undescribed(body),
+                    None => Vec::new(),
+                });
+            }
+            masking::data_row(body, t.active.as_deref(), m.engine, counts, out)?;
+            Masked::Written
+        }
+        b'd' => {
+            masking::copy_row(body, t.copy_rules(), m.engine, counts, out);
+            Masked::Written
+        }
+        b'A' => {
+            masking::notification(body, m.engine, counts, out)?;
+            Masked::Written
+        }
+        b'N' => {
+            masking::notice(tag, body, m.engine, counts, out);
+            Masked::Written
+        }
+        b'E' => {
+            masking::notice(tag, body, m.engine, counts, out);
+            Masked::Pass
+        }
+        _ => Masked::Pass,
+    })
 }
 
 /// Refusals whose turn came while the upstream was idle.
