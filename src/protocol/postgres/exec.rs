@@ -36,9 +36,7 @@ pub async fn run(
 ) -> Result<ExecOutcome, PgError> {
     let session = &ctx.session;
     let conn = &session.permit.connection;
-    let password = super::credential(conn, &ctx.credentials)
-        .await
-        .map_err(PgError::Credential)?;
+    let password = super::credential(conn, &ctx.credentials).await?;
     let app = format!("custody/{}", session.audit_id);
     let mut up = upstream::connect(conn, &password, &app, &[]).await?;
     drop(password);

@@ -21,17 +21,17 @@ use crate::secrets::SecretError;
 pub async fn credential(
     conn: &crate::config::ConnectionConfig,
     secrets: &crate::secrets::SecretStore,
-) -> Result<crate::secrets::Secret<String>, String> {
+) -> Result<crate::secrets::Secret<String>, PgError> {
     let Some(r) = conn.password_ref() else {
-        return Err(format!(
+        return Err(PgError::Credential(format!(
             "connection {} has no password reference",
             conn.name()
-        ));
+        )));
     };
     secrets
         .get(&r)
         .await
-        .map_err(|e| format!("connection {}: {e}", conn.name()))
+        .map_err(|e| PgError::Credential(format!("connection {}: {e}", conn.name())))
 }
 
 /// What this instance's PostgreSQL sessions share: cancel keys and catalogs.

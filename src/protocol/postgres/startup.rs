@@ -101,7 +101,7 @@ pub(super) async fn login(
     let failed = |sqlstate: &str, why: String| End::failed(wire::CLOSE_ERROR, sqlstate, why);
     let password = super::credential(conn, &ctx.credentials)
         .await
-        .map_err(|why| failed("08001", why))?;
+        .map_err(|e| failed(e.sqlstate(), e.to_string()))?;
     let app = format!("custody/{}", ctx.session.audit_id);
     let mut up = match upstream::connect(conn, &password, &app, params).await {
         Ok(up) => up,
