@@ -210,10 +210,10 @@ impl Review {
             // review could wait for it: approval_expires after the decision.
             (Some(d), _) => {
                 let lasts = match self.request.window_secs {
-                    Some(w) => w as i64,
-                    None => self.request.expires - self.request.created,
+                    Some(w) => i64::try_from(w).unwrap_or(i64::MAX),
+                    None => self.request.expires.saturating_sub(self.request.created),
                 };
-                if now >= d.at + lasts {
+                if now >= d.at.saturating_add(lasts) {
                     State::Expired
                 } else {
                     State::Approved
@@ -375,9 +375,10 @@ fn pending(review: &Review, now: i64) -> Result<(), ReviewError> {
     }
 }
 
-/// Records one approval; the one that reaches the required count decides.
-/// Of two deciders racing, exactly one creates the decision; the other is
-/// told the review is already decided.
+/// Records one approval; once the required count is stored, the first
+/// votes in the store's order (time, then object name: the same for every
+/// instance) decide. Every voter whose vote is among them gets the
+/// decision; a vote stored after them is told the review is decided.
 pub async fn approve(
     store: &dyn ObjectStore,
     id: &str,
@@ -385,6 +386,18 @@ pub async fn approve(
     reason: &str,
     now: i64,
 ) -> Result<Review, ReviewError> {
+    record_vote(store, id, who, reason, now).await?;
+    settle(store, id, who, reason, now).await
+}
+
+/// Stores `who`'s vote, once per identity, on a pending review.
+pub async fn record_vote(
+    store: &dyn ObjectStore,
+    id: &str,
+    who: &Principal,
+    reason: &str,
+    now: i64,
+) -> Result<(), ReviewError> {
     let review = load(store, id, now).await?;
     may_decide(&review, who)?;
     pending(&review, now)?;
@@ -398,28 +411,46 @@ pub async fn approve(
     if review.approvals.iter().any(|v| same_voter(v, &vote)) {
         return Err(ReviewError::AlreadyApproved(me));
     }
-    match store
-        .create(
-            &vote_key(id, &who.id()),
-            Bytes::from(serde_json::to_vec(&vote).unwrap_or_default()),
-        )
-        .await
-    {
-        Err(RecordError::Exists(_)) => return Err(ReviewError::AlreadyApproved(me)),
-        other => other?,
+    let body = Bytes::from(serde_json::to_vec(&vote).unwrap_or_default());
+    match store.create(&vote_key(id, &who.id()), body).await {
+        Err(RecordError::Exists(_)) => Err(ReviewError::AlreadyApproved(me)),
+        other => Ok(other?),
     }
+}
+
+/// After `who`'s vote is stored: decide if enough votes are, and tell
+/// `who` where its vote stands.
+pub async fn settle(
+    store: &dyn ObjectStore,
+    id: &str,
+    who: &Principal,
+    reason: &str,
+    now: i64,
+) -> Result<Review, ReviewError> {
     let review = load(store, id, now).await?;
     let votes = distinct_votes(&review.approvals);
-    if votes.len() >= review.request.required.max(1) {
+    let required = review.request.required.max(1);
+    if votes.len() < required && review.decision.is_none() {
+        return Ok(review);
+    }
+    if review.decision.is_none() {
         let decision = Decision {
             state: Outcome::Approved,
-            by: votes.iter().map(|v| v.by.clone()).collect(),
+            by: votes[..required].iter().map(|v| v.by.clone()).collect(),
             reason: reason.to_string(),
             at: now,
         };
-        decide(store, id, &decision).await?;
+        // Of instances racing, one creates it; the others' decisions are
+        // the same votes, or they lose to it: either way, read it back.
+        create_decision(store, id, &decision).await?;
     }
-    load(store, id, now).await
+    let review = load(store, id, now).await?;
+    let me = who.member();
+    match &review.decision {
+        Some(d) if d.by.iter().any(|b| b.eq_ignore_ascii_case(&me)) => Ok(review),
+        Some(_) => Err(ReviewError::Decided(id.to_string(), review.state)),
+        None => Ok(review),
+    }
 }
 
 pub async fn deny(
@@ -442,14 +473,25 @@ pub async fn deny(
     load(store, id, now).await
 }
 
+/// Creates the decision; Err(Decided) when another was there first.
 async fn decide(store: &dyn ObjectStore, id: &str, d: &Decision) -> Result<(), ReviewError> {
+    if create_decision(store, id, d).await? {
+        return Ok(());
+    }
+    let state = load(store, id, d.at).await?.state;
+    Err(ReviewError::Decided(id.to_string(), state))
+}
+
+/// Whether this call created the decision (false: one already existed).
+async fn create_decision(
+    store: &dyn ObjectStore,
+    id: &str,
+    d: &Decision,
+) -> Result<bool, ReviewError> {
     let body = Bytes::from(serde_json::to_vec(d).unwrap_or_default());
     match store.create(&key(id, "decision.json"), body).await {
-        Ok(()) => Ok(()),
-        Err(RecordError::Exists(_)) => {
-            let state = load(store, id, d.at).await?.state;
-            Err(ReviewError::Decided(id.to_string(), state))
-        }
+        Ok(()) => Ok(true),
+        Err(RecordError::Exists(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

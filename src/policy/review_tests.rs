@@ -168,3 +168,92 @@ fn states_are_stored_as_lowercase_words() {
         serde_json::from_str(r#"{"state":"denied","by":[],"reason":"","at":1}"#).unwrap();
     assert_eq!(d.state, Outcome::Denied);
 }
+
+fn voter(name: &str) -> crate::identity::Principal {
+    crate::identity::Principal {
+        subject: format!("{name}-uid"),
+        email: Some(format!("{name}@example.com")),
+        issuer: "https://idp.example".into(),
+        groups: vec!["dba@example.com".into()],
+    }
+}
+
+async fn stored(required: usize) -> crate::recording::store::MemStore {
+    let store = crate::recording::store::MemStore::default();
+    let mut req = request(None);
+    req.approvers = vec!["group:dba@example.com".into()];
+    req.required = required;
+    req.expires = i64::MAX;
+    create(&store, &req).await.unwrap();
+    store
+}
+
+/// Two approvers whose votes are both stored before either decides (two
+/// instances racing): with one vote required, the first stored decides
+/// alone and the other is told the review is decided; `by` names only
+/// the deciding vote.
+#[tokio::test]
+async fn racing_votes_one_required() {
+    let store = stored(1).await;
+    let (bob, dave) = (voter("bob"), voter("dave"));
+    record_vote(&store, "r1", &bob, "", 1000).await.unwrap();
+    record_vote(&store, "r1", &dave, "", 1000).await.unwrap();
+    let a = settle(&store, "r1", &dave, "", 1000).await;
+    let b = settle(&store, "r1", &bob, "", 1000).await;
+    let ok: Vec<&Review> = [&a, &b]
+        .into_iter()
+        .filter_map(|r| r.as_ref().ok())
+        .collect();
+    assert_eq!(ok.len(), 1, "exactly one wins: {a:?} {b:?}");
+    let by = &ok[0].decision.as_ref().unwrap().by;
+    assert_eq!(by.len(), 1);
+    let loser = if a.is_ok() { &b } else { &a };
+    assert!(
+        matches!(loser, Err(ReviewError::Decided(_, State::Approved))),
+        "{loser:?}"
+    );
+    let winner = if a.is_ok() {
+        "user:dave@example.com"
+    } else {
+        "user:bob@example.com"
+    };
+    assert_eq!(by, &vec![winner.to_string()]);
+}
+
+/// With two required, both recorded votes are needed: both voters get the
+/// approved review, whichever instance creates the decision.
+#[tokio::test]
+async fn racing_votes_two_required() {
+    let store = stored(2).await;
+    let (bob, dave) = (voter("bob"), voter("dave"));
+    record_vote(&store, "r1", &bob, "", 1000).await.unwrap();
+    record_vote(&store, "r1", &dave, "", 1001).await.unwrap();
+    let a = settle(&store, "r1", &dave, "", 1001).await.unwrap();
+    let b = settle(&store, "r1", &bob, "", 1001).await.unwrap();
+    for r in [&a, &b] {
+        assert_eq!(r.state, State::Approved);
+        let mut by = r.decision.as_ref().unwrap().by.clone();
+        by.sort();
+        assert_eq!(by, vec!["user:bob@example.com", "user:dave@example.com"]);
+    }
+    // A third vote after the decision: 409.
+    let carol = voter("carol");
+    let late = approve(&store, "r1", &carol, "", 1002).await;
+    assert!(
+        matches!(late, Err(ReviewError::Decided(_, State::Approved))),
+        "{late:?}"
+    );
+}
+
+/// One vote of two: recorded, the review stays pending.
+#[tokio::test]
+async fn a_vote_short_of_the_count_is_recorded() {
+    let store = stored(2).await;
+    let r = approve(&store, "r1", &voter("bob"), "", 1000)
+        .await
+        .unwrap();
+    assert_eq!(r.state, State::Pending);
+    assert_eq!(r.approvals.len(), 1);
+    let again = approve(&store, "r1", &voter("bob"), "", 1001).await;
+    assert!(matches!(again, Err(ReviewError::AlreadyApproved(_))));
+}

@@ -254,7 +254,7 @@ fn request(
         id: id.to_string(),
         audit_id: session.audit_id.clone(),
         created: t,
-        expires: t + g.approval_expires.as_secs() as i64,
+        expires: t.saturating_add(i64::try_from(g.approval_expires.as_secs()).unwrap_or(i64::MAX)),
         chain: session.permit.chain.members(),
         chain_ids: session.permit.chain.identities(),
         connection: session.permit.connection.name().to_string(),
