@@ -251,6 +251,52 @@ pub(crate) async fn record_refusal(
     }
 }
 
+/// Writes a small audit record (start, the event, end) for a control action.
+pub(crate) async fn audit(
+    gw: &Gateway,
+    audit_id: &str,
+    who: &Principal,
+    client: &str,
+    mode: &str,
+    event: EventBody,
+) -> Result<(), ApiError> {
+    let first = EventBody::SessionStart {
+        audit_id: audit_id.to_string(),
+        principal: who.member(),
+        groups: who.groups.clone(),
+        connection: "-".into(),
+        mode: mode.into(),
+        client_addr: Some(client.to_string()),
+        // Control endpoints name the TCP peer as the client.
+        peer: Some(client.to_string()),
+        granted_by: None,
+        trace_id: None,
+        chain: Vec::new(),
+        root_audit_id: None,
+    };
+    let unavailable = |e: crate::recording::RecordError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recording_unavailable",
+            format!("the action cannot be recorded, so it is not taken: {e}"),
+            audit_id,
+        )
+    };
+    let rec = Recording::start(&gw.recorder, audit_id, first, None)
+        .await
+        .map_err(unavailable)?;
+    rec.tap.record(event).await.map_err(unavailable)?;
+    rec.finish(EventBody::SessionEnd {
+        reason: "completed".into(),
+        statements: 0,
+        rows: 0,
+        bytes_from_client: 0,
+        bytes_to_client: 0,
+    })
+    .await
+    .map_err(unavailable)
+}
+
 /// Ends a session that never ran (a body or an approval it could not use).
 pub(crate) async fn end_unrun(session: Session, reason: &str) {
     let _ = session.finish(end_event(reason, 0, 0)).await;

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod health;
 pub mod listen;
 pub mod reviews;
+pub mod revocations;
 pub mod token;
 pub mod tunnel;
 
@@ -39,7 +40,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/reviews", get(reviews::list))
         .route("/v1/reviews/{id}", get(reviews::show))
         .route("/v1/reviews/{id}/{action}", post(reviews::decide))
-        .route("/v1/revocations", post(token::revoke))
+        .route("/v1/revocations", post(revocations::revoke))
         .route("/.well-known/jwks.json", get(token::jwks))
         .with_state(gw)
 }

@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::gateway::Gateway;
-use super::{admit, new_audit_id, token, ApiError};
+use super::{admit, new_audit_id, ApiError};
 use crate::identity::Principal;
 use crate::policy::review::{self, Review, ReviewError};
 use crate::recording::EventBody;
@@ -114,7 +114,7 @@ pub async fn decide(
             reason: Some(b.reason.clone()),
             review_audit_id: Some(r.request.audit_id.clone()),
         };
-        token::audit(&gw, &audit_id, &who, &client, "review", event).await?;
+        admit::audit(&gw, &audit_id, &who, &client, "review", event).await?;
         tracing::info!(target: "custody::audit", audit_id, review_id = %id, principal = %who.member(), action, state = %r.state, "review decided");
         gw.approvals.announce_vote(&r, &who, &b.reason);
         Ok(Json(json!(r)).into_response())
@@ -145,7 +145,7 @@ async fn refused_vote(
             reason: None,
             review_audit_id: None,
         };
-        let _ = token::audit(gw, audit_id, who, client, "review", event).await;
+        let _ = admit::audit(gw, audit_id, who, client, "review", event).await;
     }
     e.into()
 }

@@ -1,6 +1,5 @@
-//! `POST /v1/token` (RFC 8693 token exchange → delegation token),
-//! `GET /.well-known/jwks.json` (the delegation key's public half) and
-//! `POST /v1/revocations` (admins revoke a principal in every instance).
+//! `POST /v1/token` (RFC 8693 token exchange → delegation token) and
+//! `GET /.well-known/jwks.json` (the delegation key's public half).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,12 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::admit::audit;
 use crate::identity::delegation::{self, Chain, DelegationError};
-use crate::identity::revocation::{self, Revoked};
+use crate::identity::revocation;
 use crate::identity::Principal;
 use crate::ingress::{self, ApiError};
 use crate::policy::Member;
-use crate::recording::{EventBody, Recording};
+use crate::recording::EventBody;
 use crate::Gateway;
 
 pub async fn jwks(State(gw): State<Arc<Gateway>>) -> Response {
@@ -55,7 +55,7 @@ fn params(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, S
     }
 }
 
-fn bad(reason: impl Into<String>, audit_id: &str) -> ApiError {
+pub(super) fn bad(reason: impl Into<String>, audit_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "invalid_request",
@@ -64,7 +64,7 @@ fn bad(reason: impl Into<String>, audit_id: &str) -> ApiError {
     )
 }
 
-fn unavailable(e: crate::recording::RecordError, audit_id: &str) -> ApiError {
+pub(super) fn unavailable(e: crate::recording::RecordError, audit_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "revocations_unavailable",
@@ -73,54 +73,8 @@ fn unavailable(e: crate::recording::RecordError, audit_id: &str) -> ApiError {
     )
 }
 
-fn forbidden(reason: impl Into<String>, audit_id: &str) -> ApiError {
+pub(super) fn forbidden(reason: impl Into<String>, audit_id: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason.into(), audit_id)
-}
-
-/// Writes a small audit record (start, the event, end) for a control action.
-pub(crate) async fn audit(
-    gw: &Gateway,
-    audit_id: &str,
-    who: &Principal,
-    client: &str,
-    mode: &str,
-    event: EventBody,
-) -> Result<(), ApiError> {
-    let first = EventBody::SessionStart {
-        audit_id: audit_id.to_string(),
-        principal: who.member(),
-        groups: who.groups.clone(),
-        connection: "-".into(),
-        mode: mode.into(),
-        client_addr: Some(client.to_string()),
-        // Control endpoints name the TCP peer as the client.
-        peer: Some(client.to_string()),
-        granted_by: None,
-        trace_id: None,
-        chain: Vec::new(),
-        root_audit_id: None,
-    };
-    let unavailable = |e: crate::recording::RecordError| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "recording_unavailable",
-            format!("the action cannot be recorded, so it is not taken: {e}"),
-            audit_id,
-        )
-    };
-    let rec = Recording::start(&gw.recorder, audit_id, first, None)
-        .await
-        .map_err(unavailable)?;
-    rec.tap.record(event).await.map_err(unavailable)?;
-    rec.finish(EventBody::SessionEnd {
-        reason: "completed".into(),
-        statements: 0,
-        rows: 0,
-        bytes_from_client: 0,
-        bytes_to_client: 0,
-    })
-    .await
-    .map_err(unavailable)
 }
 
 pub async fn token(
@@ -364,133 +318,4 @@ fn token_response(
         resp.headers_mut().insert(ingress::AUDIT_HEADER, v);
     }
     resp
-}
-
-#[derive(serde::Deserialize)]
-struct RevokeRequest {
-    principal: String,
-    #[serde(default)]
-    reason: String,
-}
-
-pub async fn revoke(
-    State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let audit_id = ingress::new_audit_id();
-    let client = peer.to_string();
-    match revoke_principal(&gw, &headers, &body, &audit_id, &client).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn revoke_principal(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    body: &[u8],
-    audit_id: &str,
-    client: &str,
-) -> Result<Response, ApiError> {
-    let admin = unrevoked_admin(gw, headers, audit_id, client).await?;
-    let (req, principal) = revocation_request(gw, body, audit_id)?;
-    let member = principal.to_string();
-    audit(
-        gw,
-        audit_id,
-        &admin,
-        client,
-        "revoke",
-        EventBody::Revocation {
-            principal: member.clone(),
-            reason: req.reason.clone(),
-        },
-    )
-    .await?;
-    let record = json!({"principal": member, "by": admin.member(), "by_id": admin.id(), "reason": req.reason, "at": chrono::Utc::now(), "audit_id": audit_id});
-    let created = gw
-        .revocations
-        .revoke(gw.recorder.store.as_ref(), &principal, &record)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                e.to_string(),
-                audit_id,
-            )
-        })?;
-    tracing::warn!(target: "custody::audit", audit_id, principal = %member, by = %admin.member(), "principal revoked");
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!({"principal": member, "revoked": true, "already": !created, "audit_id": audit_id}))).into_response())
-}
-
-/// The authenticated caller, when it is an admin and not itself revoked.
-async fn unrevoked_admin(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    audit_id: &str,
-    client: &str,
-) -> Result<Principal, ApiError> {
-    let admin = ingress::authenticate(gw, headers, audit_id, client).await?;
-    let admins: Vec<Member> = gw
-        .config
-        .identity
-        .admins
-        .iter()
-        .filter_map(|m| m.get_ref().parse().ok())
-        .collect();
-    if !admins.iter().any(|m| m.matches(&admin)) {
-        return Err(forbidden(
-            format!("{} is not in [identity] admins", admin.member()),
-            audit_id,
-        ));
-    }
-    // An admin revoked (under any of its names) revokes nobody.
-    if gw
-        .revocations
-        .is_revoked(
-            gw.recorder.store.as_ref(),
-            &admin.member(),
-            Some(&admin.id()),
-        )
-        .await
-        .map_err(|e| unavailable(e, audit_id))?
-    {
-        return Err(forbidden(
-            format!("{} is revoked, so it may not revoke", admin.member()),
-            audit_id,
-        ));
-    }
-    Ok(admin)
-}
-
-/// The request body and the principal it names.
-fn revocation_request(
-    gw: &Gateway,
-    body: &[u8],
-    audit_id: &str,
-) -> Result<(RevokeRequest, Revoked), ApiError> {
-    let req: RevokeRequest = serde_json::from_slice(body).map_err(|e| {
-        bad(
-            format!("body must be {{\"principal\": \"user:EMAIL\", \"reason\": \"...\"}}: {e}"),
-            audit_id,
-        )
-    })?;
-    let issuers: Vec<String> = gw
-        .config
-        .identity
-        .issuers
-        .iter()
-        .map(|i| i.issuer.get_ref().clone())
-        .collect();
-    let principal =
-        Revoked::parse(&req.principal, &issuers).map_err(|e| bad(e.to_string(), audit_id))?;
-    Ok((req, principal))
 }
