@@ -390,7 +390,7 @@ pub struct ConnectionConfig {
     /// SSH: end a session after this long without traffic (default "30m").
     #[serde(default = "default_ssh_idle", with = "duration")]
     pub idle_timeout: Duration,
-    /// SSH: end a session after this long (default "60m", Cloud Run's request limit).
+    /// End a tunnel session (PostgreSQL or SSH) after this long (default "60m", Cloud Run's request limit).
     #[serde(default = "default_ssh_max", with = "duration")]
     pub max_duration: Duration,
 }

@@ -69,6 +69,12 @@ async fn exec(gw: &Gateway, req: &Request<'_>, body: &[u8]) -> Result<Response, 
         }
     };
     let ctx = gw.context(session).await;
+    // Masking that cannot be set up would leave held statements, refusals
+    // and results unmasked: nothing runs, nothing is held.
+    if let crate::session::Masker::Failed(why) = &ctx.masker {
+        let why = format!("masking: {why}");
+        return Err(upstream_failed(ctx, why).await);
+    }
     let kind = ctx.session.permit.connection.kind;
     // What is checked is exactly what the upstream will get.
     let input = match kind {
@@ -224,10 +230,6 @@ async fn run_sql(
 }
 
 async fn run_command(ctx: SessionContext, command: &str) -> Result<Response, ApiError> {
-    if let crate::session::Masker::Failed(why) = &ctx.masker {
-        let why = format!("masking: {why}");
-        return Err(upstream_failed(ctx, why).await);
-    }
     let _ = ctx
         .session
         .tap()

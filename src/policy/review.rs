@@ -387,7 +387,7 @@ pub async fn approve(
     now: i64,
 ) -> Result<Review, ReviewError> {
     record_vote(store, id, who, reason, now).await?;
-    settle(store, id, who, reason, now).await
+    settle(store, id, who, now).await
 }
 
 /// Stores `who`'s vote, once per identity, on a pending review.
@@ -424,7 +424,6 @@ pub async fn settle(
     store: &dyn ObjectStore,
     id: &str,
     who: &Principal,
-    reason: &str,
     now: i64,
 ) -> Result<Review, ReviewError> {
     let review = load(store, id, now).await?;
@@ -434,10 +433,16 @@ pub async fn settle(
         return Ok(review);
     }
     if review.decision.is_none() {
+        // The decision is the deciding votes': their names, and the reason
+        // of the one that completed the count.
+        let deciding = &votes[..required];
         let decision = Decision {
             state: Outcome::Approved,
-            by: votes[..required].iter().map(|v| v.by.clone()).collect(),
-            reason: reason.to_string(),
+            by: deciding.iter().map(|v| v.by.clone()).collect(),
+            reason: deciding
+                .last()
+                .map(|v| v.reason.clone())
+                .unwrap_or_default(),
             at: now,
         };
         // Of instances racing, one creates it; the others' decisions are
@@ -447,7 +452,11 @@ pub async fn settle(
     let review = load(store, id, now).await?;
     let me = who.member();
     match &review.decision {
-        Some(d) if d.by.iter().any(|b| b.eq_ignore_ascii_case(&me)) => Ok(review),
+        Some(d)
+            if d.state == Outcome::Approved && d.by.iter().any(|b| b.eq_ignore_ascii_case(&me)) =>
+        {
+            Ok(review)
+        }
         Some(_) => Err(ReviewError::Decided(id.to_string(), review.state)),
         None => Ok(review),
     }

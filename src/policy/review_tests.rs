@@ -198,8 +198,8 @@ async fn racing_votes_one_required() {
     let (bob, dave) = (voter("bob"), voter("dave"));
     record_vote(&store, "r1", &bob, "", 1000).await.unwrap();
     record_vote(&store, "r1", &dave, "", 1000).await.unwrap();
-    let a = settle(&store, "r1", &dave, "", 1000).await;
-    let b = settle(&store, "r1", &bob, "", 1000).await;
+    let a = settle(&store, "r1", &dave, 1000).await;
+    let b = settle(&store, "r1", &bob, 1000).await;
     let ok: Vec<&Review> = [&a, &b]
         .into_iter()
         .filter_map(|r| r.as_ref().ok())
@@ -228,8 +228,8 @@ async fn racing_votes_two_required() {
     let (bob, dave) = (voter("bob"), voter("dave"));
     record_vote(&store, "r1", &bob, "", 1000).await.unwrap();
     record_vote(&store, "r1", &dave, "", 1001).await.unwrap();
-    let a = settle(&store, "r1", &dave, "", 1001).await.unwrap();
-    let b = settle(&store, "r1", &bob, "", 1001).await.unwrap();
+    let a = settle(&store, "r1", &dave, 1001).await.unwrap();
+    let b = settle(&store, "r1", &bob, 1001).await.unwrap();
     for r in [&a, &b] {
         assert_eq!(r.state, State::Approved);
         let mut by = r.decision.as_ref().unwrap().by.clone();
