@@ -34,6 +34,10 @@ pub enum Incoming {
     Closed,
 }
 
+/// The largest message the gateway sends down a tunnel (the README's
+/// promise: the tunnel's unit is 64 KiB).
+pub const MAX_CHUNK: usize = 64 * 1024;
+
 type TxSink = Pin<Box<dyn Sink<Outgoing, Error = TunnelError> + Send>>;
 type RxStream = Pin<Box<dyn Stream<Item = Result<Incoming, TunnelError>> + Send>>;
 
@@ -74,8 +78,19 @@ pub struct TunnelTx {
 }
 
 impl TunnelTx {
+    /// Sends `bytes` as messages of at most [`MAX_CHUNK`]: a frame of any
+    /// size the gateway allows (a masked row of 50 MB) crosses a tunnel
+    /// whose other end accepts 64 KiB messages.
     pub async fn send(&mut self, bytes: Bytes) -> Result<(), TunnelError> {
-        self.inner.send(Outgoing::Data(bytes)).await
+        if bytes.len() <= MAX_CHUNK {
+            return self.inner.send(Outgoing::Data(bytes)).await;
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let chunk = rest.split_to(rest.len().min(MAX_CHUNK));
+            self.inner.feed(Outgoing::Data(chunk)).await?;
+        }
+        self.inner.flush().await
     }
 
     pub async fn ping(&mut self) -> Result<(), TunnelError> {
