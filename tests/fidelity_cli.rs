@@ -70,3 +70,106 @@ fn ssh_through_stdio_ends_with_a_websocket_close_not_a_reset() {
     }
 }
 
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<(String, HashMap<String, String>)>>>);
+
+#[tonic::async_trait]
+impl TraceService for Spans {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut out = self.0.lock().unwrap();
+        let spans = req
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|rs| rs.scope_spans)
+            .flat_map(|ss| ss.spans);
+        for s in spans {
+            let attrs = s.attributes.iter().map(|kv| {
+                let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                (kv.key.clone(), v)
+            });
+            out.push((s.name, attrs.collect()));
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Spans {
+    fn session(&self, audit: &str) -> HashMap<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.0.lock().unwrap().iter().find_map(|(name, a)| {
+                (name == "custody.session"
+                    && a.get("custody.audit_id").map(String::as_str) == Some(audit))
+                .then(|| a.clone())
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no session span for {audit}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_session_spans_say_ssh_not_postgresql() {
+    let got = Spans::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(got.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let gw = ssh_gateway(tempfile::tempdir().unwrap(), &env);
+    let t = token("alice@example.com");
+    let mut cmd = ssh_client("ssh", &gw, &t);
+    cmd.args(["web-1", "true"]);
+    let (code, _, err) = tokio::task::spawn_blocking(move || run(cmd, None, LIMIT))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let ssh = got.session(&audit_of(&err));
+    assert_eq!(ssh["custody.connection"], "web-1");
+    assert_eq!(
+        ssh.get("network.protocol.name").map(String::as_str),
+        Some("ssh")
+    );
+    assert!(!ssh.contains_key("db.system"), "{ssh:?}");
+
+    // The harness's PostgreSQL connection still says postgresql.
+    let gw_url = gw.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .args(["exec", "pg", "--gateway", &gw_url, "--", "select 1"])
+            .env("CUSTODY_TOKEN", token("alice@example.com"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let audit = stderr
+        .split("audit id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("exec prints the audit id");
+    let pg = got.session(audit);
+    assert_eq!(pg.get("db.system").map(String::as_str), Some("postgresql"));
+    assert!(!pg.contains_key("network.protocol.name"), "{pg:?}");
+}
