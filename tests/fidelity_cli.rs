@@ -173,3 +173,76 @@ async fn ssh_session_spans_say_ssh_not_postgresql() {
     assert_eq!(pg.get("db.system").map(String::as_str), Some("postgresql"));
     assert!(!pg.contains_key("network.protocol.name"), "{pg:?}");
 }
+
+fn cli(gw: &Gateway, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("CUSTODY_GATEWAY", &gw.url)
+        .env("CUSTODY_TOKEN", token)
+        .env_remove("CUSTODY_REVIEW")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_direct_principal_is_shown_once_in_reviews() {
+    let held = format!(
+        r#"
+[[connections]]
+name = "pg-held"
+kind = "postgres"
+host = "127.0.0.1"
+port = {port}
+database = "app"
+user = "app"
+password = "env:{PASSWORD_ENV}"
+tls = "disable"
+allow = ["user:alice@example.com"]
+
+[connections.guardrails]
+require_approval = ["delete"]
+approvers = ["group:dba@example.com"]
+"#,
+        port = pg().port
+    );
+    let gw = Gateway::start(&held);
+    let alice = token("alice@example.com");
+    let bob = token_with("bob@example.com", &["dba@example.com"]);
+    let (code, _, err) = cli(
+        &gw,
+        &alice,
+        &["exec", "pg-held", "--", "delete from nowhere_t"],
+    );
+    assert_eq!(code, 3, "held for approval: {err}");
+    let id = err
+        .split("custody review approve ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| c == '`' || c.is_whitespace()).next())
+        .unwrap_or_else(|| panic!("no review id in: {err}"))
+        .to_string();
+    let me = "user:alice@example.com";
+    let (code, out, err) = cli(&gw, &bob, &["review", "list", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let review = all
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["request"]["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("{id} not listed: {out}"));
+    assert_eq!(review["request"]["chain"], serde_json::json!([me]), "{out}");
+    let (_, text, _) = cli(&gw, &bob, &["review", "list"]);
+    let line = text.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(line.contains(me) && !line.contains('→'), "{line}");
+    // Refusing her own approval names her once too.
+    let (code, _, err) = cli(&gw, &alice, &["review", "approve", &id]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains(me) && !err.contains(&format!("{me} → {me}")),
+        "{err}"
+    );
+}
+
