@@ -246,3 +246,82 @@ approvers = ["group:dba@example.com"]
     );
 }
 
+/// A copy of recording `from` under `count` fresh audit ids.
+fn clone_recording(store: &std::path::Path, from: &str, count: usize) {
+    use custody::recording::store::record_dir;
+    let src = store.join(record_dir(from));
+    for _ in 0..count {
+        let id = uuid::Uuid::now_v7().to_string();
+        let dst = store.join(record_dir(&id));
+        std::fs::create_dir_all(&dst).unwrap();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sessions_say_on_stderr_when_the_limit_cuts_the_list() {
+    let gw = Gateway::start("");
+    let (code, _, err) = cli(
+        &gw,
+        &token("alice@example.com"),
+        &["exec", "pg", "--", "select 1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let audit = err
+        .split("audit id ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("exec prints the audit id")
+        .to_string();
+    let (ok, report) = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (ok, report) = gw.verify(&audit);
+            if ok || Instant::now() > deadline {
+                break (ok, report);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(ok, "{report}");
+    clone_recording(&gw.store, &audit, 149);
+    let store = format!("file://{}", gw.store.display());
+    let sessions = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(["sessions", "--store", &store])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The default limit is 100: the listing says how many it left out.
+    let (out, err) = sessions(&[]);
+    assert_eq!(out.lines().count(), 1 + 100, "header and 100 rows");
+    assert!(
+        err.contains("showing 100 of 150 sessions; use --limit to see more"),
+        "{err}"
+    );
+    let (out, err) = sessions(&["--limit", "500"]);
+    assert_eq!(out.lines().count(), 1 + 150);
+    assert!(err.is_empty(), "nothing cut, nothing said: {err}");
+    let (out, err) = sessions(&["--format", "json", "--limit", "150"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(150));
+    assert!(err.is_empty(), "{err}");
+    // Filtered: at least one more matches.
+    let (out, err) = sessions(&["--connection", "pg", "--limit", "7"]);
+    assert_eq!(out.lines().count(), 1 + 7);
+    assert!(
+        err.contains("newest 7 matching sessions; more match"),
+        "{err}"
+    );
+    let (out, err) = sessions(&["--connection", "none", "--limit", "7"]);
+    assert_eq!(out.lines().count(), 1);
+    assert!(err.is_empty(), "{err}");
+}
