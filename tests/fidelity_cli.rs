@@ -70,8 +70,11 @@ fn ssh_through_stdio_ends_with_a_websocket_close_not_a_reset() {
     }
 }
 
+/// A span as received: its name and attributes (values as text).
+type Got = (String, HashMap<String, String>);
+
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, HashMap<String, String>)>>>);
+struct Spans(Arc<Mutex<Vec<Got>>>);
 
 #[tonic::async_trait]
 impl TraceService for Spans {

@@ -71,7 +71,7 @@ pub(crate) async fn open_tunnel(
 /// How long to wait for the gateway's Close after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// Why the local side stopped the pump.
+/// Which side ended the pump first.
 enum LocalEnd {
     /// The gateway closed (or failed) first: its reason.
     Gateway(String),
