@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
 use super::args::ConnectArgs;
 use super::client::{ClientError, Target};
@@ -40,11 +41,25 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
         listener.local_addr()?,
         target.gateway
     );
+    // On a signal, every open tunnel closes its WebSocket before we exit.
+    // Each tunnel task holds a clone of `open`: when `closed` yields None,
+    // they have all ended (bounded: a close never takes long).
+    let (stop, stopped) = watch::channel(false);
+    let (open, mut closed) = mpsc::channel::<()>(1);
     tokio::select! {
-        r = self::listen(target, connection, listener) => r?,
+        r = self::listen(target, connection, listener, &stopped, open) => r?,
         _ = shutdown_signal() => {}
     }
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), closed.recv()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves once `stopped` turns true.
+async fn stopping(mut stopped: watch::Receiver<bool>) {
+    if stopped.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// `custody connect --listen`: one tunnel per accepted local connection.
@@ -52,17 +67,23 @@ async fn listen(
     target: Target,
     connection: String,
     listener: TcpListener,
+    stopped: &watch::Receiver<bool>,
+    open: mpsc::Sender<()>,
 ) -> Result<(), ClientError> {
     loop {
         let (sock, peer) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
         let (target, connection) = (target.clone(), connection.clone());
+        let (stopped, open) = (stopped.clone(), open.clone());
         tokio::spawn(async move {
+            let _open = open;
             match open_tunnel(&target, &connection).await {
                 Ok((ws, audit)) => {
                     eprintln!("custody: session {audit} opened: {peer} → {connection}");
                     let (r, w) = sock.into_split();
-                    let why = pump(ws, r, w).await.unwrap_or_else(|e| e.to_string());
+                    let why = pump(ws, r, w, stopping(stopped))
+                        .await
+                        .unwrap_or_else(|e| e.to_string());
                     let why = if why.is_empty() {
                         "closed".to_string()
                     } else {
@@ -87,10 +108,32 @@ async fn listen(
 
 /// `custody connect --stdio`: the tunnel on stdin/stdout (OpenSSH ProxyCommand).
 async fn stdio(target: Target, connection: String) -> Result<String, ClientError> {
+    let stop = hangup();
     let (ws, audit) = open_tunnel(&target, &connection).await?;
     eprintln!("custody: session {audit} opened → {connection}");
-    let why = pump(ws, stdin_reader(), stdout_writer()).await?;
+    // OpenSSH sends its ProxyCommand SIGHUP as it exits: close, then go.
+    let why = pump(ws, stdin_reader(), stdout_writer(), stop).await?;
     Ok(why)
+}
+
+/// SIGHUP, SIGTERM or Ctrl-C. SIGHUP is caught from the call on, so it
+/// is registered before the tunnel opens.
+fn hangup() -> impl std::future::Future<Output = ()> {
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        let hup = async {
+            match hup {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = hup => {}
+            _ = shutdown_signal() => {}
+        }
+    }
 }
 
 /// Under ProxyCommand stdin and stdout are pipes: read and write them on the

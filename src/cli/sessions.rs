@@ -22,10 +22,15 @@ pub async fn run(args: SessionsArgs) -> Result<ExitCode, CliError> {
         limit,
     };
     let store = recording::open_store(&store, None).await?;
-    let list = recording::sessions::list(store.as_ref(), &filter).await?;
+    let listing = recording::sessions::list(store.as_ref(), &filter).await?;
+    let list = &listing.sessions;
     match format {
-        ListFormat::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-        ListFormat::Text => print!("{}", recording::sessions::render(&list)),
+        ListFormat::Json => println!("{}", serde_json::to_string_pretty(list)?),
+        ListFormat::Text => print!("{}", recording::sessions::render(list)),
+    }
+    // On stderr, so JSON on stdout stays one document.
+    if let Some(notice) = listing.notice() {
+        eprintln!("{notice}");
     }
     Ok(ExitCode::SUCCESS)
 }

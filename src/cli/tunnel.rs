@@ -2,6 +2,10 @@
 //! bytes both ways.
 
 use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -11,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{header_str, refusal, ClientError, Target};
-use crate::wire::{AUDIT_HEADER, DELEGATION_HEADER, REVIEW_HEADER};
+use crate::wire::{AUDIT_HEADER, CLIENT_CLOSED, DELEGATION_HEADER, REVIEW_HEADER};
 
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -64,56 +68,119 @@ pub(crate) async fn open_tunnel(
     }
 }
 
-/// Copies bytes both ways until the gateway closes; returns its close reason.
+/// How long to wait for the gateway's Close after sending ours.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Which side ended the pump first.
+enum LocalEnd {
+    /// The gateway closed (or failed) first: its reason.
+    Gateway(String),
+    /// The local side ended (EOF, a write to it failed, a signal): close.
+    Local,
+}
+
+/// Copies bytes both ways until either side ends; returns the gateway's
+/// close reason. When the local side ends first (EOF, a broken pipe,
+/// `stop`), the WebSocket is closed properly: Close sent, the gateway's
+/// Close awaited (briefly), so the session is recorded as closed by the
+/// client rather than as a transport error.
 pub(crate) async fn pump<R, W>(
     ws: Ws,
     mut local_r: R,
     mut local_w: W,
+    stop: impl Future<Output = ()>,
 ) -> Result<String, ClientError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let (mut sink, mut stream) = ws.split();
-    let up = async {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        loop {
-            buf.reserve(64 * 1024);
-            let n = local_r.read_buf(&mut buf).await?;
-            if n == 0 {
-                let close = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "client closed".into(),
-                };
-                let _ = sink.send(Message::Close(Some(close))).await;
-                // Keep reading the gateway's answer; `down` ends the pump.
-                std::future::pending::<()>().await;
-            }
-            let chunk: Bytes = buf.split().freeze();
-            if sink.send(Message::Binary(chunk)).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), ClientError>(())
+    let ended = tokio::select! {
+        r = up(&mut sink, &mut local_r) => r,
+        r = down(&mut stream, &mut local_w) => r,
+        _ = stop => LocalEnd::Local,
     };
-    let down = async {
+    match ended {
+        LocalEnd::Gateway(why) => {
+            // Completes the close handshake the gateway started.
+            let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
+            Ok(why)
+        }
+        LocalEnd::Local => Ok(close(&mut sink, &mut stream, &mut local_w).await),
+    }
+}
+
+/// Local bytes to the gateway until the local side ends.
+async fn up<R: AsyncRead + Unpin>(sink: &mut SplitSink<Ws, Message>, local_r: &mut R) -> LocalEnd {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        buf.reserve(64 * 1024);
+        match local_r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return LocalEnd::Local,
+            Ok(_) => {}
+        }
+        let chunk: Bytes = buf.split().freeze();
+        if sink.send(Message::Binary(chunk)).await.is_err() {
+            // The gateway is gone; `down` reports why.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Gateway bytes to the local side until the gateway closes.
+async fn down<W: AsyncWrite + Unpin>(stream: &mut SplitStream<Ws>, local_w: &mut W) -> LocalEnd {
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(Message::Binary(b)) => {
+                if local_w.write_all(&b).await.is_err() || local_w.flush().await.is_err() {
+                    return LocalEnd::Local;
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                let _ = local_w.flush().await;
+                return LocalEnd::Gateway(frame.map(|f| f.reason.to_string()).unwrap_or_default());
+            }
+            Ok(_) => {}
+            Err(e) => return LocalEnd::Gateway(format!("tunnel error: {e}")),
+        }
+    }
+    LocalEnd::Gateway("tunnel closed".into())
+}
+
+/// Our side of the close handshake: send Close, then keep delivering what
+/// the gateway still sends (a half-closed client may want it) until its
+/// Close arrives or `CLOSE_WAIT` passes. Returns the gateway's reason.
+async fn close<W: AsyncWrite + Unpin>(
+    sink: &mut SplitSink<Ws, Message>,
+    stream: &mut SplitStream<Ws>,
+    local_w: &mut W,
+) -> String {
+    // The gateway's WebSocket echoes this reason in its answering Close.
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: CLIENT_CLOSED.into(),
+    };
+    if sink.send(Message::Close(Some(frame))).await.is_err() {
+        return String::new();
+    }
+    let answer = async {
         while let Some(msg) = stream.next().await {
             match msg {
-                Ok(Message::Binary(b)) => local_w.write_all(&b).await?,
+                Ok(Message::Binary(b)) => {
+                    let _ = local_w.write_all(&b).await;
+                }
                 Ok(Message::Close(frame)) => {
-                    let _ = local_w.flush().await;
-                    return Ok(frame.map(|f| f.reason.to_string()).unwrap_or_default());
+                    return frame.map(|f| f.reason.to_string()).unwrap_or_default();
                 }
                 Ok(_) => {}
-                Err(e) => return Ok(format!("tunnel error: {e}")),
+                Err(_) => break,
             }
-            local_w.flush().await?;
         }
-        Ok::<String, ClientError>("tunnel closed".into())
+        String::new()
     };
-    tokio::select! {
-        r = up => r.map(|_| String::new()),
-        r = down => r,
-    }
+    let why = tokio::time::timeout(CLOSE_WAIT, answer)
+        .await
+        .unwrap_or_default();
+    let _ = local_w.flush().await;
+    why
 }

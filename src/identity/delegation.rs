@@ -121,18 +121,28 @@ impl Chain {
         self.root_audit_id.is_some()
     }
 
-    /// originator → hops → caller, as member names.
+    /// A caller acting for itself: no delegation, no hops, the caller is
+    /// the originator (shown once, not as a chain of itself twice).
+    fn is_direct(&self) -> bool {
+        !self.delegated()
+            && self.hops.is_empty()
+            && self.caller == self.originator.member()
+            && self.caller_id == self.originator.id()
+    }
+
+    /// originator → hops → caller, as member names. A caller acting for
+    /// itself is one member: its originator is its caller.
     pub fn members(&self) -> Vec<String> {
-        let mut m = vec![self.originator.member()];
-        m.extend(self.hops.iter().cloned());
-        m.push(self.caller.clone());
-        m
+        self.hands().into_iter().map(|(m, _)| m).collect()
     }
 
     /// Every hand as (member name, identity when known), originator first:
-    /// what revocations are checked against.
+    /// what revocations are checked against. A direct chain has one hand.
     pub fn hands(&self) -> Vec<(String, Option<String>)> {
         let mut h = vec![(self.originator.member(), Some(self.originator.id()))];
+        if self.is_direct() {
+            return h;
+        }
         h.extend(
             self.hops
                 .iter()
@@ -382,6 +392,22 @@ mod tests {
             audit_id: "root",
         };
         Ok(k.sign(&next_claims(k, req, now)?))
+    }
+
+    #[test]
+    fn a_direct_chain_is_its_caller_once() {
+        let alice = who("alice@example.com");
+        let direct = Chain::direct(&alice);
+        assert_eq!(direct.members(), vec![alice.member()]);
+        assert_eq!(direct.render(), alice.member());
+        assert_eq!(direct.identities(), vec![alice.id()]);
+        assert_eq!(direct.depth(), 0);
+        // A delegated chain keeps every hand, even when the caller is the originator.
+        let k = keys();
+        let t = exchange(&k, &direct, &alice.member(), None, 100).unwrap();
+        let own = chain_for(&alice, Some(k.verify(&t, 101).unwrap())).unwrap();
+        assert_eq!(own.members(), vec![alice.member(), alice.member()]);
+        assert_eq!(own.render(), format!("{0} → {0}", alice.member()));
     }
 
     #[test]

@@ -37,7 +37,8 @@ pub async fn handler(
     body: axum::body::Bytes,
 ) -> Response {
     let audit_id = new_audit_id();
-    let span = telemetry::session_span(&headers, &audit_id, &name, "exec");
+    let kind = gw.connection(&name).map(|c| c.kind);
+    let span = telemetry::session_span(&headers, &audit_id, &name, "exec", kind);
     let req = Request {
         headers: &headers,
         peer,

@@ -30,7 +30,8 @@ pub async fn handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let audit_id = new_audit_id();
-    let span = telemetry::session_span(&headers, &audit_id, &name, "tunnel");
+    let kind = gw.connection(&name).map(|c| c.kind);
+    let span = telemetry::session_span(&headers, &audit_id, &name, "tunnel", kind);
     let req = Request {
         headers: &headers,
         peer,

@@ -104,15 +104,47 @@ async fn summary(store: &dyn ObjectStore, audit_id: &str) -> Result<SessionSumma
     Ok(summarise(audit_id, start.as_ref(), None, false))
 }
 
-/// Recordings started since `filter.since`, newest first.
-pub async fn list(
+/// What `list` found: the sessions shown, and whether `limit` cut the list.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub sessions: Vec<SessionSummary>,
+    pub cut: Option<Cut>,
+}
+
+/// How much the limit left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Sessions in the period in all (exact: no principal or connection filter).
+    Of(usize),
+    /// At least one more session matches the filter (counting them all
+    /// would read every one's manifest).
+    More,
+}
+
+impl Listing {
+    /// The stderr line that says the list is not everything, if it is not.
+    pub fn notice(&self) -> Option<String> {
+        let shown = self.sessions.len();
+        match self.cut? {
+            Cut::Of(total) => Some(format!(
+                "custody: showing {shown} of {total} sessions; use --limit to see more"
+            )),
+            Cut::More => Some(format!(
+                "custody: showing the newest {shown} matching sessions; more match, use --limit to see more"
+            )),
+        }
+    }
+}
+
+/// Audit ids of recordings started since `since`, newest first: every
+/// day's folder, each listed in full (the GCS lister follows pageToken).
+async fn ids_since(
     store: &dyn ObjectStore,
-    filter: &Filter<'_>,
-) -> Result<Vec<SessionSummary>, RecordError> {
+    since: DateTime<Utc>,
+) -> Result<Vec<String>, RecordError> {
     let mut out = Vec::new();
     let mut day = Utc::now().date_naive();
-    let first = filter.since.date_naive();
-    while day >= first && out.len() < filter.limit {
+    while day >= since.date_naive() {
         let dir = format!("{}/", day.format("%Y/%m/%d"));
         let mut ids: Vec<String> = store
             .list_dirs(&dir)
@@ -124,22 +156,41 @@ pub async fn list(
                     .next()
                     .map(str::to_string)
             })
-            .filter(|id| started_at(id).is_some_and(|t| t >= filter.since))
+            .filter(|id| started_at(id).is_some_and(|t| t >= since))
             .collect();
         ids.sort();
-        for id in ids.iter().rev() {
-            if out.len() >= filter.limit {
-                break;
-            }
-            let s = summary(store, id).await?;
-            if filter.principal.is_some_and(|p| p != s.principal)
-                || filter.connection.is_some_and(|c| c != s.connection)
-            {
-                continue;
-            }
-            out.push(s);
-        }
+        out.extend(ids.into_iter().rev());
         day -= Duration::days(1);
+    }
+    Ok(out)
+}
+
+/// Recordings started since `filter.since`, newest first, at most
+/// `filter.limit` of them; says when the limit left some out.
+pub async fn list(store: &dyn ObjectStore, filter: &Filter<'_>) -> Result<Listing, RecordError> {
+    let ids = ids_since(store, filter.since).await?;
+    let filtered = filter.principal.is_some() || filter.connection.is_some();
+    if !filtered && ids.len() > filter.limit {
+        let mut sessions = Vec::with_capacity(filter.limit);
+        for id in &ids[..filter.limit] {
+            sessions.push(summary(store, id).await?);
+        }
+        let cut = Some(Cut::Of(ids.len()));
+        return Ok(Listing { sessions, cut });
+    }
+    let mut out = Listing::default();
+    for id in &ids {
+        let s = summary(store, id).await?;
+        if filter.principal.is_some_and(|p| p != s.principal)
+            || filter.connection.is_some_and(|c| c != s.connection)
+        {
+            continue;
+        }
+        if out.sessions.len() >= filter.limit {
+            out.cut = Some(Cut::More);
+            break;
+        }
+        out.sessions.push(s);
     }
     Ok(out)
 }

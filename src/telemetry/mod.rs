@@ -22,7 +22,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::TelemetryConfig;
+use crate::config::{Kind, TelemetryConfig};
 use crate::recording::EventBody;
 
 mod cloud_logging;
@@ -199,11 +199,15 @@ fn caller_context(headers: &axum::http::HeaderMap) -> Option<opentelemetry::Cont
 
 /// The span of one session (tunnel, exec or refused request), a child of
 /// the caller's trace. Fields filled in later are declared empty here.
+/// `kind` is the connection's (None when no such connection): PostgreSQL
+/// sessions say `db.system = "postgresql"`, SSH ones
+/// `network.protocol.name = "ssh"` (SSH is no database system).
 pub fn session_span(
     headers: &axum::http::HeaderMap,
     audit_id: &str,
     connection: &str,
     mode: &str,
+    kind: Option<Kind>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
         target: "custody::session",
@@ -212,7 +216,8 @@ pub fn session_span(
         custody.audit_id = %audit_id,
         custody.connection = %connection,
         custody.mode = %mode,
-        db.system = "postgresql",
+        db.system = tracing::field::Empty,
+        network.protocol.name = tracing::field::Empty,
         enduser.id = tracing::field::Empty,
         custody.chain = tracing::field::Empty,
         custody.originator = tracing::field::Empty,
@@ -227,6 +232,15 @@ pub fn session_span(
         custody.rows = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
+    match kind {
+        Some(Kind::Postgres) => {
+            span.record("db.system", "postgresql");
+        }
+        Some(Kind::Ssh) => {
+            span.record("network.protocol.name", "ssh");
+        }
+        None => {}
+    }
     if let Some(cx) = caller_context(headers) {
         let _ = span.set_parent(cx);
     }
@@ -336,7 +350,12 @@ impl SessionTrace {
             ),
             _ => return,
         };
-        attrs.push(KeyValue::new("db.system", "postgresql"));
+        attrs.push(match body {
+            EventBody::Guardrail { protocol, .. } if protocol.starts_with("ssh") => {
+                KeyValue::new("network.protocol.name", "ssh")
+            }
+            _ => KeyValue::new("db.system", "postgresql"),
+        });
         attrs.push(KeyValue::new("custody.audit_id", self.audit_id.to_string()));
         let tracer = opentelemetry::global::tracer("custody");
         let mut span = tracer
