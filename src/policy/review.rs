@@ -142,6 +142,15 @@ pub struct Review {
     pub state: State,
 }
 
+/// Reviews stored before direct chains were shown once name a direct
+/// caller twice (`[alice, alice]`): the same chain as `[alice]`.
+fn direct_once(chain: &[String]) -> &[String] {
+    match chain {
+        [a, b] if a.eq_ignore_ascii_case(b) => &chain[..1],
+        _ => chain,
+    }
+}
+
 pub fn statement_hash(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
 }
@@ -245,8 +254,9 @@ impl Review {
             why,
         };
         // Reviews stored before identities were recorded have none to compare.
-        let ids_differ = !self.request.chain_ids.is_empty() && self.request.chain_ids != chain_ids;
-        if self.request.chain != chain || ids_differ {
+        let ids_differ = !self.request.chain_ids.is_empty()
+            && direct_once(&self.request.chain_ids) != direct_once(chain_ids);
+        if direct_once(&self.request.chain) != direct_once(chain) || ids_differ {
             return Err(mismatch(format!(
                 "it was requested by {}",
                 self.request.chain.join(" → ")

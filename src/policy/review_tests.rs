@@ -257,3 +257,17 @@ async fn a_vote_short_of_the_count_is_recorded() {
     let again = approve(&store, "r1", &voter("bob"), "", 1001).await;
     assert!(matches!(again, Err(ReviewError::AlreadyApproved(_))));
 }
+
+#[test]
+fn a_review_stored_with_a_direct_caller_twice_still_covers_that_caller() {
+    let mut r = decided(review(None), Outcome::Approved, 1050);
+    r.request.chain = vec![
+        "user:alice@example.com".into(),
+        "user:alice@example.com".into(),
+    ];
+    r.request.chain_ids = vec![
+        "principal://i/subject/alice".into(),
+        "principal://i/subject/alice".into(),
+    ];
+    assert!(covers(&r, None, 1060).is_ok());
+}
