@@ -15,7 +15,7 @@ use super::tunnel::{open_tunnel, pump};
 use super::{shutdown_signal, CliError};
 use crate::protocol::postgres::codec::{self, Startup};
 
-use crate::wire::CLIENT_CLOSED;
+use crate::wire::{CLIENT_CLOSED, SSH_ENDED};
 
 pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
     let ConnectArgs {
@@ -27,7 +27,7 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode, CliError> {
     let target = Target::resolve(gw.gateway, gw.token).await?;
     if stdio {
         let why = self::stdio(target, connection).await?;
-        if !why.is_empty() && why != CLIENT_CLOSED {
+        if !why.is_empty() && why != CLIENT_CLOSED && why != SSH_ENDED {
             eprintln!("custody: session ended: {why}");
         }
         return Ok(ExitCode::SUCCESS);

@@ -20,3 +20,7 @@ pub const CLOSE_ERROR: u16 = 1011;
 /// The close reason of a tunnel the client itself ended: `custody connect`
 /// does not report it as an error.
 pub const CLIENT_CLOSED: &str = "client closed the tunnel";
+
+/// The close reason of an SSH tunnel whose SSH session ended normally
+/// (either side may notice first): not an error either.
+pub const SSH_ENDED: &str = "ssh session ended";

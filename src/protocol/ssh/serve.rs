@@ -90,7 +90,7 @@ pub async fn serve(ctx: SessionContext, ssh: &Services, mut tx: TunnelTx, mut rx
         (None, Some(why), _) | (None, None, Some(why)) => End::new(wire::CLOSE_ERROR, why),
         (None, None, None) => match outcome {
             Ok(Err(e)) => End::new(wire::CLOSE_PROTOCOL, format!("ssh protocol error: {e}")),
-            _ => End::new(wire::CLOSE_NORMAL, "ssh session ended"),
+            _ => End::new(wire::CLOSE_NORMAL, wire::SSH_ENDED),
         },
     };
     tx.close(end.code, &end.reason).await;
@@ -179,7 +179,7 @@ async fn client_to_ssh(
             Ok(Some(b)) => {
                 bytes.0.fetch_add(b.len() as u64, Relaxed);
                 if wr.write_all(&b).await.is_err() {
-                    return End::new(wire::CLOSE_NORMAL, "ssh session ended");
+                    return End::new(wire::CLOSE_NORMAL, wire::SSH_ENDED);
                 }
             }
             Ok(None) => return End::new(wire::CLOSE_NORMAL, wire::CLIENT_CLOSED),
