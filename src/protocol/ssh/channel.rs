@@ -259,81 +259,98 @@ pub(super) async fn pump(
     replies: mpsc::Sender<bool>,
     mut injected: mpsc::Receiver<Bytes>,
 ) {
-    let number = u32::from(id);
-    let mut streams = [StreamText::default(), StreamText::default()];
-    // SFTP answers from the gate wait here for a boundary between server packets.
-    let mut frames = ServerFrames::default();
-    let mut held: Vec<Bytes> = Vec::new();
+    let mut p = Pump {
+        shared,
+        bytes,
+        client,
+        handle,
+        id,
+        number: u32::from(id),
+        kind,
+        replies,
+        streams: [StreamText::default(), StreamText::default()],
+        frames: ServerFrames::default(),
+        held: Vec::new(),
+    };
     let mut injecting = true;
     loop {
-        let holding = streams.iter().any(StreamText::holding);
+        let holding = p.streams.iter().any(StreamText::holding);
         let msg = tokio::select! {
             m = up.wait() => m,
             r = injected.recv(), if injecting => {
                 match r {
-                    Some(r) if frames.at_boundary() && held.is_empty() => {
-                        if !send(&client, 0, r).await {
+                    Some(r) => {
+                        if !p.inject(r).await {
                             break;
                         }
                     }
-                    Some(r) => held.push(r),
                     None => injecting = false,
                 }
                 continue;
             }
             _ = tokio::time::sleep(FLUSH_IDLE), if holding => {
-                if !flush(&shared, &client, number, &mut streams).await {
+                if !flush(&p.shared, &p.client, p.number, &mut p.streams).await {
                     break;
                 }
                 continue;
             }
         };
         let Some(msg) = msg else { break };
+        if !p.message(msg).await {
+            break;
+        }
+    }
+    p.finish().await;
+}
+
+/// One channel's pump state.
+struct Pump {
+    shared: Arc<Shared>,
+    bytes: Arc<(AtomicU64, AtomicU64)>,
+    client: ChannelWriteHalf<Msg>,
+    handle: server::Handle,
+    id: ChannelId,
+    number: u32,
+    kind: Arc<Mutex<Kind>>,
+    replies: mpsc::Sender<bool>,
+    streams: [StreamText; 2],
+    /// SFTP answers from the gate wait here for a boundary between server packets.
+    frames: ServerFrames,
+    held: Vec<Bytes>,
+}
+
+impl Pump {
+    /// An answer from the gate: sent now at a packet boundary, else held.
+    /// False when the client is gone.
+    async fn inject(&mut self, r: Bytes) -> bool {
+        if self.frames.at_boundary() && self.held.is_empty() {
+            return send(&self.client, 0, r).await;
+        }
+        self.held.push(r);
+        true
+    }
+
+    /// One message from the upstream; false when the pump must stop.
+    async fn message(&mut self, msg: ChannelMsg) -> bool {
+        let (shared, client, number) = (&self.shared, &self.client, self.number);
         match msg {
-            ChannelMsg::Data { mut data } => {
-                bytes.1.fetch_add(data.len() as u64, Relaxed);
-                let sftp = kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_)));
-                let cut = if sftp {
-                    frames.first_boundary(&data)
-                } else {
-                    None
-                };
-                if let Some(at) = cut.filter(|_| !held.is_empty()) {
-                    let head = data.split_to(at);
-                    if !head.is_empty()
-                        && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], head).await
-                    {
-                        break;
-                    }
-                    let mut ok = true;
-                    for r in held.drain(..) {
-                        ok &= send(&client, 0, r).await;
-                    }
-                    if !ok {
-                        break;
-                    }
-                }
-                if !data.is_empty()
-                    && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], data).await
-                {
-                    break;
-                }
-            }
+            ChannelMsg::Data { data } => return self.data(data).await,
             ChannelMsg::ExtendedData { data, ext } => {
-                bytes.1.fetch_add(data.len() as u64, Relaxed);
+                self.bytes.1.fetch_add(data.len() as u64, Relaxed);
                 let i = usize::from(ext == 1);
-                if !deliver(&shared, &client, &kind, number, i, &mut streams[i], data).await {
-                    break;
+                let (kind, stream) = (&self.kind, &mut self.streams[i]);
+                if !deliver(shared, client, kind, number, i, stream, data).await {
+                    return false;
                 }
             }
             ChannelMsg::Success => {
-                let _ = replies.try_send(true);
+                let _ = self.replies.try_send(true);
             }
             ChannelMsg::Failure => {
-                let _ = replies.try_send(false);
+                let _ = self.replies.try_send(false);
             }
             ChannelMsg::ExitStatus { exit_status } => {
-                flush(&shared, &client, number, &mut streams).await;
+                flush(shared, client, number, &mut self.streams).await;
                 shared
                     .record(EventBody::Exit {
                         channel: number,
@@ -349,7 +366,7 @@ pub(super) async fn pump(
                 error_message,
                 lang_tag,
             } => {
-                flush(&shared, &client, number, &mut streams).await;
+                flush(shared, client, number, &mut self.streams).await;
                 shared
                     .record(EventBody::Exit {
                         channel: number,
@@ -357,31 +374,69 @@ pub(super) async fn pump(
                         signal: Some(format!("{signal_name:?}")),
                     })
                     .await;
-                let _ = handle
-                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                let _ = self
+                    .handle
+                    .exit_signal_request(self.id, signal_name, core_dumped, error_message, lang_tag)
                     .await;
             }
             ChannelMsg::Eof => {
-                flush(&shared, &client, number, &mut streams).await;
+                flush(shared, client, number, &mut self.streams).await;
                 let _ = client.eof().await;
             }
-            ChannelMsg::Close => break,
+            ChannelMsg::Close => return false,
             _ => {}
         }
+        true
     }
-    flush(&shared, &client, number, &mut streams).await;
-    let left = match kind.lock() {
-        Ok(mut k) => match &mut *k {
-            Kind::Sftp(tap) => tap.finish(),
-            Kind::Scp(tap) => tap.finish(),
-            _ => Vec::new(),
-        },
-        Err(_) => Vec::new(),
-    };
-    for op in left {
-        shared.record(file_event(number, op)).await;
+
+    /// Standard output; held gate answers go out at the first SFTP packet
+    /// boundary. False when the pump must stop.
+    async fn data(&mut self, mut data: Bytes) -> bool {
+        let (shared, client, kind, number) = (&self.shared, &self.client, &self.kind, self.number);
+        self.bytes.1.fetch_add(data.len() as u64, Relaxed);
+        let sftp = kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_)));
+        let cut = if sftp {
+            self.frames.first_boundary(&data)
+        } else {
+            None
+        };
+        if let Some(at) = cut.filter(|_| !self.held.is_empty()) {
+            let head = data.split_to(at);
+            if !head.is_empty()
+                && !deliver(shared, client, kind, number, 0, &mut self.streams[0], head).await
+            {
+                return false;
+            }
+            let mut ok = true;
+            for r in self.held.drain(..) {
+                ok &= send(client, 0, r).await;
+            }
+            if !ok {
+                return false;
+            }
+        }
+        data.is_empty()
+            || deliver(shared, client, kind, number, 0, &mut self.streams[0], data).await
     }
-    let _ = client.close().await;
+
+    /// The channel ended: flush held text, record the file operations left
+    /// open, close the client's channel.
+    async fn finish(mut self) {
+        let (shared, number) = (&self.shared, self.number);
+        flush(shared, &self.client, number, &mut self.streams).await;
+        let left = match self.kind.lock() {
+            Ok(mut k) => match &mut *k {
+                Kind::Sftp(tap) => tap.finish(),
+                Kind::Scp(tap) => tap.finish(),
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        for op in left {
+            shared.record(file_event(number, op)).await;
+        }
+        let _ = self.client.close().await;
+    }
 }
 
 /// Sends one chunk of output to the client; false when the client is gone.

@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod exec;
 pub mod front;
+mod input;
 pub mod scp;
 pub mod serve;
 pub mod sftp;
