@@ -16,7 +16,8 @@ use russh::server::{self, Auth, Msg, Session as SshSession};
 use russh::{Channel, ChannelId, ChannelWriteHalf, MethodSet, Pty, Sig};
 use tokio::sync::mpsc;
 
-use super::channel::{pump, write_up, Kind, Shared, Upward, UPWARD_QUEUE};
+use super::channel::{write_up, Kind, Shared, Upward, UPWARD_QUEUE};
+use super::pump::pump;
 use super::sftp::SftpTap;
 use super::sftp_gate::SftpGate;
 use super::upstream::{self, Upstream};

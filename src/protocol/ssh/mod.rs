@@ -8,6 +8,7 @@ pub mod channel;
 pub mod exec;
 pub mod front;
 mod input;
+mod pump;
 pub mod scp;
 pub mod serve;
 pub mod sftp;
