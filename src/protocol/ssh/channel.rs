@@ -1,29 +1,21 @@
-//! One SSH channel's data path: what the session's channels share, the
-//! upstream → client pump (replies, masked and recorded output, exit status),
-//! the client → upstream writer, and the typed-line guard.
+//! What an SSH session's channels share, how a channel's output is treated,
+//! the client → upstream writer, the typed-line guard and file events.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use russh::client;
-use russh::server::{self, Msg};
-use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use russh::ChannelWriteHalf;
 use tokio::sync::{mpsc, watch};
 
 use super::scp::ScpTap;
 use super::sftp::{FileOp, SftpTap};
-use super::sftp_gate::ServerFrames;
-use super::text::StreamText;
 use crate::config::ConnectionConfig;
 use crate::mask::Engine;
 use crate::policy::command::MAX_COMMAND;
 use crate::policy::decision::{self, Decision, Grant, Input, Path, Rules};
 use crate::recording::{EventBody, Tap};
-
-/// Held output (a prompt without newline) is released after this long.
-const FLUSH_IDLE: Duration = Duration::from_millis(40);
 
 /// What the session's channels share.
 pub(super) struct Shared {
@@ -243,253 +235,6 @@ pub(super) fn file_event(channel: u32, op: FileOp) -> EventBody {
             ),
         },
     }
-}
-
-/// Upstream → client for one channel: replies, output (masked, recorded),
-/// exit status, EOF and close.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn pump(
-    shared: Arc<Shared>,
-    bytes: Arc<(AtomicU64, AtomicU64)>,
-    mut up: ChannelReadHalf,
-    client: ChannelWriteHalf<Msg>,
-    handle: server::Handle,
-    id: ChannelId,
-    kind: Arc<Mutex<Kind>>,
-    replies: mpsc::Sender<bool>,
-    mut injected: mpsc::Receiver<Bytes>,
-) {
-    let number = u32::from(id);
-    let mut streams = [StreamText::default(), StreamText::default()];
-    // SFTP answers from the gate wait here for a boundary between server packets.
-    let mut frames = ServerFrames::default();
-    let mut held: Vec<Bytes> = Vec::new();
-    let mut injecting = true;
-    loop {
-        let holding = streams.iter().any(StreamText::holding);
-        let msg = tokio::select! {
-            m = up.wait() => m,
-            r = injected.recv(), if injecting => {
-                match r {
-                    Some(r) if frames.at_boundary() && held.is_empty() => {
-                        if !send(&client, 0, r).await {
-                            break;
-                        }
-                    }
-                    Some(r) => held.push(r),
-                    None => injecting = false,
-                }
-                continue;
-            }
-            _ = tokio::time::sleep(FLUSH_IDLE), if holding => {
-                if !flush(&shared, &client, number, &mut streams).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        let Some(msg) = msg else { break };
-        match msg {
-            ChannelMsg::Data { mut data } => {
-                bytes.1.fetch_add(data.len() as u64, Relaxed);
-                let sftp = kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_)));
-                let cut = if sftp {
-                    frames.first_boundary(&data)
-                } else {
-                    None
-                };
-                if let Some(at) = cut.filter(|_| !held.is_empty()) {
-                    let head = data.split_to(at);
-                    if !head.is_empty()
-                        && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], head).await
-                    {
-                        break;
-                    }
-                    let mut ok = true;
-                    for r in held.drain(..) {
-                        ok &= send(&client, 0, r).await;
-                    }
-                    if !ok {
-                        break;
-                    }
-                }
-                if !data.is_empty()
-                    && !deliver(&shared, &client, &kind, number, 0, &mut streams[0], data).await
-                {
-                    break;
-                }
-            }
-            ChannelMsg::ExtendedData { data, ext } => {
-                bytes.1.fetch_add(data.len() as u64, Relaxed);
-                let i = usize::from(ext == 1);
-                if !deliver(&shared, &client, &kind, number, i, &mut streams[i], data).await {
-                    break;
-                }
-            }
-            ChannelMsg::Success => {
-                let _ = replies.try_send(true);
-            }
-            ChannelMsg::Failure => {
-                let _ = replies.try_send(false);
-            }
-            ChannelMsg::ExitStatus { exit_status } => {
-                flush(&shared, &client, number, &mut streams).await;
-                shared
-                    .record(EventBody::Exit {
-                        channel: number,
-                        status: Some(exit_status),
-                        signal: None,
-                    })
-                    .await;
-                let _ = client.exit_status(exit_status).await;
-            }
-            ChannelMsg::ExitSignal {
-                signal_name,
-                core_dumped,
-                error_message,
-                lang_tag,
-            } => {
-                flush(&shared, &client, number, &mut streams).await;
-                shared
-                    .record(EventBody::Exit {
-                        channel: number,
-                        status: None,
-                        signal: Some(format!("{signal_name:?}")),
-                    })
-                    .await;
-                let _ = handle
-                    .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
-                    .await;
-            }
-            ChannelMsg::Eof => {
-                flush(&shared, &client, number, &mut streams).await;
-                let _ = client.eof().await;
-            }
-            ChannelMsg::Close => break,
-            _ => {}
-        }
-    }
-    flush(&shared, &client, number, &mut streams).await;
-    let left = match kind.lock() {
-        Ok(mut k) => match &mut *k {
-            Kind::Sftp(tap) => tap.finish(),
-            Kind::Scp(tap) => tap.finish(),
-            _ => Vec::new(),
-        },
-        Err(_) => Vec::new(),
-    };
-    for op in left {
-        shared.record(file_event(number, op)).await;
-    }
-    let _ = client.close().await;
-}
-
-/// Sends one chunk of output to the client; false when the client is gone.
-pub(super) async fn deliver(
-    shared: &Shared,
-    client: &ChannelWriteHalf<Msg>,
-    kind: &Mutex<Kind>,
-    number: u32,
-    stream: usize,
-    text: &mut StreamText,
-    data: Bytes,
-) -> bool {
-    let mut ops = Vec::new();
-    let terminal = match kind.lock() {
-        Ok(mut k) => match &mut *k {
-            Kind::Sftp(tap) => {
-                ops = tap.server(&data);
-                false
-            }
-            // `scp -f`: the server sends the files. Passed raw (not recorded
-            // as output) only while the stream really parses as scp and no
-            // masking applies: a program that merely calls itself scp gets
-            // the terminal treatment. Acks of `scp -t` and stderr are text.
-            Kind::Scp(tap) if !tap.write && stream == 0 => {
-                ops = tap.feed(&data);
-                shared.mask.is_some() || tap.inert()
-            }
-            Kind::Scp(_) => true,
-            Kind::Raw => false,
-            Kind::Pending | Kind::Terminal => true,
-        },
-        Err(_) => false,
-    };
-    let unparsable = ops.iter().any(|o| matches!(o, FileOp::Unparsable { .. }));
-    for op in ops {
-        shared.record(file_event(number, op)).await;
-    }
-    // SFTP answers the tap cannot read would leave later files unnamed:
-    // the channel ends instead (the pump closes it).
-    if unparsable && kind.lock().is_ok_and(|k| matches!(*k, Kind::Sftp(_))) {
-        return false;
-    }
-    if !terminal {
-        return send(client, stream, data).await;
-    }
-    match &shared.mask {
-        Some(engine) => {
-            let ready = text.push(&data, true);
-            if ready.is_empty() {
-                return true;
-            }
-            let masked = crate::mask::text(engine, &ready, &mut Default::default());
-            let sent = send(client, stream, Bytes::from(masked.clone().into_bytes())).await;
-            record_output(shared, number, stream, masked).await;
-            sent
-        }
-        None => {
-            let ready = text.push(&data, false);
-            let sent = send(client, stream, data).await;
-            if !ready.is_empty() {
-                record_output(shared, number, stream, ready).await;
-            }
-            sent
-        }
-    }
-}
-
-pub(super) async fn flush(
-    shared: &Shared,
-    client: &ChannelWriteHalf<Msg>,
-    number: u32,
-    streams: &mut [StreamText; 2],
-) -> bool {
-    let mut ok = true;
-    for (i, st) in streams.iter_mut().enumerate() {
-        let rest = st.flush();
-        if rest.is_empty() {
-            continue;
-        }
-        // Held text was never sent (masking on): mask and send it now.
-        // Without masking only a cut UTF-8 tail is held, already sent raw.
-        if let Some(engine) = &shared.mask {
-            let masked = crate::mask::text(engine, &rest, &mut Default::default());
-            ok &= send(client, i, Bytes::from(masked.clone().into_bytes())).await;
-            record_output(shared, number, i, masked).await;
-        } else {
-            record_output(shared, number, i, rest).await;
-        }
-    }
-    ok
-}
-
-pub(super) async fn send(client: &ChannelWriteHalf<Msg>, stream: usize, data: Bytes) -> bool {
-    if stream == 1 {
-        client.extended_data_bytes(1, data).await.is_ok()
-    } else {
-        client.data_bytes(data).await.is_ok()
-    }
-}
-
-pub(super) async fn record_output(shared: &Shared, channel: u32, stream: usize, data: String) {
-    shared
-        .record(EventBody::Output {
-            channel,
-            stream: if stream == 1 { "e" } else { "o" }.into(),
-            data,
-        })
-        .await;
 }
 
 #[cfg(test)]

@@ -2,12 +2,14 @@
 //! connection's user; its stdout, stderr and exit status, masked and
 //! recorded. Ingress decides first whether it runs.
 
-use russh::ChannelMsg;
+use russh::client::{self, Handle};
+use russh::{Channel, ChannelMsg};
 
-use super::{upstream, SshError};
+use super::upstream::{self, Upstream};
+use super::SshError;
 use crate::policy::decision::{Cause, Refusal};
 use crate::recording::EventBody;
-use crate::session::SessionContext;
+use crate::session::{Session, SessionContext};
 
 /// Output kept per stream; the answer says when it was cut.
 pub const MAX_OUTPUT: usize = 16 << 20;
@@ -36,10 +38,34 @@ pub fn refusal_message(r: &Refusal) -> String {
 pub async fn run(ctx: &SessionContext, command: &str) -> Result<ExecResult, SshError> {
     let session = &ctx.session;
     let engine = ctx.masker.engine().map(|e| e.as_ref());
+    let (handle, mut ch) = start(ctx, command).await?;
+    let (out, err, mut result) = collect(&mut ch).await?;
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    let text = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        match engine {
+            Some(e) => crate::mask::text(e, &s, &mut Default::default()),
+            None => s.into_owned(),
+        }
+    };
+    result.stdout = text(&out);
+    result.stderr = text(&err);
+    record(session, &result).await?;
+    Ok(result)
+}
+
+/// Logs in as the connection's user and starts `command` on a new channel.
+async fn start(
+    ctx: &SessionContext,
+    command: &str,
+) -> Result<(Handle<Upstream>, Channel<client::Msg>), SshError> {
+    let session = &ctx.session;
     let conn = &session.permit.connection;
     let user = conn.user.clone().unwrap_or_else(|| "root".into());
     let handle = upstream::open(&ctx.credentials, conn, &user).await?;
-    let mut ch = handle
+    let ch = handle
         .channel_open_session()
         .await
         .map_err(|e| SshError::Protocol(format!("opening a channel: {e}")))?;
@@ -52,6 +78,13 @@ pub async fn run(ctx: &SessionContext, command: &str) -> Result<ExecResult, SshE
     ch.exec(true, command.as_bytes().to_vec())
         .await
         .map_err(|e| SshError::Protocol(e.to_string()))?;
+    Ok((handle, ch))
+}
+
+/// Reads the channel to its close: raw stdout, raw stderr, and the status.
+async fn collect(
+    ch: &mut Channel<client::Msg>,
+) -> Result<(Vec<u8>, Vec<u8>, ExecResult), SshError> {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut result = ExecResult {
         stdout: String::new(),
@@ -77,18 +110,11 @@ pub async fn run(ctx: &SessionContext, command: &str) -> Result<ExecResult, SshE
             _ => {}
         }
     }
-    let _ = handle
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
-    let text = |b: &[u8]| {
-        let s = String::from_utf8_lossy(b);
-        match engine {
-            Some(e) => crate::mask::text(e, &s, &mut Default::default()),
-            None => s.into_owned(),
-        }
-    };
-    result.stdout = text(&out);
-    result.stderr = text(&err);
+    Ok((out, err, result))
+}
+
+/// Records the (already masked) output and the exit.
+async fn record(session: &Session, result: &ExecResult) -> Result<(), SshError> {
     for (stream, data) in [("o", &result.stdout), ("e", &result.stderr)] {
         if data.is_empty() {
             continue;
@@ -112,7 +138,7 @@ pub async fn run(ctx: &SessionContext, command: &str) -> Result<ExecResult, SshE
         })
         .await
         .map_err(|e| SshError::Recording(e.to_string()))?;
-    Ok(result)
+    Ok(())
 }
 
 fn keep(buf: &mut Vec<u8>, data: &[u8], truncated: &mut bool) {

@@ -16,8 +16,9 @@ use russh::server::{self, Auth, Msg, Session as SshSession};
 use russh::{Channel, ChannelId, ChannelWriteHalf, MethodSet, Pty, Sig};
 use tokio::sync::mpsc;
 
-use super::channel::{file_event, pump, typed, write_up, Kind, Shared, Upward, UPWARD_QUEUE};
-use super::sftp::{FileOp, SftpTap};
+use super::channel::{write_up, Kind, Shared, Upward, UPWARD_QUEUE};
+use super::pump::pump;
+use super::sftp::SftpTap;
 use super::sftp_gate::SftpGate;
 use super::upstream::{self, Upstream};
 use crate::recording::EventBody;
@@ -26,21 +27,21 @@ use crate::policy::command::MAX_COMMAND;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) struct Chan {
-    number: u32,
-    up: Arc<ChannelWriteHalf<client::Msg>>,
+    pub(super) number: u32,
+    pub(super) up: Arc<ChannelWriteHalf<client::Msg>>,
     /// Client data, EOF and close for the upstream, in order, written by a
     /// task of their own so decrypting the next packet overlaps encrypting
     /// this one (the session loop would otherwise wait on each write).
-    to_up: mpsc::Sender<Upward>,
-    replies: mpsc::Receiver<bool>,
-    kind: Arc<Mutex<Kind>>,
-    pty: bool,
+    pub(super) to_up: mpsc::Sender<Upward>,
+    pub(super) replies: mpsc::Receiver<bool>,
+    pub(super) kind: Arc<Mutex<Kind>>,
+    pub(super) pty: bool,
     /// The line being typed, for guardrails on shell lines.
-    line: Vec<u8>,
+    pub(super) line: Vec<u8>,
     /// SFTP: requests the recording could not name are answered here.
-    gate: Option<SftpGate>,
+    pub(super) gate: Option<SftpGate>,
     /// Answers for the client, slipped in between whole server packets by the pump.
-    inject: mpsc::Sender<Bytes>,
+    pub(super) inject: mpsc::Sender<Bytes>,
 }
 
 pub struct Front {
@@ -200,31 +201,7 @@ impl Front {
         session.close(channel)
     }
 
-    /// Ends an SFTP channel whose requests can no longer be vouched for,
-    /// recording the file operations seen up to then.
-    async fn close_sftp(
-        &mut self,
-        channel: ChannelId,
-        session: &mut SshSession,
-        ops: Vec<FileOp>,
-        why: String,
-    ) -> Result<(), russh::Error> {
-        let number = self.number(channel);
-        if let Some(ch) = self.channels.remove(&channel) {
-            let _ = ch.to_up.send(Upward::Close).await;
-        }
-        for op in ops {
-            self.shared.record(file_event(number, op)).await;
-        }
-        self.shared
-            .record(EventBody::Error {
-                message: format!("sftp channel {number}: {why}; the channel was closed"),
-            })
-            .await;
-        session.close(channel)
-    }
-
-    fn set_kind(&self, channel: ChannelId, kind: Kind) {
+    pub(super) fn set_kind(&self, channel: ChannelId, kind: Kind) {
         if let Some(ch) = self.channels.get(&channel) {
             if let Ok(mut k) = ch.kind.lock() {
                 *k = kind;
@@ -232,7 +209,7 @@ impl Front {
         }
     }
 
-    fn number(&self, channel: ChannelId) -> u32 {
+    pub(super) fn number(&self, channel: ChannelId) -> u32 {
         u32::from(channel)
     }
 }
@@ -652,89 +629,7 @@ impl server::Handler for Front {
         data: &[u8],
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        self.bytes.0.fetch_add(data.len() as u64, Relaxed);
-        let shared = self.shared.clone();
-        let Some(ch) = self.channels.get_mut(&channel) else {
-            return Ok(());
-        };
-        let mut gated = match ch.gate.as_mut().map(|g| g.client(data)) {
-            Some(Ok(g)) => Some(g),
-            Some(Err(why)) => return self.close_sftp(channel, session, Vec::new(), why).await,
-            None => None,
-        };
-        let input = data;
-        let data: &[u8] = gated.as_ref().map_or(input, |g| &g.forward);
-        let mut ops = Vec::new();
-        if let Ok(mut k) = ch.kind.lock() {
-            match &mut *k {
-                Kind::Sftp(tap) => ops = tap.client(data),
-                Kind::Scp(tap) if tap.write => ops = tap.feed(data),
-                _ => {}
-            }
-        }
-        let unparsable = |o: &FileOp| matches!(o, FileOp::Unparsable { .. });
-        if gated.is_some() && ops.iter().any(unparsable) {
-            // The tap would stop naming files: stop the channel instead, before
-            // the request it cannot read reaches the server.
-            ops.retain(|o| !unparsable(o));
-            let why = "a request the recording cannot read (a control packet over 64 KiB)".into();
-            return self.close_sftp(channel, session, ops, why).await;
-        }
-        let (forward, refused) = if ch.pty && shared.rules.guardrails.is_some() {
-            typed(&mut ch.line, data, |line| shared.refusal(line, true))
-        } else if let Some(g) = gated.as_mut() {
-            // The gate already copied what passes: hand that buffer on.
-            (Bytes::from(std::mem::take(&mut g.forward)), None)
-        } else {
-            (Bytes::copy_from_slice(input), None)
-        };
-        if ch.pty && shared.conn.record_input && !forward.is_empty() {
-            let text = String::from_utf8_lossy(&forward).into_owned();
-            shared
-                .record(EventBody::Input {
-                    channel: ch.number,
-                    data: shared.shown(&text),
-                })
-                .await;
-        }
-        let number = ch.number;
-        if !forward.is_empty() && ch.to_up.send(Upward::Data(forward)).await.is_err() {
-            return Ok(());
-        }
-        for op in ops {
-            shared.record(file_event(number, op)).await;
-        }
-        if let Some(g) = gated {
-            if !g.replies.is_empty() {
-                let _ = ch.inject.send(Bytes::from(g.replies)).await;
-            }
-            for what in g.refused {
-                shared
-                    .record(EventBody::SshRequest {
-                        channel: number,
-                        request: "sftp".into(),
-                        detail: Some(what),
-                        outcome: "refused: not allowed through this gateway (answered SSH_FX_OP_UNSUPPORTED)".into(),
-                    })
-                    .await;
-            }
-        }
-        if let Some((rule, reason, line)) = refused {
-            shared
-                .record(EventBody::Guardrail {
-                    sql: shared.shown(&line),
-                    protocol: "ssh-shell".into(),
-                    rule: rule.clone(),
-                    outcome: "refused".into(),
-                })
-                .await;
-            let msg = format!(
-                "\r\ncustody: refused by guardrail {rule}: {reason} (audit id {})\r\n",
-                shared.audit_id
-            );
-            session.data(channel, Bytes::from(msg))?;
-        }
-        Ok(())
+        self.client_data(channel, data, session).await
     }
 
     async fn channel_eof(

@@ -7,6 +7,8 @@
 pub mod channel;
 pub mod exec;
 pub mod front;
+mod input;
+mod pump;
 pub mod scp;
 pub mod serve;
 pub mod sftp;
