@@ -53,6 +53,9 @@ cargo fmt --check
 log "clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+log "function lengths (none over 120 lines; docs/ARCHITECTURE.md)"
+scripts/fn-lengths.py 120
+
 log "tests (unit and integration, real PostgreSQL and psql)"
 cargo test --all-targets --locked
 
