@@ -149,3 +149,67 @@ async fn cancel_still_reaches_the_upstream_with_the_real_pid() {
     assert!(frames.iter().all(|(t, _)| *t != b'E'));
     gw.wait_recordings("unknown cancel key");
 }
+
+fn guarded_gateway() -> Gateway {
+    Gateway::start(
+        r#"
+[connections.guardrails]
+deny = ["drop"]
+
+[connections.masking]
+detectors = ["email"]
+"#,
+    )
+}
+
+#[test]
+fn refusals_carry_no_context_from_the_mechanism() {
+    let gw = guarded_gateway();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (_, _, err) = psql(
+        addr,
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "drop table if exists nothing_here",
+        ],
+        None,
+    );
+    assert!(err.contains("refused by guardrail"), "{err}");
+    assert!(!err.contains("CONTEXT"), "{err}");
+    assert!(!err.contains("inline_code_block"), "{err}");
+    assert!(!err.contains("pl_exec"), "{err}");
+    // Still a real error in a transaction: the transaction is aborted.
+    let (_, out, err) = psql(
+        addr,
+        &[],
+        Some("begin;\ncreate temp table kept (n int);\ndrop table kept;\ncommit;\n"),
+    );
+    assert!(out.contains("ROLLBACK"), "{out}\n{err}");
+    assert!(!err.contains("CONTEXT"), "{err}");
+}
+
+#[test]
+fn binary_copy_refusal_advises_what_works() {
+    let gw = Gateway::start(
+        r#"
+[connections.masking]
+columns = { "*.email" = "partial" }
+"#,
+    );
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (ok, _, err) = psql(
+        addr,
+        &["-c", "copy (select 1) to stdout (format binary)"],
+        None,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("binary COPY TO STDOUT cannot be masked"),
+        "{err}"
+    );
+    assert!(!err.contains("csv"), "{err}");
+    assert!(err.contains("use text format"), "{err}");
+    assert!(!err.contains("CONTEXT"), "{err}");
+}
