@@ -213,3 +213,79 @@ columns = { "*.email" = "partial" }
     assert!(err.contains("use text format"), "{err}");
     assert!(!err.contains("CONTEXT"), "{err}");
 }
+
+/// psql against a local endpoint with extra conninfo and PGOPTIONS.
+fn psql_with(addr: SocketAddr, conninfo: &str, pgoptions: &str, sql: &str) -> (bool, String) {
+    let out = std::process::Command::new("psql")
+        .arg("-X")
+        .arg(format!(
+            "host={} port={} dbname=app user=anything {conninfo}",
+            addr.ip(),
+            addr.port()
+        ))
+        .args(["-A", "-t", "-c", sql])
+        .env("PGOPTIONS", pgoptions)
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn options_pass_allowed_settings_and_refuse_the_rest() {
+    let gw = Gateway::start("");
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (ok, out) = psql_with(
+        addr,
+        "",
+        "-c statement_timeout=1234",
+        "show statement_timeout",
+    );
+    assert!(ok && out.trim() == "1234ms", "{out}");
+    let (ok, out) = psql_with(addr, "", "--DateStyle=SQL,DMY", "show datestyle");
+    assert!(ok && out.trim() == "SQL, DMY", "{out}");
+    let (ok, out) = psql_with(addr, "", "-c work_mem=1MB", "select 1");
+    assert!(!ok, "{out}");
+    assert!(out.contains("FATAL") && out.contains("work_mem"), "{out}");
+    assert!(out.contains("not available through Custody"), "{out}");
+    let (ok, out) = psql_with(addr, "", "", "show application_name");
+    assert!(ok && out.trim().starts_with("custody/"), "{out}");
+}
+
+#[test]
+fn guardrails_hold_under_standard_conforming_strings_off() {
+    let gw = guarded_gateway();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let scs = "-c standard_conforming_strings=off";
+    let (ok, out) = psql_with(addr, "", scs, "show standard_conforming_strings");
+    assert!(ok && out.trim() == "off", "{out}");
+    let (ok, out) = psql_with(addr, "", scs, r"select 'a\', ' ; drop table users; --'");
+    assert!(!ok, "{out}");
+    assert!(out.contains("refused by guardrail \"drop\""), "{out}");
+}
+
+#[test]
+fn replication_is_refused_unless_the_connection_allows_it() {
+    let gw = Gateway::start("");
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (ok, out) = psql_with(addr, "replication=database", "", "IDENTIFY_SYSTEM;");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FATAL") && out.contains("replication is not available through Custody"),
+        "{out}"
+    );
+
+    pg().admin("alter role app replication");
+    let gw = Gateway::start("allow_replication = true");
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (ok, out) = psql_with(addr, "replication=database", "", "IDENTIFY_SYSTEM;");
+    assert!(ok, "{out}");
+    // systemid|timeline|xlogpos|dbname
+    assert!(out.trim().ends_with("|app"), "{out}");
+    gw.wait_recordings("IDENTIFY_SYSTEM");
+}
