@@ -171,6 +171,7 @@ impl Config {
                 ],
                 Kind::Ssh => &[
                     ("password", c.password.is_some()),
+                    ("allow_replication", c.allow_replication),
                     ("database", c.database.is_some()),
                     (
                         "[connections.masking] columns",
@@ -257,6 +258,9 @@ impl Config {
                             format!("postgres connection {name:?} needs `{field}`"),
                         ));
                     }
+                }
+                if c.allow_replication && (c.guardrails.is_some() || c.masking.is_some()) {
+                    out.push((c.name.span(), format!("connection {name:?} sets allow_replication with guardrails or masking: a replication stream (WAL) can be neither checked nor masked; use a separate connection for replication")));
                 }
                 if c.password.is_none() {
                     out.push((c.name.span(), format!("postgres connection {name:?} needs `password` (a secret reference: sm://PROJECT/SECRET, env:NAME or file:PATH)")));

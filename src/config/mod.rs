@@ -393,6 +393,11 @@ pub struct ConnectionConfig {
     /// End a tunnel session (PostgreSQL or SSH) after this long (default "60m", Cloud Run's request limit).
     #[serde(default = "default_ssh_max", with = "duration")]
     pub max_duration: Duration,
+    /// PostgreSQL: pass a client's `replication` startup parameter upstream
+    /// (walsender sessions, relayed and recorded); off: such connections are
+    /// refused. Not with guardrails or masking, which cannot read WAL.
+    #[serde(default)]
+    pub allow_replication: bool,
 }
 
 fn default_ssh_idle() -> Duration {

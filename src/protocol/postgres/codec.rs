@@ -334,6 +334,30 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// An ErrorResponse body with only the fields that describe the error
+/// itself (severity, code, message, detail, hint). What the gateway's
+/// refusal mechanism adds (CONTEXT, position, internal query, source file,
+/// line and routine) points into a DO block the client never sent.
+pub fn error_without_mechanism(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let Some(end) = tail.iter().position(|&b| b == 0) else {
+            break;
+        };
+        if matches!(field, b'S' | b'V' | b'C' | b'M' | b'D' | b'H') {
+            out.push(field);
+            out.extend_from_slice(&tail[..=end]);
+        }
+        rest = &tail[end + 1..];
+    }
+    out.push(0);
+    out
+}
+
 /// A DataRow body → its values as text (lossy UTF-8), None for NULL.
 pub fn text_row(mut body: &[u8]) -> Result<Vec<Option<String>>, PgError> {
     let short = || PgError::Protocol("short DataRow".into());
@@ -377,6 +401,13 @@ pub fn tag_rows(tag: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusal_errors_lose_the_mechanisms_fields() {
+        let body = b"SERROR\0VERROR\0C42501\0Mcustody: no\0WPL/pgSQL function inline_code_block line 1 at RAISE\0Fpl_exec.c\0L3911\0Rexec_stmt_raise\0\0";
+        let got = error_without_mechanism(body);
+        assert_eq!(&got[..], b"SERROR\0VERROR\0C42501\0Mcustody: no\0\0");
+    }
 
     fn packet(code: i32, rest: &[u8]) -> BytesMut {
         let mut b = BytesMut::new();

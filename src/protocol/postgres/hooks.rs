@@ -175,7 +175,9 @@ fn error_bytes(message: &str) -> Bytes {
 
 /// A Query that makes the upstream itself raise the refusal: the client gets
 /// it in order, and an open transaction is aborted exactly as PostgreSQL
-/// would abort it, so a later COMMIT cannot commit half of the work.
+/// would abort it, so a later COMMIT cannot commit half of the work. The
+/// ErrorResponse that comes back loses the DO block's CONTEXT and source
+/// fields on its way to the client (`codec::error_without_mechanism`).
 fn raise_query(message: &str) -> Vec<u8> {
     // Quotes doubled; '$' and '\\' dropped so nothing can end the literal early.
     let m: String = message
@@ -382,6 +384,7 @@ impl ClientHook<'_> {
             sql.to_string()
         });
         if let Some(message) = refused {
+            t.mark_refused();
             put_frame(out, b'Q', &raise_query(&message));
             return Ok(());
         }
@@ -472,6 +475,14 @@ impl Inspect for ServerHook<'_> {
             return encoding_guard(body, out);
         }
         let mut t = lock(self.tracker)?;
+        // The refusal reads as the gateway's, not as the DO block's.
+        let stripped;
+        let body = if tag == b'E' && t.answering_refusal() {
+            stripped = codec::error_without_mechanism(body);
+            &stripped[..]
+        } else {
+            body
+        };
         if let Some(m) = self.mask {
             let mut counts = Counts::default();
             let masked = masked_frame(&mut t, m, tag, body, &mut counts, out)?;

@@ -473,9 +473,13 @@ fn copy_out_plan(c: &pg_query::protobuf::CopyStmt, engine: &Engine, catalog: &Ca
     use pg_query::protobuf::node::Node as N;
     let format = copy_option(c, "format");
     if format.as_deref() == Some("binary") {
-        return CopyPlan::Refuse(
-            "binary COPY TO STDOUT cannot be masked; use text or csv format".into(),
-        );
+        // Column rules mask only plain text-format COPY: advise what works.
+        let advice = if engine.has_column_rules() {
+            "use text format (the default) without options, or SELECT"
+        } else {
+            "use text or csv format"
+        };
+        return CopyPlan::Refuse(format!("binary COPY TO STDOUT cannot be masked; {advice}"));
     }
     if !engine.has_column_rules() {
         return CopyPlan::Rules(Vec::new());

@@ -197,6 +197,7 @@ struct Relay<'a> {
     mask: Option<MaskCtx<'a>>,
     /// Wakes the upstream side when a refusal is queued while it is idle.
     refusals: tokio::sync::Notify,
+    replication: bool,
 }
 
 impl Relay<'_> {
@@ -228,6 +229,7 @@ async fn relay(
         up,
         engine,
         catalog,
+        replication,
     } = login;
     let mask = engine.as_deref().map(|engine| MaskCtx {
         engine,
@@ -238,6 +240,7 @@ async fn relay(
         tracker,
         mask,
         refusals: tokio::sync::Notify::new(),
+        replication,
     };
     let (up_r, up_w) = tokio::io::split(up.stream);
     let max = ctx.limits.max_message_bytes;
@@ -272,8 +275,7 @@ async fn client_to_upstream(
 ) -> Result<End, RelayEnd> {
     let ctx = relay.ctx;
     let session = &ctx.session;
-    let comment = ctx
-        .sqlcommenter
+    let comment = (ctx.sqlcommenter && !relay.replication)
         .then(|| comment::sqlcommenter(session.traceparent.as_deref(), &session.audit_id));
     let mut hook = ClientHook::new(relay.tracker, &ctx.rules, relay.mask, &session.audit_id);
     hook.comment = comment.as_deref();

@@ -88,6 +88,9 @@ pub(super) struct Login {
     pub up: upstream::Upstream,
     pub engine: Option<Arc<Engine>>,
     pub catalog: Arc<Catalog>,
+    /// A walsender session (`allow_replication`): its commands have their
+    /// own grammar, which a sqlcommenter comment would break.
+    pub replication: bool,
 }
 
 /// Logs in upstream as the connection's user, with the session's masker
@@ -98,6 +101,7 @@ pub(super) async fn login(
     params: &[(String, String)],
 ) -> Result<Login, End> {
     let conn = &ctx.session.permit.connection;
+    refuse_startup_params(ctx, params).await?;
     let failed = |sqlstate: &str, why: String| End::failed(wire::CLOSE_ERROR, sqlstate, why);
     let password = super::credential(conn, &ctx.credentials)
         .await
@@ -135,7 +139,34 @@ pub(super) async fn login(
         up,
         engine,
         catalog,
+        replication: upstream::wants_replication(params),
     })
+}
+
+/// A replication connection (unless the connection allows it) and an
+/// `options` setting off the allow list are refused, never silently
+/// turned into something else (SQLSTATE 0A000, feature not supported).
+async fn refuse_startup_params(
+    ctx: &SessionContext,
+    params: &[(String, String)],
+) -> Result<(), End> {
+    let conn = &ctx.session.permit.connection;
+    let name = conn.name();
+    let audit = &ctx.session.audit_id;
+    let why = if upstream::wants_replication(params) && !conn.allow_replication {
+        format!("replication is not available through Custody on connection {name} (allow_replication is off) (audit id {audit})")
+    } else {
+        let refused = params
+            .iter()
+            .filter(|(k, _)| k == "options")
+            .find_map(|(_, v)| upstream::client_options(v).err());
+        match refused {
+            None => return Ok(()),
+            Some(s) => format!("the startup option {s:?} is not available through Custody; options may set only {} (audit id {audit})", upstream::OPTIONS_ALLOWED.join(", ")),
+        }
+    };
+    record_error(ctx, why.clone()).await;
+    Err(End::failed(wire::CLOSE_POLICY, "0A000", why))
 }
 
 /// Guardrails and masking read statements in the session's encoding; in

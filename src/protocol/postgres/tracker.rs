@@ -59,6 +59,8 @@ struct Stmt {
     masked: Counts,
     /// Column rules by position for a `COPY ... TO STDOUT` in this query.
     copy_rules: Option<Vec<Rule>>,
+    /// Replaced by the gateway's refusal (a DO block that raises it).
+    refused: bool,
 }
 
 impl Stmt {
@@ -72,6 +74,7 @@ impl Stmt {
             error: None,
             masked: Counts::default(),
             copy_rules: None,
+            refused: false,
         }
     }
 
@@ -211,6 +214,18 @@ impl Tracker {
             self.portal_desc.remove(name);
             self.binds.remove(name);
         }
+    }
+
+    /// The query just queued was replaced by the gateway's refusal.
+    pub fn mark_refused(&mut self) {
+        if let Some(Pending::Simple(s)) = self.pending.back_mut() {
+            s.refused = true;
+        }
+    }
+
+    /// Whether the answer now arriving is the gateway's own refusal.
+    pub fn answering_refusal(&self) -> bool {
+        matches!(self.pending.front(), Some(Pending::Simple(s)) if s.refused)
     }
 
     /// Attaches COPY column rules to the query just queued.

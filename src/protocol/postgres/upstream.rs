@@ -25,7 +25,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_LOGIN_FRAME: usize = 1 << 20;
 
 /// Startup parameters a client may set on the upstream session. Everything
-/// else (user, database, replication, options) is the gateway's decision.
+/// else is the gateway's decision: user, database and application_name;
+/// `replication` only where the connection allows it, `options` only as
+/// the allowed settings (`client_options`).
 const PASSTHROUGH_PARAMS: &[&str] = &[
     "client_encoding",
     "DateStyle",
@@ -37,6 +39,109 @@ const PASSTHROUGH_PARAMS: &[&str] = &[
     "intervalstyle",
     "search_path",
 ];
+
+/// Settings a client may pass in `options` (`-c name=value`), matched
+/// case-insensitively. Everything else there is refused at startup.
+pub const OPTIONS_ALLOWED: &[&str] = &[
+    "standard_conforming_strings",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+];
+
+/// The `-c` settings of a client's `options`, or the first argument that is
+/// not an allowed setting (named in the refusal). Arguments split as libpq
+/// and the server split them: on whitespace, a backslash escaping the next
+/// character; `-c name=value`, `-cname=value` and `--name=value` are settings.
+pub fn client_options(options: &str) -> Result<Vec<(String, String)>, String> {
+    let mut args = split_options(options).into_iter();
+    let mut out = Vec::new();
+    while let Some(arg) = args.next() {
+        let setting = if arg == "-c" {
+            args.next().unwrap_or_default()
+        } else if let Some(s) = arg.strip_prefix("--") {
+            s.replace('-', "_")
+        } else if let Some(s) = arg.strip_prefix("-c") {
+            s.to_string()
+        } else {
+            return Err(arg);
+        };
+        let Some((name, value)) = setting.split_once('=') else {
+            return Err(setting);
+        };
+        if !OPTIONS_ALLOWED.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            return Err(name.to_string());
+        }
+        out.push((name.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
+fn split_options(options: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    args
+}
+
+/// The `options` the gateway sends: the client's allowed settings, escaped
+/// again, and `default_transaction_read_only` on a read_only connection.
+fn upstream_options(conn: &ConnectionConfig, client_params: &[(String, String)]) -> String {
+    let mut settings: Vec<(String, String)> = client_params
+        .iter()
+        .filter(|(k, _)| k == "options")
+        .flat_map(|(_, v)| client_options(v).unwrap_or_default())
+        .collect();
+    // A read_only connection is read-only in PostgreSQL too, so a write the
+    // guardrails cannot see (a user function) still fails; guardrails refuse
+    // turning it off.
+    if conn.guardrails.as_ref().is_some_and(|g| g.read_only) {
+        settings.push(("default_transaction_read_only".into(), "on".into()));
+    }
+    let escape = |s: &str| {
+        s.chars().fold(String::new(), |mut o, c| {
+            if c == '\\' || c.is_ascii_whitespace() {
+                o.push('\\');
+            }
+            o.push(c);
+            o
+        })
+    };
+    settings
+        .iter()
+        .map(|(k, v)| format!("-c {}={}", escape(k), escape(v)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a `replication` startup parameter asks for a walsender
+/// (`true`/`on`/`yes`/`1` physical, `database` logical), as PostgreSQL reads it.
+pub fn wants_replication(client_params: &[(String, String)]) -> bool {
+    client_params.iter().any(|(k, v)| {
+        k == "replication"
+            && !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "false" | "off" | "no" | "0" | ""
+            )
+    })
+}
 
 pub struct Upstream {
     pub stream: Box<dyn Io>,
@@ -210,7 +315,8 @@ async fn login(
 ) -> Result<Upstream, PgError> {
     let stream = open_stream(conn).await?;
     let user = conn.user.as_deref().unwrap_or_default();
-    let params = startup_params(conn, user, application_name, client_params);
+    let options = upstream_options(conn, client_params);
+    let params = startup_params(conn, user, application_name, client_params, &options);
     let mut out = BytesMut::new();
     codec::startup_message(&mut out, &params);
     let mut up = Upstream {
@@ -271,6 +377,7 @@ fn startup_params<'a>(
     user: &'a str,
     application_name: &'a str,
     client_params: &'a [(String, String)],
+    options: &'a str,
 ) -> Vec<(&'a str, &'a str)> {
     let mut params: Vec<(&str, &str)> = vec![
         ("user", user),
@@ -278,15 +385,13 @@ fn startup_params<'a>(
         ("application_name", application_name),
     ];
     for (k, v) in client_params {
-        if PASSTHROUGH_PARAMS.contains(&k.as_str()) {
+        let replication = k == "replication" && conn.allow_replication;
+        if replication || PASSTHROUGH_PARAMS.contains(&k.as_str()) {
             params.push((k, v));
         }
     }
-    // A read_only connection is read-only in PostgreSQL too, so a write the
-    // guardrails cannot see (a user function) still fails; guardrails refuse
-    // turning it off.
-    if conn.guardrails.as_ref().is_some_and(|g| g.read_only) {
-        params.push(("options", "-c default_transaction_read_only=on"));
+    if !options.is_empty() {
+        params.push(("options", options));
     }
     params
 }
@@ -388,4 +493,45 @@ pub async fn cancel(conn: &ConnectionConfig, pid: i32, key: i32) -> Result<(), P
     let mut sink = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_pass_only_allowed_settings() {
+        let got = client_options(r"-c statement_timeout=1234 --DateStyle=ISO -csearch_path=a,\ b");
+        assert_eq!(
+            got.unwrap(),
+            vec![
+                ("statement_timeout".into(), "1234".into()),
+                ("DateStyle".into(), "ISO".into()),
+                ("search_path".into(), "a, b".into()),
+            ]
+        );
+        assert_eq!(
+            client_options("--lock-timeout=5s").unwrap()[0].0,
+            "lock_timeout"
+        );
+        assert_eq!(client_options("-c work_mem=1MB").unwrap_err(), "work_mem");
+        assert_eq!(
+            client_options("-c statement_timeout=1 -B 10").unwrap_err(),
+            "-B"
+        );
+        assert_eq!(
+            client_options("-c statement_timeout").unwrap_err(),
+            "statement_timeout"
+        );
+        assert!(client_options("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn replication_reads_as_postgresql_reads_it() {
+        let p = |v: &str| vec![("replication".to_string(), v.to_string())];
+        assert!(wants_replication(&p("database")));
+        assert!(wants_replication(&p("true")));
+        assert!(!wants_replication(&p("off")));
+        assert!(!wants_replication(&[]));
+    }
 }
