@@ -141,3 +141,47 @@ fn non_utf8_client_encodings_work_as_they_do_directly() {
     let rec = gw.wait_recordings("session_end");
     assert!(rec.contains("\"type\":\"statement\""), "recorded");
 }
+
+/// Item 4: under masking a value of a non-text type stays a valid value of
+/// its type or becomes NULL, never text its parser rejects (`inet`
+/// `10.0.0.1/24` was sent as `[IP_ADDRESS]/24`).
+#[tokio::test(flavor = "multi_thread")]
+async fn masked_values_of_typed_columns_parse_or_are_null() {
+    let key = signing_key().display().to_string();
+    let extra = format!(
+        "\n[connections.masking]\ndetectors = [\"email\", \"ip_address\"]\nhash_key = \"file:{key}\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("recordings");
+    let gw = Gateway::start_with(dir, &config(&store, &extra), store);
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let sql = "select '10.0.0.1/24'::inet::text, '10.0.0.1/24'::inet, \
+               '{\"to\": \"ada@example.com\"}'::jsonb, array['ada@example.com']::text[], 1";
+    let (ok, out, err) = psql(addr, &["-A", "-t", "-F", "|", "-c", sql], None);
+    assert!(ok, "{err}");
+    let cols: Vec<&str> = out.trim_end().split('|').collect();
+    assert_eq!(cols.len(), 5, "{out}");
+    assert_eq!(cols[0], "[IP_ADDRESS]/24", "text is masked as text");
+    assert_eq!(cols[1], "", "an inet a detector matched is NULL: {out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(cols[2]).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(doc["to"], "[EMAIL]", "jsonb stays JSON");
+    assert_eq!(cols[3], "", "a text[] a detector matched is NULL: {out}");
+    assert_eq!(cols[4], "1");
+    // Text format (psql): the inet column is NULL, not "[IP_ADDRESS]/24".
+    let (ok, out, err) = psql(
+        addr,
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "select '10.0.0.1/24'::inet is null, '10.0.0.1/24'::inet",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains("[IP_ADDRESS]"),
+        "an inet never carries a placeholder: {out}"
+    );
+}

@@ -164,7 +164,10 @@ pub fn mask_one(
         (&v[..0], v)
     };
     if let Some((strategy, pattern)) = rule {
-        if binary && !text_like(type_oid) {
+        // A masked value must stay a value of its type: text types take
+        // the masked text, json a JSON string; any other type (int, inet,
+        // uuid, arrays, composites, binary) becomes NULL.
+        if !string_type(type_oid) && !matches!(type_oid, JSON | JSONB) {
             counts.add(&format!("column:{pattern}"), 1);
             return Some(None);
         }
@@ -182,9 +185,29 @@ pub fn mask_one(
     if !engine.has_detectors() || (binary && !text_like(type_oid)) {
         return None;
     }
-    engine
-        .mask_text(text, counts)
-        .map(|m| Some([prefix, &m].concat()))
+    let masked = engine.mask_text(text, counts)?;
+    if !still_valid(type_oid, &masked) {
+        return Some(None);
+    }
+    Some(Some([prefix, &masked].concat()))
+}
+
+/// Types whose values are free text: a detector's replacement is a valid
+/// value of them. 0: a value whose type is not known (COPY text, a row
+/// never described), masked as text as before.
+fn string_type(type_oid: u32) -> bool {
+    matches!(type_oid, 0 | 25 | 1043 | 1042 | 19 | 18 | 705)
+}
+
+/// Whether text a detector changed is still a value of its type: any text
+/// for text types, JSON for json; never for other types (inet, uuid,
+/// arrays, composites, ...), which become NULL rather than a string their
+/// parser rejects.
+fn still_valid(type_oid: u32, masked: &[u8]) -> bool {
+    match type_oid {
+        JSON | JSONB => serde_json::from_slice::<serde_json::Value>(masked).is_ok(),
+        t => string_type(t),
+    }
 }
 
 /// A masked value inside a json column must stay JSON: quote it.

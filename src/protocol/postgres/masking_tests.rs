@@ -171,3 +171,57 @@ proptest! {
         prop_assert_eq!(len + 1, out.len());
     }
 }
+
+#[test]
+fn masked_values_stay_values_of_their_type_or_become_null() {
+    let e = engine();
+    let col = |name: &str, type_oid: u32| Col {
+        name: name.into(),
+        table_oid: 0,
+        attnum: 0,
+        type_oid,
+        format: 0,
+    };
+    // inet (869), uuid (2950), text[] (1009), json (114), text (25), int (23) under a rule.
+    let cols = vec![
+        col("addr", 869),
+        col("tags", 1009),
+        col("doc", 114),
+        col("doc_bad", 114),
+        col("note", 25),
+        col("ssn", 23),
+    ];
+    let masks = resolve(&cols, &e, &Catalog::default());
+    let body = row(&[
+        Some(b"ada@example.com"),
+        Some(b"{ada@example.com,x}"),
+        Some(br#"{"to": "ada@example.com"}"#),
+        Some(br#"{"ada@example.com": 1}"#),
+        Some(b"mail ada@example.com"),
+        Some(b"123456789"),
+    ]);
+    let mut out = BytesMut::new();
+    let mut counts = Counts::default();
+    data_row(&body, Some(&masks), &e, &mut counts, &mut out).unwrap();
+    let v = values(&out);
+    assert_eq!(
+        v[0], None,
+        "a non-text value a detector matched becomes NULL"
+    );
+    assert_eq!(
+        v[1], None,
+        "an array of text too: its masked text may not parse"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(v[2].as_deref().unwrap()).unwrap();
+    assert_eq!(doc["to"], "[EMAIL]", "json stays json");
+    assert!(
+        v[3].as_deref()
+            .is_none_or(|d| serde_json::from_slice::<serde_json::Value>(d).is_ok()),
+        "json is valid or NULL"
+    );
+    assert_eq!(v[4].as_deref(), Some(&b"mail [EMAIL]"[..]));
+    assert_eq!(
+        v[5], None,
+        "a ruled int column is NULL, not text its parser rejects"
+    );
+}
