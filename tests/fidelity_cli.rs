@@ -177,21 +177,6 @@ async fn ssh_session_spans_say_ssh_not_postgresql() {
     assert!(!pg.contains_key("network.protocol.name"), "{pg:?}");
 }
 
-fn cli(gw: &Gateway, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .env("CUSTODY_GATEWAY", &gw.url)
-        .env("CUSTODY_TOKEN", token)
-        .env_remove("CUSTODY_REVIEW")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_direct_principal_is_shown_once_in_reviews() {
     let held = format!(
@@ -216,8 +201,8 @@ approvers = ["group:dba@example.com"]
     let gw = Gateway::start(&held);
     let alice = token("alice@example.com");
     let bob = token_with("bob@example.com", &["dba@example.com"]);
-    let (code, _, err) = cli(
-        &gw,
+    let (code, _, err) = custody_cli(
+        &gw.url,
         &alice,
         &["exec", "pg-held", "--", "delete from nowhere_t"],
     );
@@ -229,7 +214,7 @@ approvers = ["group:dba@example.com"]
         .unwrap_or_else(|| panic!("no review id in: {err}"))
         .to_string();
     let me = "user:alice@example.com";
-    let (code, out, err) = cli(&gw, &bob, &["review", "list", "--format", "json"]);
+    let (code, out, err) = custody_cli(&gw.url, &bob, &["review", "list", "--format", "json"]);
     assert_eq!(code, 0, "{err}");
     let all: serde_json::Value = serde_json::from_str(&out).unwrap();
     let review = all
@@ -237,11 +222,11 @@ approvers = ["group:dba@example.com"]
         .and_then(|a| a.iter().find(|r| r["request"]["id"] == id.as_str()))
         .unwrap_or_else(|| panic!("{id} not listed: {out}"));
     assert_eq!(review["request"]["chain"], serde_json::json!([me]), "{out}");
-    let (_, text, _) = cli(&gw, &bob, &["review", "list"]);
+    let (_, text, _) = custody_cli(&gw.url, &bob, &["review", "list"]);
     let line = text.lines().find(|l| l.contains(&id)).unwrap();
     assert!(line.contains(me) && !line.contains('→'), "{line}");
     // Refusing her own approval names her once too.
-    let (code, _, err) = cli(&gw, &alice, &["review", "approve", &id]);
+    let (code, _, err) = custody_cli(&gw.url, &alice, &["review", "approve", &id]);
     assert_ne!(code, 0, "{err}");
     assert!(
         err.contains(me) && !err.contains(&format!("{me} → {me}")),
@@ -266,8 +251,8 @@ fn clone_recording(store: &std::path::Path, from: &str, count: usize) {
 #[test]
 fn sessions_say_on_stderr_when_the_limit_cuts_the_list() {
     let gw = Gateway::start("");
-    let (code, _, err) = cli(
-        &gw,
+    let (code, _, err) = custody_cli(
+        &gw.url,
         &token("alice@example.com"),
         &["exec", "pg", "--", "select 1"],
     );

@@ -100,24 +100,8 @@ fn cluster() -> Cluster {
     }
 }
 
-fn cli(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .env("CUSTODY_GATEWAY", url)
-        .env("CUSTODY_TOKEN", token)
-        .env_remove("CUSTODY_REVIEW")
-        .env_remove("CUSTODY_DELEGATION")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn held(url: &str, conn: &str, sql: &str) -> String {
-    let (code, _, err) = cli(url, &token("alice@example.com"), &["exec", conn, "--", sql]);
+    let (code, _, err) = custody_cli(url, &token("alice@example.com"), &["exec", conn, "--", sql]);
     assert_eq!(code, 3, "held for approval exits 3: {err}");
     err.split("custody review approve ")
         .nth(1)
@@ -134,7 +118,7 @@ fn race(url: &str, id: &str) -> Vec<(String, i32, String)> {
             let (url, id) = (url.to_string(), id.to_string());
             std::thread::spawn(move || {
                 let t = token_with(&format!("{who}@example.com"), &["dba@example.com"]);
-                let (code, _, err) = cli(&url, &t, &["review", "approve", &id]);
+                let (code, _, err) = custody_cli(&url, &t, &["review", "approve", &id]);
                 (format!("user:{who}@example.com"), code, err)
             })
         })
@@ -144,7 +128,7 @@ fn race(url: &str, id: &str) -> Vec<(String, i32, String)> {
 
 fn decision_by(url: &str, id: &str) -> Vec<String> {
     let bob = token_with("bob@example.com", &["dba@example.com"]);
-    let (code, out, err) = cli(url, &bob, &["review", "show", id]);
+    let (code, out, err) = custody_cli(url, &bob, &["review", "show", id]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let mut by: Vec<String> = v["decision"]["by"]
@@ -232,7 +216,7 @@ async fn a_revocation_through_either_instance_ends_tunnels_on_both() {
         client.simple_query("select 1").await.unwrap();
         tunnels.push((proc, client));
     }
-    let (code, out, err) = cli(
+    let (code, out, err) = custody_cli(
         &c.url,
         &token("sec@example.com"),
         &[

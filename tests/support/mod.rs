@@ -572,6 +572,24 @@ impl Gateway {
 }
 
 /// A blocking GET that works inside or outside a runtime; true on 2xx.
+/// Runs the CLI against gateway `url` as `token`'s owner, with no review
+/// or delegation taken from the environment: (exit code, stdout, stderr).
+pub fn custody_cli(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("CUSTODY_GATEWAY", url)
+        .env("CUSTODY_TOKEN", token)
+        .env_remove("CUSTODY_REVIEW")
+        .env_remove("CUSTODY_DELEGATION")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn http_ok(url: &str) -> bool {
     http_get(url).is_some_and(|(status, _)| (200..300).contains(&status))
 }

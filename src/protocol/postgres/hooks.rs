@@ -629,7 +629,7 @@ pub fn scrub(mask: Option<MaskCtx>, ev: &mut EventBody) {
         EventBody::Statement { sql, error, .. } => {
             *sql = masking::sql(m.engine, sql, &mut counts);
             if let Some(e) = error {
-                e.message = masking::text(m.engine, &e.message, &mut counts);
+                e.message = crate::mask::text(m.engine, &e.message, &mut counts);
             }
         }
         EventBody::Guardrail { sql, .. } => *sql = masking::sql(m.engine, sql, &mut counts),

@@ -7,7 +7,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use super::catalog::{Catalog, Rule};
 use super::codec::cstr;
 use super::PgError;
-use crate::mask::{Counts, Engine};
+use crate::mask::{text, Counts, Engine};
 
 /// One result column as RowDescription (and Bind's result formats) describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,14 +365,6 @@ fn key_detail(detail: &[u8], engine: &Engine, counts: &mut Counts) -> Vec<u8> {
     }
     counts.add("column:key-detail", 1);
     format!("{}[REDACTED]{}", &text[..mid + 3], &text[close..]).into_bytes()
-}
-
-/// Masks SQL or messages headed for the recording.
-pub fn text(engine: &Engine, s: &str, counts: &mut Counts) -> String {
-    match engine.mask_text(s.as_bytes(), counts) {
-        Some(m) => String::from_utf8_lossy(&m).into_owned(),
-        None => s.to_string(),
-    }
 }
 
 const SQL_SCAN_MAX: usize = 512 * 1024;
