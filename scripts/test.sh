@@ -17,6 +17,9 @@ command -v curl >/dev/null || need_apt+=(curl)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh >/dev/null || need_apt+=(openssh-client)
 command -v useradd >/dev/null || need_apt+=(passwd)
+# The JDBC check (tests/jdbc.rs): Debian's pgjdbc run from source by java.
+command -v java >/dev/null || need_apt+=(default-jdk-headless)
+[ -f /usr/share/java/postgresql.jar ] || need_apt+=(libpostgresql-jdbc-java)
 # pg_query builds PostgreSQL's parser from C and generates its bindings with bindgen.
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
