@@ -59,8 +59,9 @@ resource "google_storage_bucket" "recordings" {
 }
 
 # Create, read and list objects (storage.objects.create/get/list): the gateway
-# writes segments, manifests, readiness probes and revocations
-# (PREFIX/_revocations/MEMBER) as new objects, lists a recording's segments to
+# writes segments, manifests, readiness probes, revocations
+# (PREFIX/_revocations/MEMBER), reviews and cancel keys (PREFIX/_cancels/) as
+# new objects, lists a recording's segments to
 # replay or verify it, and lists the revocations at most every 5 s. No delete,
 # no overwrite (replacing an object needs storage.objects.delete), no bucket or
 # IAM administration.

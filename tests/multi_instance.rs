@@ -254,3 +254,45 @@ async fn a_revocation_through_either_instance_ends_tunnels_on_both() {
         revoked.elapsed()
     );
 }
+
+/// A CancelRequest comes on a connection of its own, which the balancer
+/// puts on the next instance: of two cancels in a row, one lands on the
+/// instance that does not hold the session, and both must work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_reaches_its_query_whichever_instance_it_lands_on() {
+    let c = cluster();
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "connect",
+        "pg",
+        "--listen",
+        "127.0.0.1:0",
+        "--gateway",
+        &c.url,
+    ]);
+    cmd.env("CUSTODY_TOKEN", token("alice@example.com"));
+    let (_proc, rest) = Proc::spawn(cmd, "listening on ");
+    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let client = pg_client(addr).await;
+    for round in 0..2 {
+        let cancel = client.cancel_token();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            cancel.cancel_query(tokio_postgres::NoTls).await
+        });
+        let started = Instant::now();
+        let err = client
+            .simple_query("select pg_sleep(30)")
+            .await
+            .expect_err("cancelled");
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("57014"),
+            "round {round}: {err}"
+        );
+        canceller.await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20), "round {round}");
+    }
+    let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1, "the session goes on");
+}

@@ -1,12 +1,25 @@
 //! Cancel keys the gateway hands clients, and the upstream session each
 //! stands for. The pid a client sees is the upstream's real backend pid
 //! (so `pg_backend_pid()` and notification pids match); the secret key is
-//! the gateway's own, so the upstream's key never leaves the gateway.
+//! the gateway's own, so the upstream's key never reaches a client.
+//!
+//! A CancelRequest comes on a connection of its own, which Cloud Run may
+//! put on any instance: each mapping is also written to the store
+//! (`_cancels/PID-KEY`, in the background, so session start does not wait
+//! for it), and an `.ended` marker beside it when the session ends (the
+//! store is create-only). This instance's own sessions are found without
+//! a store round trip.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
 use crate::config::ConnectionConfig;
+use crate::recording::{ObjectStore, RecordError};
+
+const DIR: &str = "_cancels/";
 
 /// Where a client's CancelRequest must go: the upstream's pid and key.
 #[derive(Clone)]
@@ -18,17 +31,37 @@ pub struct CancelTarget {
     pub audit_id: String,
 }
 
-/// (upstream pid, gateway key) → target. Only `register` and `lookup`
-/// touch it, so it can move to a shared store.
+/// A mapping as stored; the connection is named, and resolved against the
+/// cancel's own connection when read.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    connection: String,
+    pid: i32,
+    key: i32,
+    principal: String,
+    audit_id: String,
+}
+
+/// What a lookup found.
+pub enum Found {
+    Target(CancelTarget),
+    /// Stored for another connection than the one the cancel came through.
+    OtherConnection,
+    /// No such key, or its session has ended.
+    Unknown,
+}
+
+/// (upstream pid, gateway key) → target, for this instance's sessions.
 #[derive(Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<(i32, i32), CancelTarget>>,
 }
 
-/// What the client is handed in BackendKeyData; removes its entry when
-/// the session ends.
+/// What the client is handed in BackendKeyData; when the session ends it
+/// removes the local entry and marks the stored one ended.
 pub struct CancelKey {
     registry: Arc<CancelRegistry>,
+    store: Arc<dyn ObjectStore>,
     pub pid: i32,
     pub key: i32,
 }
@@ -38,34 +71,112 @@ impl Drop for CancelKey {
         if let Ok(mut m) = self.registry.map.lock() {
             m.remove(&(self.pid, self.key));
         }
+        let (store, name) = (self.store.clone(), ended_key(self.pid, self.key));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.create(&name, Bytes::new()).await {
+                    tracing::warn!(error = %e, "could not mark a cancel key ended in the store");
+                }
+            });
+        }
     }
+}
+
+fn object_key(pid: i32, key: i32) -> String {
+    format!("{DIR}{pid}-{}", key as u32)
+}
+
+fn ended_key(pid: i32, key: i32) -> String {
+    format!("{}.ended", object_key(pid, key))
 }
 
 impl CancelRegistry {
     /// Registers `target` under its real pid and a fresh gateway key (two
-    /// upstreams can share a pid; the key tells them apart). The key is
-    /// never the upstream's own.
-    pub fn register(self: &Arc<Self>, target: CancelTarget) -> CancelKey {
+    /// upstreams can share a pid; the key tells them apart), and writes it
+    /// to `store` in the background. The key is never the upstream's own.
+    pub fn register(
+        self: &Arc<Self>,
+        target: CancelTarget,
+        store: Arc<dyn ObjectStore>,
+    ) -> CancelKey {
         let pid = target.pid;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
+        let key = loop {
             let key = rand::random::<i32>();
             if key == target.key {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(v) = map.entry((pid, key)) {
-                v.insert(target);
-                return CancelKey {
-                    registry: self.clone(),
-                    pid,
-                    key,
-                };
+                v.insert(target.clone());
+                break key;
             }
+        };
+        let stored = Stored {
+            connection: target.connection.name().to_string(),
+            pid,
+            key: target.key,
+            principal: target.principal,
+            audit_id: target.audit_id,
+        };
+        let (writer, name) = (store.clone(), object_key(pid, key));
+        if let Ok(json) = serde_json::to_vec(&stored) {
+            tokio::spawn(async move {
+                if let Err(e) = writer.create(&name, Bytes::from(json)).await {
+                    tracing::warn!(error = %e, "could not store a cancel key; cancels for this session work only on this instance");
+                }
+            });
+        }
+        CancelKey {
+            registry: self.clone(),
+            store,
+            pid,
+            key,
         }
     }
 
-    pub fn lookup(&self, pid: i32, key: i32) -> Option<CancelTarget> {
-        self.map.lock().ok()?.get(&(pid, key)).cloned()
+    /// The session `(pid, key)` stands for: this instance's own first, then
+    /// the store's, resolved against `connection` (the cancel's own).
+    pub async fn lookup(
+        &self,
+        store: &dyn ObjectStore,
+        connection: &Arc<ConnectionConfig>,
+        pid: i32,
+        key: i32,
+    ) -> Result<Found, RecordError> {
+        let local = self
+            .map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(pid, key)).cloned());
+        if let Some(t) = local {
+            return Ok(match t.connection.name() == connection.name() {
+                true => Found::Target(t),
+                false => Found::OtherConnection,
+            });
+        }
+        let stored = match store.get(&object_key(pid, key)).await {
+            Ok(bytes) => bytes,
+            Err(RecordError::NotFound(_)) => return Ok(Found::Unknown),
+            Err(e) => return Err(e),
+        };
+        match store.get(&ended_key(pid, key)).await {
+            Ok(_) => return Ok(Found::Unknown),
+            Err(RecordError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let Ok(s) = serde_json::from_slice::<Stored>(&stored) else {
+            return Ok(Found::Unknown);
+        };
+        if s.connection != connection.name() {
+            return Ok(Found::OtherConnection);
+        }
+        Ok(Found::Target(CancelTarget {
+            connection: connection.clone(),
+            pid: s.pid,
+            key: s.key,
+            principal: s.principal,
+            audit_id: s.audit_id,
+        }))
     }
 }
 
@@ -87,16 +198,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_client_sees_the_real_pid_and_a_gateway_key() {
-        let reg = Arc::new(CancelRegistry::default());
-        let k = reg.register(target(4242, 777));
-        assert_eq!(k.pid, 4242);
-        let t = reg.lookup(4242, k.key).expect("registered");
-        assert_eq!((t.pid, t.key), (4242, 777));
-        assert!(reg.lookup(4242, k.key.wrapping_add(1)).is_none());
+    fn conn(name: &str) -> Arc<ConnectionConfig> {
+        let text = format!(
+            "name = \"{name}\"\nkind = \"postgres\"\nhost = \"h\"\nallow = [\"user:a@example.com\"]"
+        );
+        Arc::new(toml::from_str(&text).expect("connection"))
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_registered_on_one_instance_is_found_on_another_until_it_ends() {
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(crate::recording::store::MemStore::new(Default::default()));
+        let (a, b) = (
+            Arc::new(CancelRegistry::default()),
+            Arc::new(CancelRegistry::default()),
+        );
+        let k = a.register(target(4242, 777), store.clone());
+        assert_eq!(k.pid, 4242, "the client sees the real pid");
+        assert_ne!(k.key, 777, "and never the upstream's key");
+        settle().await;
+        let pg = conn("pg");
+        for reg in [&a, &b] {
+            match reg.lookup(store.as_ref(), &pg, 4242, k.key).await {
+                Ok(Found::Target(t)) => {
+                    assert_eq!((t.pid, t.key, t.audit_id.as_str()), (4242, 777, "a1"))
+                }
+                _ => panic!("found on either instance"),
+            }
+        }
+        assert!(matches!(
+            b.lookup(store.as_ref(), &pg, 4242, k.key.wrapping_add(1))
+                .await,
+            Ok(Found::Unknown)
+        ));
+        assert!(matches!(
+            b.lookup(store.as_ref(), &conn("other"), 4242, k.key).await,
+            Ok(Found::OtherConnection)
+        ));
         let key = k.key;
         drop(k);
-        assert!(reg.lookup(4242, key).is_none());
+        settle().await;
+        for reg in [&a, &b] {
+            assert!(matches!(
+                reg.lookup(store.as_ref(), &pg, 4242, key).await,
+                Ok(Found::Unknown)
+            ));
+        }
     }
 }

@@ -119,13 +119,16 @@ async fn run(
         Err(end) => return end,
     };
     let session = &ctx.session;
-    let cancel_key = pg.cancels.register(CancelTarget {
-        connection: session.permit.connection.clone(),
-        pid: login.up.pid,
-        key: login.up.key,
-        principal: session.permit.principal.member(),
-        audit_id: session.audit_id.clone(),
-    });
+    let cancel_key = pg.cancels.register(
+        CancelTarget {
+            connection: session.permit.connection.clone(),
+            pid: login.up.pid,
+            key: login.up.key,
+            principal: session.permit.principal.id(),
+            audit_id: session.audit_id.clone(),
+        },
+        ctx.watch.store.clone(),
+    );
     let hello = startup::hello(minor, &params, &login.up, (cancel_key.pid, cancel_key.key));
     counters.to_client += hello.len() as u64;
     if tx.send(hello).await.is_err() {

@@ -224,18 +224,35 @@ pub(super) fn hello(
     hello.freeze()
 }
 
-/// A CancelRequest arrives on its own tunnel; forward it if the key is ours
-/// and the caller is the principal who owns the session being cancelled.
+/// A CancelRequest arrives on its own tunnel, on whichever instance: forward
+/// it if the key is one of ours (this instance's or the store's) and the
+/// caller is the principal who owns the session being cancelled. Anything
+/// else is dropped without a word to the client, as PostgreSQL does.
 pub(super) async fn cancel(ctx: &SessionContext, pg: &Services, pid: i32, key: i32) -> End {
+    use super::cancel::Found;
     let session = &ctx.session;
-    let me = session.permit.principal.member();
-    let outcome = match pg.cancels.lookup(pid, key) {
-        None => "refused: unknown cancel key (the session ended or lives on another instance)"
-            .to_string(),
-        Some(t) if t.principal != me || t.connection.name() != session.permit.connection.name() => {
-            "refused: the cancel key belongs to another principal or connection".to_string()
+    let me = session.permit.principal.id();
+    let found = pg
+        .cancels
+        .lookup(
+            ctx.watch.store.as_ref(),
+            &session.permit.connection,
+            pid,
+            key,
+        )
+        .await;
+    let outcome = match found {
+        Err(e) => format!("failed: the cancel key store cannot be read: {e}"),
+        Ok(Found::Unknown) => {
+            "refused: unknown cancel key (no such session, or it has ended)".to_string()
         }
-        Some(t) => match upstream::cancel(&t.connection, t.pid, t.key).await {
+        Ok(Found::OtherConnection) => {
+            "refused: the cancel key belongs to another connection".to_string()
+        }
+        Ok(Found::Target(t)) if t.principal != me => {
+            "refused: the cancel key belongs to another principal".to_string()
+        }
+        Ok(Found::Target(t)) => match upstream::cancel(&t.connection, t.pid, t.key).await {
             Ok(()) => format!("forwarded to the upstream of session {}", t.audit_id),
             Err(e) => format!("failed: {e}"),
         },
