@@ -9,7 +9,7 @@
 mod support;
 
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use custody::identity::devissuer::DevIssuer;
@@ -585,4 +585,47 @@ async fn review_answers_tell_outsiders_nothing_and_reasons_are_text() {
     )
     .await;
     assert_eq!(status, 200, "{v}");
+}
+
+/// Issue 13, item 7: an exec already running when its principal is revoked
+/// stops (the statement is cancelled upstream, the command's channel
+/// closed), answers 403 with the reason, and its recording says why.
+#[test]
+fn running_execs_end_when_their_principal_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("recordings");
+    let text = config_text(&store, true);
+    let gw = Arc::new(Gateway::start_with(dir, &text, store));
+    let runs: Vec<_> = [("pg", "select pg_sleep(60)"), ("web-1", "sleep 60")]
+        .into_iter()
+        .map(|(conn, input)| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = cli(
+                    &gw,
+                    &token("alice@example.com"),
+                    &["exec", conn, "--", input],
+                );
+                (conn, r, started.elapsed())
+            })
+        })
+        .collect();
+    gw.wait_recordings("pg_sleep(60)");
+    gw.wait_recordings("sleep 60");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(revoke(&gw, "user:alice@example.com").0, 0);
+    for run in runs {
+        let (conn, (code, out, err), took) = run.join().unwrap();
+        assert_ne!(code, 0, "{conn}: {out}{err}");
+        assert!(err.contains("revoked"), "{conn}: told why: {err}");
+        assert!(
+            took < Duration::from_secs(30),
+            "{conn}: ended after {took:?}"
+        );
+    }
+    // The statement really stopped upstream, not just its answer.
+    let left = pg().admin("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'");
+    assert!(left.contains(" 0"), "{left}");
+    gw.wait_recordings("interrupted");
 }

@@ -53,7 +53,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ReviewCommand,
     },
-    /// Revoke a principal: every instance refuses chains that include it (admins only)
+    /// Revoke a principal: every instance refuses chains that include it and ends their live sessions (admins only)
+    ///
+    /// The revocation is stored (PREFIX/_revocations/) and read by every
+    /// instance within 5 s: new sessions, execs and delegations whose chain
+    /// includes the principal are refused, and live PostgreSQL and SSH
+    /// tunnels end (PostgreSQL with a FATAL 57P01 naming the principal), with
+    /// the reason in their recordings. A revocation is permanent (the store is
+    /// create-only). Groups and domains are refused: their membership is
+    /// whatever the next token says. Also accepted: subject:SUB and
+    /// principal://ISSUER/subject/SUB.
+    ///
+    /// Example: custody revoke --principal user:alice@example.com --reason "laptop lost"
     Revoke(RevokeArgs),
     /// Print a session's recording readably
     ///
@@ -141,9 +152,10 @@ pub struct DelegateArgs {
 
 #[derive(Args)]
 pub struct RevokeArgs {
-    /// user:EMAIL or serviceAccount:EMAIL
+    /// user:EMAIL, serviceAccount:EMAIL, subject:SUB or principal://ISSUER/subject/SUB
     #[arg(long)]
     pub principal: String,
+    /// Why, kept with the revocation and in the recordings of the sessions it ends
     #[arg(long, default_value = "")]
     pub reason: String,
     #[command(flatten)]

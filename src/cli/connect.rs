@@ -81,6 +81,7 @@ async fn listen(
                 Ok((ws, audit)) => {
                     eprintln!("custody: session {audit} opened: {peer} → {connection}");
                     let (r, w) = sock.into_split();
+                    let opened = std::time::Instant::now();
                     let why = pump(ws, r, w, stopping(stopped))
                         .await
                         .unwrap_or_else(|e| e.to_string());
@@ -91,7 +92,7 @@ async fn listen(
                     };
                     eprintln!(
                         "custody: session {audit} ended: {why}{}",
-                        cloud_run_hint(&why)
+                        cloud_run_hint(&why, opened.elapsed())
                     );
                 }
                 Err(e) => {
@@ -172,9 +173,11 @@ fn audit_suffix(e: &ClientError) -> String {
         .unwrap_or_default()
 }
 
-/// Cloud Run ends any request after 60 minutes; say so rather than look broken.
-fn cloud_run_hint(why: &str) -> &'static str {
-    if why.contains("tunnel error") {
+/// Cloud Run ends any request after 60 minutes; when a tunnel that old
+/// breaks, say so rather than look broken. A younger one broke for another
+/// reason, which the error itself names.
+fn cloud_run_hint(why: &str, lasted: Duration) -> &'static str {
+    if why.contains("tunnel error") && lasted >= Duration::from_secs(55 * 60) {
         " (Cloud Run ends a request after at most 60 minutes; reconnect to continue)"
     } else {
         ""
@@ -205,5 +208,18 @@ async fn pg_refuse(mut sock: TcpStream, message: &str) {
             },
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cloud_run_hint_comes_only_near_its_60_minutes() {
+        let broke = "tunnel error: WebSocket protocol error: Space limit exceeded";
+        assert_eq!(cloud_run_hint(broke, Duration::from_secs(30)), "");
+        assert!(cloud_run_hint(broke, Duration::from_secs(3600)).contains("60 minutes"));
+        assert_eq!(cloud_run_hint("closed", Duration::from_secs(3600)), "");
     }
 }

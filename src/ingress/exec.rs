@@ -225,6 +225,9 @@ async fn run_sql(
             );
             Err(e.with_sqlstate(&sqlstate))
         }
+        Ok(ExecOutcome::Interrupted { policy, reason }) => {
+            Err(interrupted(ctx, policy, reason).await)
+        }
         Err(e @ PgError::Recording(_)) => Err(recording_failed(ctx, e.to_string()).await),
         Err(e) => Err(upstream_failed(ctx, e.to_string()).await),
     }
@@ -256,8 +259,29 @@ async fn run_command(ctx: SessionContext, command: &str) -> Result<Response, Api
             .into_response())
         }
         Err(SshError::Recording(why)) => Err(recording_failed(ctx, why).await),
+        Err(SshError::Interrupted { policy, reason }) => {
+            Err(interrupted(ctx, policy, reason).await)
+        }
         Err(e) => Err(upstream_failed(ctx, e.to_string()).await),
     }
+}
+
+/// An exec stopped mid-way (revoked, past its deadline, shutdown): the
+/// recording says why, and so does the answer.
+async fn interrupted(ctx: SessionContext, policy: bool, reason: String) -> ApiError {
+    let _ = ctx
+        .session
+        .tap()
+        .record(EventBody::Error {
+            message: reason.clone(),
+        })
+        .await;
+    let _ = ctx.session.finish(end_event("interrupted", 1, 0)).await;
+    let status = match policy {
+        true => StatusCode::FORBIDDEN,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError::of(status, "session_ended", reason)
 }
 
 async fn recording_failed(ctx: SessionContext, why: String) -> ApiError {

@@ -25,7 +25,16 @@ pub struct ExecResult {
 
 pub enum ExecOutcome {
     Done(ExecResult),
-    QueryError { sqlstate: String, message: String },
+    QueryError {
+        sqlstate: String,
+        message: String,
+    },
+    /// Revoked, past its deadline, or the instance is stopping; the
+    /// statement was cancelled upstream. `policy` as in `Interrupt`.
+    Interrupted {
+        policy: bool,
+        reason: String,
+    },
 }
 
 /// Runs `sql`; the statement and its outcome are recorded on the session.
@@ -62,22 +71,19 @@ pub async fn run(
     let mut answer = Answer::new(mask, ctx.limits.exec_max_rows, ctx.limits.max_message_bytes);
     answer.tracker.on_query(sql.to_string());
     let mut buf = std::mem::take(&mut up.leftover);
-    loop {
-        let (tag, frame) = next_frame(&mut up.stream, &mut buf, answer.max_message).await?;
-        match tag {
-            b'Z' => break,
-            // COPY cannot run over exec: answer CopyFail so the server moves on.
-            b'G' => {
-                out.clear();
-                codec::put_frame(
-                    &mut out,
-                    b'f',
-                    b"COPY FROM STDIN is not supported by exec; use custody connect\0",
-                );
-                up.stream.write_all(&out).await?;
-            }
-            _ => answer.on_frame(tag, &frame)?,
-        }
+    let (pid, key) = (up.pid, up.key);
+    // A revocation, the deadline or a shutdown stops a running exec too.
+    let interrupted = tokio::select! {
+        r = read_answer(&mut up.stream, &mut buf, &mut answer) => { r?; None }
+        i = ctx.interrupted() => Some(i),
+    };
+    let stopped = interrupted.map(|i| {
+        answer.tracker.on_error(i.sqlstate().into(), i.reason());
+        (i.close_code() == crate::wire::CLOSE_POLICY, i.reason())
+    });
+    if stopped.is_some() {
+        // The statement may still be running upstream: stop it, not abandon it.
+        let _ = upstream::cancel(conn, pid, key).await;
     }
     answer.tracker.add_masked(&answer.counts);
     if let Some(mut ev) = answer.tracker.on_ready(b'I').0 {
@@ -92,10 +98,37 @@ pub async fn run(
     out.clear();
     codec::put_frame(&mut out, b'X', b"");
     let _ = up.stream.write_all(&out).await;
-    Ok(match answer.error {
-        Some((sqlstate, message)) => ExecOutcome::QueryError { sqlstate, message },
-        None => ExecOutcome::Done(answer.result),
+    Ok(match (stopped, answer.error) {
+        (Some((policy, reason)), _) => ExecOutcome::Interrupted { policy, reason },
+        (None, Some((sqlstate, message))) => ExecOutcome::QueryError { sqlstate, message },
+        (None, None) => ExecOutcome::Done(answer.result),
     })
+}
+
+/// Reads the upstream's answer up to its ReadyForQuery into `answer`.
+async fn read_answer(
+    stream: &mut Box<dyn upstream::Io>,
+    buf: &mut BytesMut,
+    answer: &mut Answer<'_>,
+) -> Result<(), PgError> {
+    let mut out = BytesMut::new();
+    loop {
+        let (tag, frame) = next_frame(stream, buf, answer.max_message).await?;
+        match tag {
+            b'Z' => return Ok(()),
+            // COPY cannot run over exec: answer CopyFail so the server moves on.
+            b'G' => {
+                out.clear();
+                codec::put_frame(
+                    &mut out,
+                    b'f',
+                    b"COPY FROM STDIN is not supported by exec; use custody connect\0",
+                );
+                stream.write_all(&out).await?;
+            }
+            _ => answer.on_frame(tag, &frame)?,
+        }
+    }
 }
 
 /// The next whole frame from the upstream: its tag and body.

@@ -39,7 +39,23 @@ pub async fn run(ctx: &SessionContext, command: &str) -> Result<ExecResult, SshE
     let session = &ctx.session;
     let engine = ctx.masker.engine().map(|e| e.as_ref());
     let (handle, mut ch) = start(ctx, command).await?;
-    let (out, err, mut result) = collect(&mut ch).await?;
+    // A revocation, the deadline or a shutdown stops a running exec too.
+    let collected = tokio::select! {
+        r = collect(&mut ch) => r,
+        i = ctx.interrupted() => Err(SshError::Interrupted {
+            policy: i.close_code() == crate::wire::CLOSE_POLICY,
+            reason: i.reason(),
+        }),
+    };
+    let (out, err, mut result) = match collected {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "", "en")
+                .await;
+            return Err(e);
+        }
+    };
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;

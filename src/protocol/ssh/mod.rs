@@ -43,6 +43,10 @@ pub enum SshError {
     Protocol(String),
     #[error("the session cannot be recorded, so it does not run: {0}")]
     Recording(String),
+    /// Revoked, past its deadline, or the instance is stopping; `policy`
+    /// when a rule (not the gateway's state) ended it.
+    #[error("{reason}")]
+    Interrupted { policy: bool, reason: String },
 }
 
 pub use crate::config::pins::{fingerprint, parse_destination, HostKeyPin, PinError};
