@@ -40,6 +40,16 @@ if ! python3 -c "import pg8000" 2>/dev/null; then
   log "installing pg8000 (driver checks)"
   python3 -m pip install -q pg8000==1.31.6
 fi
+# node-postgres and pg-cursor (tests/pg_drivers.rs), pinned, under target/npm.
+if [ ! -d target/npm/node_modules/pg-cursor ]; then
+  log "installing node-postgres 8.23.1 and pg-cursor 2.22.1 (driver checks)"
+  if ! command -v npm >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  mkdir -p target/npm
+  (cd target/npm && npm install --no-audit --no-fund --silent pg@8.23.1 pg-cursor@2.22.1)
+fi
 # asciinema reads the asciicast recordings of SSH terminal sessions back.
 if ! command -v asciinema >/dev/null; then
   log "installing asciinema (asciicast checks)"

@@ -68,3 +68,37 @@ fn pg8000_copy_from_then_copy_to_gets_an_answer_under_masking() {
     assert!(!through.contains("ann@example.com"), "{through}");
     assert!(through.contains("after: 2"), "{through}");
 }
+
+/// node-postgres (and pg-cursor), installed by scripts/test.sh under target/npm.
+fn node_cursor(host: &str, port: u16, user: &str, password: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("node")
+        .arg(format!("{root}/tests/node/cursor.js"))
+        .env("NODE_PATH", format!("{root}/target/npm/node_modules"))
+        .env("PGHOST", host)
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", user)
+        .env("PGPASSWORD", password)
+        .env("PGDATABASE", "app")
+        .output()
+        .expect("node (scripts/test.sh installs pg and pg-cursor under target/npm)");
+    assert!(
+        out.status.success(),
+        "node-postgres via {host}:{port}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn node_postgres_with_pg_cursor_reads_as_directly() {
+    let direct = node_cursor("127.0.0.1", pg().port, "app", PG_PASSWORD);
+    assert!(
+        direct.contains("notify: node_chan ping own=true"),
+        "{direct}"
+    );
+    let gw = Gateway::start("");
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let through = node_cursor(&addr.ip().to_string(), addr.port(), "anything", "unused");
+    assert_eq!(through, direct);
+}
