@@ -369,6 +369,7 @@ mod tests {
             email: Some(email.into()),
             issuer: "https://issuer".into(),
             groups: vec!["eng@example.com".into()],
+            workload: None,
         }
     }
 

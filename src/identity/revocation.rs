@@ -294,6 +294,7 @@ mod tests {
             email: email.map(str::to_string),
             issuer: issuer.into(),
             groups: vec!["dba@example.com".into()],
+            workload: None,
         }
     }
 

@@ -175,6 +175,7 @@ fn voter(name: &str) -> crate::identity::Principal {
         email: Some(format!("{name}@example.com")),
         issuer: "https://idp.example".into(),
         groups: vec!["dba@example.com".into()],
+        workload: None,
     }
 }
 
