@@ -17,6 +17,7 @@
 #        DRIVER_SUITE_DIR   scratch directory (default /tmp/custody-driver-suite)
 #        DRIVER_CACHE_DIR   download cache (default target/driver-suite-cache)
 #        DRIVER_TEST_TIMEOUT  seconds per test (default 60)
+#        DRIVER_RUN_TIMEOUT   seconds per run of the suite (default 900)
 #        DRIVER_RUNS        which runs (default "direct custody detectors")
 #        DRIVER_KEEP=1      leave PostgreSQL and Custody running afterwards (Ctrl-C
 #                           ends them); $DRIVER_SUITE_DIR/env.sh has their ports
@@ -34,6 +35,7 @@ case $custody in /*) ;; *) custody=$repo/$custody ;; esac
 work=${DRIVER_SUITE_DIR:-/tmp/custody-driver-suite}
 cache=${DRIVER_CACHE_DIR:-$repo/target/driver-suite-cache}
 timeout_s=${DRIVER_TEST_TIMEOUT:-60}
+run_timeout=${DRIVER_RUN_TIMEOUT:-900}
 runs=${DRIVER_RUNS:-direct custody detectors}
 pgbin=/usr/lib/postgresql/15/bin
 drivers=$repo/tests/drivers
@@ -228,11 +230,13 @@ run_suite() {  # NAME PORT PASSWORD [HEALTH_URL]
   t0=$(now)
   while :; do
     rc=0
+    # A whole run is bounded too (a hang in a class's setUpClass is outside
+    # the runner's per-test watchdog).
     PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGPASSWORD=$pw PGDATABASE=postgres \
       PGINSTALLATION=$pgbin PGSSLMODE=disable \
       DRIVER_SUITE_RUN=$name DRIVER_SUITE_DIRECT_PORT=$pg_port \
       PYTHONFAULTHANDLER=1 PYTHONDONTWRITEBYTECODE=1 \
-      python3 "$drivers/asyncpg_runner.py" --tests "$work/suite" --out "$out" \
+      timeout -k 10 "$run_timeout" python3 "$drivers/asyncpg_runner.py" --tests "$work/suite" --out "$out" \
         --exclude "$drivers/asyncpg-not-run.txt" --timeout "$timeout_s" --resume \
         ${health:+--health "$health"} "${modules[@]}" 2>>"$work/results/$name.stderr" || rc=$?
     case $rc in
@@ -240,6 +244,7 @@ run_suite() {  # NAME PORT PASSWORD [HEALTH_URL]
       4) echo "  CUSTODY SERVE DIED (see $work/gateway.log); restarting it to finish the run"
          printf '\n=== restarted after it died during run %s\n' "$name" >>"$work/gateway.log"
          start_gateway ;;
+      124|137) echo "run $name did not finish within ${run_timeout}s (DRIVER_RUN_TIMEOUT)" >&2; exit 1 ;;
       *) break ;;
     esac
   done
