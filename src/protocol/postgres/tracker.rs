@@ -502,7 +502,9 @@ mod tests {
         t.on_parse("s1", "select no_such_column");
         t.on_describe(b'S', "s1");
         t.on_sync();
-        let ev = t.on_error("42703".into(), "column does not exist".into()).unwrap();
+        let ev = t
+            .on_error("42703".into(), "column does not exist".into())
+            .unwrap();
         assert_eq!(sql_of(&ev), ("select no_such_column", 0, true));
         assert!(t.on_ready(b'I').0.is_none());
         assert!(t.pending.is_empty());
@@ -511,7 +513,9 @@ mod tests {
         t.on_bind("", "", None);
         t.on_execute("");
         t.on_sync();
-        let ev = t.on_error("22012".into(), "division by zero".into()).unwrap();
+        let ev = t
+            .on_error("22012".into(), "division by zero".into())
+            .unwrap();
         assert_eq!(sql_of(&ev), ("select 1/0", 0, true));
     }
 
