@@ -204,7 +204,9 @@ impl<'a> Answer<'a> {
                     self.result.rows.clear();
                 }
                 self.in_rows = false;
-                self.tracker.on_complete(&tag);
+                self.tracker
+                    .on_complete(&tag)
+                    .map_err(|d| PgError::Protocol(d.0))?;
                 self.result.command_tag = tag;
             }
             b'E' => {

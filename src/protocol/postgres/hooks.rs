@@ -278,6 +278,9 @@ impl Inspect for ClientHook<'_> {
     }
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
+        lock(self.tracker)?
+            .check_client(tag)
+            .map_err(|d| PgError::Protocol(d.0))?;
         if let Some(skip) = self.skipping.clone() {
             return self.while_skipping(skip, tag, body, out);
         }
@@ -322,7 +325,9 @@ impl Inspect for ClientHook<'_> {
                 false
             }
             b'c' | b'f' => {
-                lock(self.tracker)?.on_copy_end();
+                lock(self.tracker)?
+                    .on_copy_end()
+                    .map_err(|d| PgError::Protocol(d.0))?;
                 false
             }
             _ => false,
@@ -439,13 +444,19 @@ impl ClientHook<'_> {
         Ok(false)
     }
 
-    /// An Execute. Under column rules, rows are masked by what the upstream
-    /// says this portal returns now, never by a cached Describe: the
-    /// gateway sends its own Describe first.
+    /// An Execute. Under column rules (and under detectors when binary
+    /// results are asked for), rows are masked by what the upstream says
+    /// this portal returns now, never by a cached Describe a later Bind or
+    /// re-Parse can change: the gateway sends its own Describe first.
     fn execute(&mut self, body: &[u8], out: &mut BytesMut) -> Result<bool, PgError> {
         let portal = codec::execute_portal(body)?;
         let mut t = lock(self.tracker)?;
-        if self.mask.is_some_and(|m| m.engine.has_column_rules()) {
+        // Detectors trust a description only to skip binary values that
+        // cannot hold text: such rows are described now, like column rules'.
+        let describe = self.mask.is_some_and(|m| {
+            m.engine.has_column_rules() || (m.engine.has_detectors() && t.binary_results(portal))
+        });
+        if describe {
             t.on_internal_describe(portal);
             let mut d = Vec::with_capacity(portal.len() + 2);
             d.push(b'P');
@@ -501,8 +512,9 @@ impl Inspect for ServerHook<'_> {
             b'C' => {
                 let mut rest = body;
                 t.on_complete(codec::cstr(&mut rest)?)
+                    .map_err(|d| PgError::Protocol(d.0))?
             }
-            b'I' | b's' => t.on_complete(""),
+            b'I' | b's' => t.on_complete("").map_err(|d| PgError::Protocol(d.0))?,
             b'G' => {
                 t.on_copy_in();
                 None

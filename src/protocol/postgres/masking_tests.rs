@@ -247,7 +247,7 @@ fn binary(type_oid: u32) -> ColMask {
 /// value NULL; fixed-format scalars are never touched.
 #[test]
 fn binary_arrays_records_and_inet_are_seen_by_detectors() {
-    let detectors: Vec<String> = ["email", "ip_address"]
+    let detectors: Vec<String> = ["email", "ip_address", "credit_card"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -278,6 +278,14 @@ fn binary_arrays_records_and_inet_are_seen_by_detectors() {
     // inet 10.11.12.13/32 in binary.
     let inet = [2u8, 32, 0, 4, 10, 11, 12, 13];
     assert_eq!(mask_one(&inet, Some(&binary(869)), &e, &mut c), Some(None));
+    // A card number in a bigint, as asyncpg and pgjdbc read it in binary.
+    let card = 4111111111111111i64.to_be_bytes();
+    assert_eq!(mask_one(&card, Some(&binary(20)), &e, &mut c), Some(None));
+    // A value whose width is not its described type's is scanned as bytes.
+    assert_eq!(
+        mask_one(b"a@example.com", Some(&binary(16)), &e, &mut c),
+        Some(None)
+    );
     // An array without a match, and fixed-format scalars, pass untouched.
     let mut clean = arr[..20].to_vec();
     clean.extend_from_slice(&13i32.to_be_bytes());

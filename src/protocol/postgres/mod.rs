@@ -1,6 +1,7 @@
 //! PostgreSQL: the gateway is a server to the client and a client to the
 //! upstream, relaying raw frames and inspecting only the few it must.
 
+mod binview;
 pub mod cancel;
 pub mod catalog;
 pub mod codec;

@@ -19,6 +19,8 @@ use super::masking::{with_formats, Col, ColMask};
 const MAX_NAMED: usize = 10_000;
 /// Parses of one pipeline segment kept for an error's record.
 const MAX_SEGMENT_PARSES: usize = 4;
+/// CopyDone/CopyFail messages outside copy-in mode kept for placing.
+const MAX_COPY_ENDS: usize = 16;
 
 enum Pending {
     Simple(Stmt),
@@ -27,7 +29,7 @@ enum Pending {
     /// its ReadyForQuery (a guardrail refusal inside a pipeline). With it, the
     /// SQL of its segment's Parses: what an error before any Execute (a
     /// failed Parse or Bind) is recorded with.
-    Sync(Option<Bytes>, Vec<String>),
+    Sync(Option<Bytes>, Vec<String>, u64),
     /// A refusal the gateway answers itself once everything before it is
     /// answered; `true` when a ReadyForQuery follows it.
     Blocked(Bytes, bool),
@@ -65,6 +67,8 @@ struct Stmt {
     copy_rules: Option<Vec<Rule>>,
     /// Replaced by the gateway's refusal (a DO block that raises it).
     refused: bool,
+    /// Its place among the client's messages (see `Tracker::seq`).
+    seq: u64,
 }
 
 impl Stmt {
@@ -79,6 +83,7 @@ impl Stmt {
             masked: Counts::default(),
             copy_rules: None,
             refused: false,
+            seq: 0,
         }
     }
 
@@ -119,7 +124,16 @@ pub struct Tracker {
     copy_in: bool,
     /// SQL of the Parses since the last Sync (the first few, heads only).
     segment_parses: Vec<String>,
+    /// Counts the client's statements, Syncs and COPY ends, in order.
+    seq: u64,
+    /// Sequence numbers of CopyDone/CopyFail seen outside copy-in mode.
+    copy_ends: VecDeque<u64>,
 }
+
+/// The client and the gateway's view of the protocol state disagree: the
+/// session ends rather than pair answers with the wrong requests.
+#[derive(Debug)]
+pub struct Desync(pub String);
 
 impl Default for Tracker {
     fn default() -> Self {
@@ -137,6 +151,8 @@ impl Default for Tracker {
             status: b'I',
             copy_in: false,
             segment_parses: Vec::new(),
+            seq: 0,
+            copy_ends: VecDeque::new(),
         }
     }
 }
@@ -167,11 +183,15 @@ impl Tracker {
     /// A Sync that also carries a refusal for its pipeline segment.
     pub fn on_sync_with(&mut self, inject: Bytes) {
         let parsed = std::mem::take(&mut self.segment_parses);
-        self.pending.push_back(Pending::Sync(Some(inject), parsed));
+        let seq = self.next_seq();
+        self.pending
+            .push_back(Pending::Sync(Some(inject), parsed, seq));
     }
 
     pub fn on_query(&mut self, sql: String) {
-        self.pending.push_back(Pending::Simple(Stmt::new(sql)));
+        let mut stmt = Stmt::new(sql);
+        stmt.seq = self.next_seq();
+        self.pending.push_back(Pending::Simple(stmt));
     }
 
     pub fn on_parse(&mut self, name: &str, sql: &str) {
@@ -201,10 +221,19 @@ impl Tracker {
         }
     }
 
+    /// Whether the portal's Bind asked for any binary result column; a
+    /// portal not tracked (past MAX_NAMED) counts as binary.
+    pub fn binary_results(&self, portal: &str) -> bool {
+        self.binds
+            .get(portal)
+            .is_none_or(|(_, formats)| formats.contains(&1))
+    }
+
     pub fn on_execute(&mut self, portal: &str) {
         let sql = self.portals.get(portal).cloned().unwrap_or_default();
         let mut stmt = Stmt::new(sql);
         stmt.portal = portal.to_string();
+        stmt.seq = self.next_seq();
         self.pending.push_back(Pending::Exec(stmt));
     }
 
@@ -341,44 +370,96 @@ impl Tracker {
     pub fn on_sync(&mut self) {
         if !self.copy_in {
             let parsed = std::mem::take(&mut self.segment_parses);
-            self.pending.push_back(Pending::Sync(None, parsed));
+            let seq = self.next_seq();
+            self.pending.push_back(Pending::Sync(None, parsed, seq));
         }
     }
-    /// CopyInResponse. PostgreSQL ignores every Sync received in copy-in
-    /// mode, so a Sync the client sent after its Execute and before this
-    /// answer arrived (pg8000 does) gets no ReadyForQuery: waiting for one
-    /// would leave every later answer paired with the wrong request.
+    /// CopyInResponse. PostgreSQL ignores every Sync it reads in copy-in
+    /// mode, which lasts from the COPY to the client's first CopyDone or
+    /// CopyFail after it. Syncs the client sent in that span (pg8000 sends
+    /// one right after its Execute) get no ReadyForQuery: waiting for one
+    /// would pair every later answer with the wrong request. A client may
+    /// even have ended the copy before this answer arrived; its CopyDone,
+    /// noted in `copy_ends`, is placed by sequence.
     pub fn on_copy_in(&mut self) {
-        self.copy_in = true;
-        while matches!(self.pending.get(1), Some(Pending::Sync(None, _))) {
-            self.pending.remove(1);
+        let start = self
+            .pending
+            .iter()
+            .find_map(|p| match p {
+                Pending::Simple(s) | Pending::Exec(s) => Some(s.seq),
+                _ => None,
+            })
+            .unwrap_or(0);
+        while self.copy_ends.front().is_some_and(|&e| e < start) {
+            self.copy_ends.pop_front();
         }
-    }
-    /// The client's CopyDone or CopyFail, or the server's error that ends
-    /// copy-in mode: Syncs count again.
-    pub fn on_copy_end(&mut self) {
-        self.copy_in = false;
+        let end = self.copy_ends.pop_front();
+        self.pending.retain(|p| match p {
+            Pending::Sync(None, _, seq) => *seq < start || end.is_some_and(|e| *seq > e),
+            _ => true,
+        });
+        self.copy_in = end.is_none();
     }
 
-    /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended.
-    pub fn on_complete(&mut self, tag: &str) -> Option<EventBody> {
+    /// The client's CopyDone or CopyFail. In copy-in mode it ends it;
+    /// otherwise it is noted, for a COPY whose CopyInResponse is still on
+    /// its way (or ignored, as PostgreSQL ignores a stray one).
+    pub fn on_copy_end(&mut self) -> Result<(), Desync> {
+        if self.copy_in {
+            self.copy_in = false;
+            return Ok(());
+        }
+        if self.copy_ends.len() >= MAX_COPY_ENDS {
+            return Err(Desync(
+                "more CopyDone/CopyFail messages outside COPY than a client sends".into(),
+            ));
+        }
+        let seq = self.next_seq();
+        self.copy_ends.push_back(seq);
+        Ok(())
+    }
+
+    /// In copy-in mode PostgreSQL reads only COPY data, its end, Flush and
+    /// Sync; anything else aborts the COPY and makes PostgreSQL honour a
+    /// Sync the gateway would have counted as ignored. Refused instead.
+    pub fn check_client(&self, tag: u8) -> Result<(), Desync> {
+        if self.copy_in && !matches!(tag, b'd' | b'c' | b'f' | b'H' | b'S' | b'X') {
+            return Err(Desync(format!(
+                "message {:?} during COPY FROM STDIN: only CopyData, CopyDone and CopyFail may follow until the COPY ends",
+                tag as char
+            )));
+        }
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended. One
+    /// that answers no statement means the gateway lost track of the
+    /// protocol: the session ends rather than record the wrong statements.
+    pub fn on_complete(&mut self, tag: &str) -> Result<Option<EventBody>, Desync> {
         self.active = None;
         let rows = tag_rows(tag);
-        match self.pending.front_mut()? {
-            Pending::Simple(s) => {
+        match self.pending.front_mut() {
+            Some(Pending::Simple(s)) => {
                 s.rows += rows;
                 s.tags.push(tag.to_string());
-                None
+                Ok(None)
             }
-            Pending::Exec(_) => {
+            Some(Pending::Exec(_)) => {
                 let Some(Pending::Exec(mut s)) = self.pending.pop_front() else {
-                    return None;
+                    return Ok(None);
                 };
                 s.rows += rows;
                 s.tags.push(tag.to_string());
-                Some(self.finish(s, "extended"))
+                Ok(Some(self.finish(s, "extended")))
             }
-            Pending::Sync(..) | Pending::Blocked(..) | Pending::Describe(_) => None,
+            _ => Err(Desync(format!(
+                "the upstream completed {tag:?}, which answers no statement the gateway saw"
+            ))),
         }
     }
 
@@ -417,7 +498,7 @@ impl Tracker {
         self.active = None;
         match self.pending.pop_front() {
             Some(Pending::Simple(s)) => (Some(self.finish(s, "simple")), None),
-            Some(Pending::Sync(inject, _)) => (None, inject.filter(|b| !b.is_empty())),
+            Some(Pending::Sync(inject, ..)) => (None, inject.filter(|b| !b.is_empty())),
             // Unreachable in a well-formed exchange; keep the record rather than drop it.
             Some(Pending::Exec(s)) => (Some(self.finish(s, "extended")), None),
             Some(Pending::Blocked(b, r)) => {
@@ -457,7 +538,7 @@ impl Tracker {
             .pending
             .iter()
             .find_map(|p| match p {
-                Pending::Sync(_, parsed) => Some(parsed),
+                Pending::Sync(_, parsed, _) => Some(parsed),
                 _ => None,
             })
             .unwrap_or(&self.segment_parses);
@@ -492,6 +573,58 @@ mod tests {
             } => (sql.as_str(), *rows, error.is_some()),
             _ => panic!(),
         }
+    }
+
+    /// A client that ends the COPY before PostgreSQL's CopyInResponse
+    /// reaches the gateway: only the Sync inside the copy is ignored, the
+    /// one after CopyDone gets its ReadyForQuery.
+    #[test]
+    fn a_copy_ended_before_its_answer_is_placed_by_sequence() {
+        let mut t = Tracker::default();
+        t.on_parse("", "copy t from stdin");
+        t.on_bind("", "", None);
+        t.on_execute("");
+        t.on_sync();
+        t.on_copy_end().unwrap();
+        t.on_sync();
+        t.on_copy_in();
+        assert!(t.check_client(b'P').is_ok(), "the copy is over");
+        assert!(t.on_complete("COPY 0").unwrap().is_some());
+        assert!(t.on_ready(b'I').0.is_none());
+        assert!(t.pending.is_empty(), "the honoured Sync was answered");
+    }
+
+    /// The review's attack: statements pipelined into copy-in mode, where
+    /// PostgreSQL would honour a Sync the gateway counts as ignored.
+    #[test]
+    fn only_copy_messages_may_follow_copy_in() {
+        let mut t = Tracker::default();
+        t.on_query("copy t from stdin".into());
+        t.on_copy_in();
+        for tag in [b'Q', b'P', b'B', b'E', b'D', b'C', b'F'] {
+            assert!(t.check_client(tag).is_err(), "{}", tag as char);
+        }
+        for tag in [b'd', b'c', b'f', b'H', b'S', b'X'] {
+            assert!(t.check_client(tag).is_ok(), "{}", tag as char);
+        }
+        t.on_copy_end().unwrap();
+        assert!(t.check_client(b'Q').is_ok());
+        // Stray CopyDones are noted, bounded, and placed before later COPYs.
+        let mut t = Tracker::default();
+        t.on_copy_end().unwrap();
+        t.on_query("copy t from stdin".into());
+        t.on_copy_in();
+        assert!(
+            t.check_client(b'Q').is_err(),
+            "the stray CopyDone does not end it"
+        );
+        let mut t = Tracker::default();
+        let overflow = (0..=MAX_COPY_ENDS)
+            .map(|_| t.on_copy_end())
+            .any(|r| r.is_err());
+        assert!(overflow);
+        // An answer to nothing the gateway saw ends the session.
+        assert!(Tracker::default().on_complete("UPDATE 1").is_err());
     }
 
     /// asyncpg's prepare of a bad statement: Parse, Describe, Sync; the
@@ -530,14 +663,14 @@ mod tests {
         t.on_sync();
         t.on_copy_in();
         t.on_sync();
-        t.on_copy_end();
+        t.on_copy_end().unwrap();
         t.on_sync();
-        let ev = t.on_complete("COPY 2").unwrap();
+        let ev = t.on_complete("COPY 2").unwrap().unwrap();
         assert_eq!(sql_of(&ev), ("copy t from stdin", 2, false));
         assert!(t.on_ready(b'I').0.is_none());
         // The next statement pairs with its own answers.
         t.on_query("select 1".into());
-        assert!(t.on_complete("SELECT 1").is_none());
+        assert!(t.on_complete("SELECT 1").unwrap().is_none());
         let (ev, _) = t.on_ready(b'I');
         assert_eq!(sql_of(&ev.unwrap()), ("select 1", 1, false));
         assert!(t.pending.is_empty());
@@ -547,8 +680,8 @@ mod tests {
     fn simple_multi_statement_is_one_event() {
         let mut t = Tracker::default();
         t.on_query("insert into t values (1); select * from t".into());
-        assert!(t.on_complete("INSERT 0 1").is_none());
-        assert!(t.on_complete("SELECT 4").is_none());
+        assert!(t.on_complete("INSERT 0 1").unwrap().is_none());
+        assert!(t.on_complete("SELECT 4").unwrap().is_none());
         let e = t.on_ready(b'I').0.unwrap();
         assert_eq!(
             sql_of(&e),
@@ -569,7 +702,7 @@ mod tests {
         t.on_execute("");
         t.on_sync();
         assert_eq!(
-            sql_of(&t.on_complete("SELECT 1").unwrap()),
+            sql_of(&t.on_complete("SELECT 1").unwrap().unwrap()),
             ("select $1", 1, false)
         );
         let e = t
