@@ -77,7 +77,7 @@ fn gateway(ci: &CloudIdentity) -> Gateway {
     let text = config(&store, &extra)
         .replace(
             "[identity]\n",
-            &format!("[identity]\nsigning_key = \"file:{key}\"\n"),
+            &format!("[identity]\nsigning_key = \"file:{key}\"\nadmins = [\"group:security@example.com\"]\n"),
         )
         .replace(
             "[recording]\n",
@@ -191,6 +191,7 @@ fn approvers_originators_and_exempt_match_looked_up_groups() {
     let ci = CloudIdentity::start(100);
     ci.member("bob@example.com", &["dba@example.com"]);
     ci.member("erin@example.com", &["eng@example.com"]);
+    ci.member("sam@example.com", &["security@example.com"]);
     let gw = gateway(&ci);
     let alice = google_token("alice@example.com", None);
 
@@ -262,6 +263,26 @@ fn approvers_originators_and_exempt_match_looked_up_groups() {
         code != 0 && err.contains("not among its originators"),
         "{err}"
     );
+
+    // admins: sam may revoke as a member of group:security@example.com.
+    let (code, _, err) = revoke(&gw, &google_token("sam@example.com", None));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = revoke(&gw, &mallory);
+    assert!(
+        code != 0 && err.contains("is not in [identity] admins"),
+        "{err}"
+    );
+}
+
+fn revoke(gw: &Gateway, token: &str) -> (i32, String, String) {
+    let args = [
+        "revoke",
+        "--principal",
+        "user:zed@example.com",
+        "--reason",
+        "test",
+    ];
+    cli(gw, token, None, &args)
 }
 
 #[test]
@@ -293,6 +314,13 @@ fn a_failed_lookup_refuses_only_group_access_and_says_why() {
     assert!(
         rec.contains("could not be resolved: Cloud Identity answered 403"),
         "{rec}"
+    );
+
+    // So are admins who are admins by group only.
+    let (code, _, err) = revoke(&gw, &google_token("sam@example.com", None));
+    assert!(
+        code != 0 && err.contains("is not in [identity] admins; group membership could not be resolved: Cloud Identity answered 403"),
+        "{err}"
     );
 
     // A malformed answer fails closed the same way.
