@@ -297,7 +297,7 @@ async fn fetch_page(req: reqwest::RequestBuilder) -> Result<Page, GroupsError> {
         if e.is_timeout() {
             GroupsError::Timeout
         } else {
-            GroupsError::Transport(e.without_url().to_string())
+            GroupsError::Transport(causes(&e.without_url()))
         }
     };
     let mut resp = req.send().await.map_err(transport)?;
@@ -319,6 +319,17 @@ async fn fetch_page(req: reqwest::RequestBuilder) -> Result<Page, GroupsError> {
         });
     }
     parse_page(&body)
+}
+
+/// An error and its causes, `a: b: c` (reqwest's own text is only the first).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        out.push_str(&format!(": {c}"));
+        next = c.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -386,6 +397,60 @@ mod tests {
         ] {
             assert!(matches!(parse_page(bad), Err(GroupsError::Malformed(_))));
         }
+    }
+
+    fn resolver(endpoint: &str) -> GroupResolver {
+        GroupResolver::new(&GoogleGroupsConfig {
+            endpoint: toml::Spanned::new(0..0, endpoint.into()),
+            cache_ttl: Duration::from_secs(300),
+            issuers: vec![toml::Spanned::new(
+                0..0,
+                "https://accounts.google.com/".into(),
+            )],
+        })
+    }
+
+    fn who(issuer: &str, email: Option<&str>, groups: &[&str]) -> Principal {
+        Principal {
+            subject: "1".into(),
+            email: email.map(str::to_string),
+            issuer: issuer.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            hd: None,
+            groups_unresolved: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_listed_issuers_without_groups_are_looked_up_and_failures_close() {
+        // Nothing listens on port 9: any lookup would fail.
+        let r = resolver("http://127.0.0.1:9");
+        for mut p in [
+            who("https://idp.example", Some("a@example.com"), &[]),
+            who(
+                "https://accounts.google.com",
+                Some("a@example.com"),
+                &["x@example.com"],
+            ),
+        ] {
+            let before = p.clone();
+            r.resolve(&mut p).await;
+            assert_eq!(p, before, "no lookup");
+        }
+        let mut p = who("https://accounts.google.com", None, &[]);
+        r.resolve(&mut p).await;
+        assert_eq!(
+            p.groups_unresolved.as_deref(),
+            Some("the token has no verified email to look up")
+        );
+        let mut p = who("https://accounts.google.com", Some("a@example.com"), &[]);
+        r.resolve(&mut p).await;
+        let why = p.groups_unresolved.unwrap_or_default();
+        assert!(
+            why.starts_with("Cloud Identity did not answer: error sending request: "),
+            "{why}"
+        );
+        assert!(p.groups.is_empty());
     }
 
     #[test]
