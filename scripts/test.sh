@@ -77,6 +77,9 @@ scripts/fn-lengths.py 120
 log "tests (unit and integration, real PostgreSQL and psql)"
 cargo test --all-targets --locked
 
+log "asyncpg's own test suite, directly and through Custody (scripts/driver-suite.sh)"
+CUSTODY_BIN=${CARGO_TARGET_DIR:-target}/debug/custody scripts/driver-suite.sh
+
 log "release build and /healthz smoke check (the Dockerfile's build step)"
 cargo build --release --locked
 bin=${CARGO_TARGET_DIR:-target}/release/custody

@@ -295,3 +295,65 @@ fn token_from_metadata_server_or_a_clear_error() {
         "{err}"
     );
 }
+
+/// Issue 14: with no token and no metadata server, `custody exec` asks
+/// gcloud for a service account's token (`--audiences=URL`), then for a
+/// person's (plain `print-identity-token`); when everything fails, one
+/// message names each attempt and what it answered.
+#[test]
+fn without_a_token_gcloud_is_tried_for_service_accounts_then_users() {
+    let gw = Gateway::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let gcloud = dir.path().join("gcloud");
+    // A person's gcloud: --audiences needs a service account, as with the real one.
+    std::fs::write(
+        &gcloud,
+        "#!/bin/sh\ncase \"$*\" in *--audiences=*) echo 'ERROR: (gcloud.auth.print-identity-token) Invalid account type for `--audiences`. Requires valid service account.' >&2; exit 1;; esac\n[ -n \"$FAKE_TOKEN\" ] || { echo 'ERROR: (gcloud.auth.print-identity-token) You do not currently have an active account selected.' >&2; exit 1; }\necho \"$FAKE_TOKEN\"\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x"])
+        .arg(&gcloud)
+        .status()
+        .unwrap();
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    let run = |fake: Option<String>| {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "exec",
+            "pg",
+            "--gateway",
+            &gw.url,
+            "--",
+            "select 'via gcloud' as s",
+        ])
+        .env_remove("CUSTODY_TOKEN")
+        .env("GCE_METADATA_HOST", format!("127.0.0.1:{}", free_port()))
+        .env("PATH", &path);
+        match fake {
+            Some(t) => cmd.env("FAKE_TOKEN", t),
+            None => cmd.env_remove("FAKE_TOKEN"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = run(Some(token("alice@example.com")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via gcloud"));
+
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for attempt in [
+        "metadata server: 127.0.0.1:",
+        "gcloud auth print-identity-token --audiences=",
+        "Requires valid service account",
+        "gcloud auth print-identity-token: ERROR",
+        "active account selected",
+    ] {
+        assert!(err.contains(attempt), "{attempt:?} in {err}");
+    }
+}

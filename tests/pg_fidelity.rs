@@ -287,5 +287,9 @@ fn replication_is_refused_unless_the_connection_allows_it() {
     assert!(ok, "{out}");
     // systemid|timeline|xlogpos|dbname
     assert!(out.trim().ends_with("|app"), "{out}");
-    gw.wait_recordings("IDENTIFY_SYSTEM");
+    let rec = gw.wait_recordings("IDENTIFY_SYSTEM");
+    assert!(
+        rec.contains(r#""protocol":"replication""#),
+        "recorded as a replication command: {rec}"
+    );
 }

@@ -22,7 +22,7 @@ pub enum ClientError {
     },
     #[error("cannot reach the gateway at {url}: {why}")]
     Transport { url: String, why: String },
-    #[error("no identity token: pass --token or set CUSTODY_TOKEN; on GCP the metadata server is used, elsewhere `gcloud auth print-identity-token` ({0})")]
+    #[error("no identity token: pass --token or set CUSTODY_TOKEN. Tried, in order: {0}. On GCP the metadata server gives one; on a laptop run `gcloud auth login` (a person's token has gcloud's audience, which the gateway's Google issuer must list) or `gcloud auth activate-service-account`")]
     Token(String),
     #[error("held for approval: {reason}; an approver runs `custody review approve {review_id}`, then rerun with --review {review_id} (or use --wait)")]
     Held {
@@ -116,49 +116,76 @@ impl Target {
     }
 }
 
-/// An ID token for the gateway as audience: metadata server first, then gcloud.
+/// An ID token for the gateway as audience, as each place a caller may be
+/// has one: the metadata server (GCP workloads), gcloud with the gateway as
+/// audience (service accounts), plain gcloud (a person: the token's
+/// audience is gcloud's own client id, which the gateway's Google issuer
+/// must list). When all fail, the error names each attempt and its answer.
 async fn google_id_token(audience: &str) -> Result<String, ClientError> {
+    let mut tried = Vec::new();
+    match metadata_token(audience).await {
+        Ok(t) => return Ok(t),
+        Err(why) => tried.push(format!("metadata server: {why}")),
+    }
+    let aud = format!("--audiences={audience}");
+    for args in [
+        vec!["auth", "print-identity-token", aud.as_str()],
+        vec!["auth", "print-identity-token"],
+    ] {
+        let why = match tokio::process::Command::new("gcloud")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => {
+                let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if !token.is_empty() {
+                    return Ok(token);
+                }
+                "printed no token".to_string()
+            }
+            Ok(out) => last_line(&String::from_utf8_lossy(&out.stderr)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "gcloud is not installed".into(),
+            Err(e) => e.to_string(),
+        };
+        tried.push(format!("gcloud {}: {why}", args.join(" ")));
+    }
+    Err(ClientError::Token(tried.join("; ")))
+}
+
+async fn metadata_token(audience: &str) -> Result<String, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
-        .map_err(|e| ClientError::Token(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     // GCE_METADATA_HOST is how Google's own libraries let the metadata server move.
     let host =
         std::env::var("GCE_METADATA_HOST").unwrap_or_else(|_| "metadata.google.internal".into());
     let url =
         format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/identity");
-    if let Ok(resp) = http
+    let resp = http
         .get(&url)
         .query(&[("audience", audience), ("format", "full")])
         .header("Metadata-Flavor", "Google")
         .send()
         .await
-    {
-        if resp.status().is_success() {
-            if let Ok(t) = resp.text().await {
-                return Ok(t.trim().to_string());
-            }
-        }
+        .map_err(|e| format!("{host} is not reachable (not on GCP?): {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{host} answered HTTP {}", resp.status()));
     }
-    let aud = format!("--audiences={audience}");
-    let mut last = String::from("metadata server not reachable");
-    for args in [
-        vec!["auth", "print-identity-token", aud.as_str()],
-        vec!["auth", "print-identity-token"],
-    ] {
-        match tokio::process::Command::new("gcloud")
-            .args(&args)
-            .output()
-            .await
-        {
-            Ok(out) if out.status.success() => {
-                return Ok(String::from_utf8_lossy(&out.stdout).trim().to_string());
-            }
-            Ok(out) => last = String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            Err(e) => last = format!("gcloud: {e}"),
-        }
-    }
-    Err(ClientError::Token(last))
+    let token = resp.text().await.map_err(|e| e.to_string())?;
+    Ok(token.trim().to_string())
+}
+
+/// gcloud's error is its last line; one line keeps the combined message readable.
+fn last_line(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("failed");
+    line.trim().chars().take(300).collect()
 }
 
 pub(crate) fn header_str(h: &axum::http::HeaderMap, name: &str) -> Option<String> {

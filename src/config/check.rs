@@ -7,8 +7,12 @@ impl Config {
     /// Semantic checks the type system cannot express, each with the span to blame.
     pub(super) fn problems(&self) -> Vec<(std::ops::Range<usize>, String)> {
         let mut out = Vec::new();
-        if self.identity.audiences.is_empty() {
-            out.push((0..0, "identity.audiences is empty: list the gateway's URL (the audience of the ID tokens callers present)".into()));
+        let every_issuer_has_audiences =
+            self.identity.issuers.iter().all(|i| i.audiences.is_some());
+        if self.identity.audiences.is_empty()
+            && (!every_issuer_has_audiences || self.identity.signing_key.is_some())
+        {
+            out.push((0..0, "identity.audiences is empty: list the gateway's URL (the audience of the ID tokens callers present; delegation tokens name its first entry as their issuer)".into()));
         }
         if self.identity.issuers.is_empty() {
             out.push((0..0, "identity.issuers is empty: add [[identity.issuers]] with issuer = \"https://accounts.google.com\" or your IdP".into()));
@@ -22,6 +26,7 @@ impl Config {
                     out.push((j.span(), format!("jwks_uri {m}")));
                 }
             }
+            out.extend(issuer_problems(iss));
         }
         out.extend(self.google_groups_problems());
         for p in &self.server.trusted_proxies {
@@ -314,4 +319,34 @@ pub fn check_issuer_url(url: &str) -> Result<(), String> {
         ));
     }
     Err(format!("{url:?} must be an https:// URL"))
+}
+
+/// An issuer's own audiences and its workload identity pool and mapping.
+fn issuer_problems(iss: &IssuerConfig) -> Vec<(std::ops::Range<usize>, String)> {
+    use crate::identity::workload;
+    let mut out = Vec::new();
+    let at = iss.issuer.span();
+    if iss
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.is_empty() || a.iter().any(|x| x.trim().is_empty()))
+    {
+        out.push((at.clone(), format!("issuer {:?}: audiences must list at least one non-empty audience (or be left out to use identity.audiences)", iss.issuer.get_ref())));
+    }
+    match &iss.workload_identity_pool {
+        Some(pool) => {
+            if let Err(e) = workload::check_pool(pool.get_ref()) {
+                out.push((pool.span(), e.to_string()));
+            }
+            if let Err(e) = workload::Mapping::parse(&iss.attribute_mapping) {
+                out.push((pool.span(), format!("issuer {:?}: {e}", iss.issuer.get_ref())));
+            }
+        }
+        None if !iss.attribute_mapping.is_empty() => out.push((
+            at,
+            format!("issuer {:?}: attribute_mapping needs workload_identity_pool (the pool whose principals the mapping makes)", iss.issuer.get_ref()),
+        )),
+        None => {}
+    }
+    out
 }

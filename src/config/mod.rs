@@ -205,6 +205,8 @@ fn default_header_read_timeout() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
+    /// Audiences every issuer's tokens may carry, unless it lists its own.
+    #[serde(default)]
     pub audiences: Vec<String>,
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
@@ -267,6 +269,16 @@ pub struct IssuerConfig {
     /// (the principal falls back to the subject). Empty: any domain.
     #[serde(default)]
     pub email_domains: Vec<String>,
+    /// Audiences this issuer's tokens may carry, instead of [identity] audiences.
+    pub audiences: Option<Vec<String>>,
+    /// `projects/N/locations/global/workloadIdentityPools/POOL`: this
+    /// issuer's tokens are federated workloads of that pool
+    /// (`principal://iam.googleapis.com/POOL/subject/S`).
+    pub workload_identity_pool: Option<Spanned<String>>,
+    /// IAM's attribute mapping, `assertion.CLAIM` paths only
+    /// (`google.subject`, `google.groups`, `attribute.NAME`).
+    #[serde(default)]
+    pub attribute_mapping: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -371,6 +371,7 @@ mod tests {
             groups: vec!["eng@example.com".into()],
             hd: None,
             groups_unresolved: None,
+            workload: None,
         }
     }
 

@@ -418,6 +418,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             hd: None,
             groups_unresolved: None,
+            workload: None,
         }
     }
 

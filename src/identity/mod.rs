@@ -4,6 +4,7 @@ pub mod delegation;
 pub mod devissuer;
 pub mod groups;
 pub mod revocation;
+pub mod workload;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -49,11 +50,18 @@ pub struct Principal {
     /// `group:` members then match nothing, and refusals say why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups_unresolved: Option<String>,
+    /// Set for a token of an issuer with a `workload_identity_pool`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<workload::Workload>,
 }
 
 impl Principal {
-    /// IAM-style name used in logs, recordings and refusals.
+    /// IAM-style name used in logs, recordings and refusals; a federated
+    /// workload is named as IAM names it (`principal://iam.googleapis.com/…`).
     pub fn member(&self) -> String {
+        if self.workload.is_some() {
+            return self.id();
+        }
         match &self.email {
             Some(e) if e.ends_with(".gserviceaccount.com") => format!("serviceAccount:{e}"),
             Some(e) => format!("user:{e}"),
@@ -66,7 +74,10 @@ impl Principal {
     /// votes, self-approval checks and revocations compare this, so two
     /// tokens of one person (one without an email) stay one person.
     pub fn id(&self) -> String {
-        principal_id(&self.issuer, &self.subject)
+        match &self.workload {
+            Some(w) => workload::principal_id(&w.pool, &self.subject),
+            None => principal_id(&self.issuer, &self.subject),
+        }
     }
 }
 
@@ -108,6 +119,8 @@ pub fn bound_groups(groups: Vec<String>, domains: &[String]) -> (Vec<String>, Ve
 
 struct Issuer {
     cfg: IssuerConfig,
+    /// Parsed `attribute_mapping` of a pool's issuer (checked by `config check`).
+    mapping: Option<workload::Mapping>,
     keys: RwLock<Keys>,
 }
 
@@ -149,6 +162,10 @@ impl Verifier {
                 .iter()
                 .map(|c| Issuer {
                     cfg: c.clone(),
+                    mapping: c
+                        .workload_identity_pool
+                        .as_ref()
+                        .and_then(|_| workload::Mapping::parse(&c.attribute_mapping).ok()),
                     keys: RwLock::new(Keys::default()),
                 })
                 .collect(),
@@ -193,8 +210,8 @@ impl Verifier {
                 "key {kid} is a {alg:?} key but the token says {claimed_alg:?}"
             )));
         }
-        let c = self.validated_claims(token, alg, &key, &iss)?;
-        let mut p = principal(issuer, c);
+        let c = self.validated_claims(token, alg, &key, issuer)?;
+        let mut p = principal(issuer, c)?;
         if let Some(g) = &self.google_groups {
             g.resolve(&mut p).await;
         }
@@ -207,11 +224,12 @@ impl Verifier {
         token: &str,
         alg: Algorithm,
         key: &DecodingKey,
-        iss: &str,
+        issuer: &Issuer,
     ) -> Result<Claims, AuthError> {
         let mut v = Validation::new(alg);
-        v.set_audience(&self.audiences);
-        v.set_issuer(&[iss]);
+        // An issuer's own audiences replace [identity] audiences for its tokens.
+        v.set_audience(issuer.cfg.audiences.as_ref().unwrap_or(&self.audiences));
+        v.set_issuer(&[issuer.cfg.issuer.get_ref()]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.leeway = self.leeway.as_secs();
         v.validate_nbf = true;
@@ -336,8 +354,36 @@ fn signed_header(token: &str) -> Result<(Algorithm, String), AuthError> {
     Ok((header.alg, kid))
 }
 
-/// The caller as verified claims name it, within what its issuer may vouch for.
-fn principal(issuer: &Issuer, c: Claims) -> Principal {
+/// The caller as verified claims name it, within what its issuer may vouch
+/// for. A pool's issuer makes a federated workload: its subject and
+/// attributes come from the mapping, and it vouches for no email or group.
+fn principal(issuer: &Issuer, c: Claims) -> Result<Principal, AuthError> {
+    if let Some(pool) = &issuer.cfg.workload_identity_pool {
+        let mapping = issuer.mapping.as_ref().ok_or_else(|| {
+            AuthError::Invalid(
+                "the issuer's attribute_mapping is invalid (run custody config check)".into(),
+            )
+        })?;
+        let mut claims = c.rest;
+        claims.insert("sub".into(), serde_json::Value::String(c.sub));
+        claims.insert("iss".into(), serde_json::Value::String(c.iss.clone()));
+        let m = mapping
+            .apply(&claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        return Ok(Principal {
+            subject: m.subject,
+            email: None,
+            issuer: c.iss,
+            groups: Vec::new(),
+            hd: None,
+            groups_unresolved: None,
+            workload: Some(workload::Workload {
+                pool: pool.get_ref().clone(),
+                attributes: m.attributes,
+                groups: m.groups,
+            }),
+        });
+    }
     // Google sends a bool, some IdPs a string; an unverified email is not an identity.
     let verified = match &c.email_verified {
         None => true,
@@ -370,7 +416,7 @@ fn principal(issuer: &Issuer, c: Claims) -> Principal {
         verified && (domains.is_empty() || domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
     });
     let hd = hd.map(str::to_ascii_lowercase);
-    Principal {
+    Ok(Principal {
         subject: c.sub,
         hd,
         groups_unresolved: None,
@@ -380,7 +426,8 @@ fn principal(issuer: &Issuer, c: Claims) -> Principal {
             .map(|e| e.to_ascii_lowercase()),
         issuer: c.iss,
         groups,
-    }
+        workload: None,
+    })
 }
 
 fn header_says_none(segment: &str) -> bool {
@@ -439,6 +486,7 @@ mod tests {
             groups: Vec::new(),
             hd: None,
             groups_unresolved: None,
+            workload: None,
         };
         assert_eq!(p(Some("alice@example.com")).id(), p(None).id());
         assert_ne!(p(Some("alice@example.com")).member(), p(None).member());

@@ -296,6 +296,7 @@ mod tests {
             groups: vec!["dba@example.com".into()],
             hd: None,
             groups_unresolved: None,
+            workload: None,
         }
     }
 

@@ -140,12 +140,16 @@ fn revocation_request(
             audit_id,
         )
     })?;
+    // A federated workload's principal:// names its pool, not its issuer.
     let issuers: Vec<String> = gw
         .config
         .identity
         .issuers
         .iter()
-        .map(|i| i.issuer.get_ref().clone())
+        .map(|i| match &i.workload_identity_pool {
+            Some(pool) => format!("{}/{}", crate::identity::workload::IAM, pool.get_ref()),
+            None => i.issuer.get_ref().clone(),
+        })
         .collect();
     let principal =
         Revoked::parse(&req.principal, &issuers).map_err(|e| bad(e.to_string(), audit_id))?;

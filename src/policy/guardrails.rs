@@ -338,7 +338,7 @@ pub fn inspect_limit(sql: &str, max: usize) -> Option<Verdict> {
     if sql.len() <= max_tokens {
         return None;
     }
-    match pg_query::scan_tokens(sql) {
+    match crate::policy::sqltext::scan_tokens(sql) {
         Ok(tokens) if tokens.len() > max_tokens => Some(deny(format!(
             "the statement has {} tokens, over the limit of {max_tokens}",
             tokens.len()

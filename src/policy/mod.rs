@@ -24,7 +24,7 @@ use crate::identity::Principal;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
-    #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN, principal://ISSUER/subject/SUB or allAuthenticatedUsers")]
+    #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN, principal://ISSUER/subject/SUB, principal://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/POOL/subject/SUB, principalSet://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/POOL/attribute.NAME/VALUE (or …/POOL/group/GROUP, …/POOL/*) or allAuthenticatedUsers")]
     BadMember(String),
     #[error("{principal} is not in the allow list of connection {connection}{}", unresolved_note(.unresolved.as_deref()))]
     NotAllowed {
@@ -48,8 +48,11 @@ pub enum Member {
     ServiceAccount(String),
     Group(String),
     Domain(String),
-    /// One identity: `principal://ISSUER/subject/SUB` (see `Principal::id`).
+    /// One identity: `principal://ISSUER/subject/SUB` (see `Principal::id`),
+    /// or a federated workload `principal://iam.googleapis.com/POOL/subject/SUB`.
     Principal(String),
+    /// Federated workloads: `principalSet://iam.googleapis.com/POOL/…`.
+    Workload(crate::identity::workload::PoolSet),
     AllAuthenticatedUsers,
 }
 
@@ -60,12 +63,24 @@ impl FromStr for Member {
         if s == "allAuthenticatedUsers" {
             return Ok(Member::AllAuthenticatedUsers);
         }
+        use crate::identity::workload;
         // Subjects are case-sensitive: kept verbatim.
         if let Some((iss, sub)) = crate::identity::split_principal_id(s.trim()) {
-            if sub.chars().any(char::is_control) || iss.chars().any(char::is_control) {
+            let pool_ok = match iss.strip_prefix(workload::IAM) {
+                Some(rest) => rest
+                    .strip_prefix('/')
+                    .is_some_and(|pool| workload::check_pool(pool).is_ok()),
+                None => true,
+            };
+            if sub.chars().any(char::is_control) || iss.chars().any(char::is_control) || !pool_ok {
                 return Err(PolicyError::BadMember(s.to_string()));
             }
             return Ok(Member::Principal(s.trim().to_string()));
+        }
+        if s.trim().starts_with("principalSet://") {
+            return workload::PoolSet::parse(s.trim())
+                .map(Member::Workload)
+                .ok_or_else(|| PolicyError::BadMember(s.to_string()));
         }
         let bad = || PolicyError::BadMember(s.to_string());
         let (kind, value) = s.split_once(':').ok_or_else(bad)?;
@@ -92,6 +107,7 @@ impl fmt::Display for Member {
             Member::Group(v) => write!(f, "group:{v}"),
             Member::Domain(v) => write!(f, "domain:{v}"),
             Member::Principal(id) => f.write_str(id),
+            Member::Workload(set) => write!(f, "{set}"),
             Member::AllAuthenticatedUsers => f.write_str("allAuthenticatedUsers"),
         }
     }
@@ -110,6 +126,7 @@ impl Member {
                         .is_some_and(|(_, dom)| dom == d)
             }
             Member::Principal(id) => p.id() == *id,
+            Member::Workload(set) => p.workload.as_ref().is_some_and(|w| set.matches(w)),
             Member::AllAuthenticatedUsers => true,
         }
     }
@@ -237,6 +254,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             hd: None,
             groups_unresolved: None,
+            workload: None,
         }
     }
 
@@ -332,6 +350,7 @@ mod chain_tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             hd: None,
             groups_unresolved: None,
+            workload: None,
         }
     }
 

@@ -177,6 +177,7 @@ fn voter(name: &str) -> crate::identity::Principal {
         groups: vec!["dba@example.com".into()],
         hd: None,
         groups_unresolved: None,
+        workload: None,
     }
 }
 

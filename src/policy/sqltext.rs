@@ -9,13 +9,27 @@
 use pg_query::protobuf::{self, KeywordKind, ScanToken, Token};
 use pg_query::ParserOptions;
 
+/// PostgreSQL's tokens of `sql`. pg_query's own `scan_tokens` builds a
+/// slice from the scanner's NULL pointer when there are no tokens
+/// (undefined behaviour, an abort in debug builds), which only text of
+/// nothing but whitespace produces (comments are tokens): answered here.
+pub fn scan_tokens(sql: &str) -> Result<Vec<ScanToken>, pg_query::Error> {
+    let blank = sql
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c));
+    if blank {
+        return Ok(Vec::new());
+    }
+    pg_query::scan_tokens(sql)
+}
+
 /// The forms patterns are matched against, for one statement's text.
 pub fn pattern_forms(text: &str, options: ParserOptions) -> Vec<String> {
     let canonical = pg_query::parse(text, options)
         .ok()
         .and_then(|t| t.protobuf.deparse(Default::default()).ok());
     let source = canonical.as_deref().unwrap_or(text);
-    match pg_query::scan_tokens(source) {
+    match scan_tokens(source) {
         Ok(tokens) => forms(source, &tokens),
         Err(_) => vec![crate::policy::guardrails::normalize(text)],
     }
@@ -162,7 +176,7 @@ pub fn statement_forms(raw: protobuf::RawStmt, version: i32, text: &str) -> Vec<
     };
     let canonical = single.deparse(Default::default()).ok();
     let source = canonical.as_deref().unwrap_or(text);
-    match pg_query::scan_tokens(source) {
+    match scan_tokens(source) {
         Ok(tokens) => forms(source, &tokens),
         Err(_) => vec![crate::policy::guardrails::normalize(text)],
     }
@@ -174,6 +188,18 @@ mod tests {
 
     fn f(sql: &str) -> Vec<String> {
         pattern_forms(sql, ParserOptions::DEFAULT)
+    }
+
+    /// Empty and blank statements (asyncpg's `execute('')`, an error with no
+    /// statement) once reached pg_query's NULL-slice and aborted the gateway.
+    #[test]
+    fn blank_text_has_no_tokens_and_comments_do() {
+        for blank in ["", " ", " \t\n\r\x0b\x0c "] {
+            assert_eq!(scan_tokens(blank).unwrap().len(), 0, "{blank:?}");
+            let _ = f(blank);
+        }
+        assert_eq!(scan_tokens("-- just a comment").unwrap().len(), 1);
+        assert_eq!(scan_tokens("/* c */").unwrap().len(), 1);
     }
 
     #[test]

@@ -522,7 +522,8 @@ class ExampleTest(unittest.TestCase):
     ALLOWED_KEYS = {
         "server": {"listen"},
         "identity": {"audiences", "issuers", "signing_key", "admins", "delegation_max_ttl", "google_groups"},
-        "identity.issuers": {"issuer", "jwks_uri", "groups_claim"},
+        "identity.issuers": {"issuer", "jwks_uri", "groups_claim", "email_domains", "audiences",
+                             "workload_identity_pool", "attribute_mapping"},
         "recording": {"store", "signing_key", "flush_interval", "segment_bytes", "memory_budget",
                       "failure_grace", "queue_events", "endpoint"},
         "telemetry": {"otlp_endpoint", "otlp_protocol", "service_name", "google_auth", "project_id",

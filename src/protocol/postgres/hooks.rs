@@ -199,7 +199,7 @@ struct Skipping {
 /// The first KiB of an oversized statement, and its size: what recordings
 /// keep of a statement refused for its size (masking a multi-MiB text for
 /// the record would cost what refusing it saved).
-fn head(sql: &str) -> String {
+pub(super) fn head(sql: &str) -> String {
     let mut end = sql.len().min(1024);
     while !sql.is_char_boundary(end) {
         end -= 1;

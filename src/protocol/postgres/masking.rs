@@ -182,14 +182,89 @@ pub fn mask_one(
         };
         return Some(Some([prefix, &masked].concat()));
     }
-    if !engine.has_detectors() || (binary && !text_like(type_oid)) {
+    if !engine.has_detectors() {
         return None;
+    }
+    if binary && !text_like(type_oid) {
+        return binary_detected(v, type_oid, engine, counts);
     }
     let masked = engine.mask_text(text, counts)?;
     if !still_valid(type_oid, &masked) {
         return Some(None);
     }
     Some(Some([prefix, &masked].concat()))
+}
+
+const INET: u32 = 869;
+const CIDR: u32 = 650;
+
+/// Binary formats that cannot carry text: booleans, numbers, dates and
+/// times, uuid, oids, bytea (which text format shows as hex, where
+/// detectors see no text either).
+fn fixed_scalar(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        16 | 17
+            | 20
+            | 21
+            | 23
+            | 26
+            | 27
+            | 28
+            | 29
+            | 700
+            | 701
+            | 790
+            | 1082
+            | 1083
+            | 1114
+            | 1184
+            | 1186
+            | 1266
+            | 1560
+            | 1562
+            | 1700
+            | 2950
+            | 3220
+            | 5069
+    )
+}
+
+/// Detectors over a binary value of a non-text type, as text format would
+/// show it to them: inet/cidr are read as addresses; arrays, records and
+/// any other type are scanned as the bytes they carry (text elements and
+/// fields are there verbatim). A match makes the value NULL: a rewritten
+/// binary value would not parse.
+fn binary_detected(
+    v: &[u8],
+    type_oid: u32,
+    engine: &Engine,
+    counts: &mut Counts,
+) -> Option<Option<Vec<u8>>> {
+    if fixed_scalar(type_oid) {
+        return None;
+    }
+    let view = match type_oid {
+        INET | CIDR => inet_text(v)?,
+        _ => String::from_utf8_lossy(v).into_owned(),
+    };
+    engine.mask_text(view.as_bytes(), counts).map(|_| None)
+}
+
+/// PostgreSQL's binary inet/cidr (family, bits, is_cidr, length, address)
+/// as `ADDRESS/BITS`; None when it is not that shape.
+fn inet_text(v: &[u8]) -> Option<String> {
+    let (head, addr) = (v.get(..4)?, v.get(4..)?);
+    let ip: std::net::IpAddr = match (head[0], addr.len()) {
+        (2, 4) => std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into(),
+        (3, 16) => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(addr);
+            std::net::Ipv6Addr::from(b).into()
+        }
+        _ => return None,
+    };
+    Some(format!("{ip}/{}", head[1]))
 }
 
 /// Types whose values are free text: a detector's replacement is a valid
@@ -384,7 +459,7 @@ pub fn sql(engine: &Engine, s: &str, counts: &mut Counts) -> String {
     if s.len() > SQL_SCAN_MAX {
         return text(engine, s, counts);
     }
-    let Ok(tokens) = pg_query::scan_tokens(s) else {
+    let Ok(tokens) = crate::policy::sqltext::scan_tokens(s) else {
         return text(engine, s, counts);
     };
     let valued = [

@@ -225,3 +225,69 @@ fn masked_values_stay_values_of_their_type_or_become_null() {
         "a ruled int column is NULL, not text its parser rejects"
     );
 }
+
+#[test]
+fn blank_sql_masks_to_itself() {
+    let e = engine();
+    for blank in ["", "   ", "\n\t"] {
+        assert_eq!(sql(&e, blank, &mut Counts::default()), blank);
+    }
+}
+
+fn binary(type_oid: u32) -> ColMask {
+    ColMask {
+        rule: None,
+        binary: true,
+        type_oid,
+    }
+}
+
+/// Drivers that ask for binary results (asyncpg) get arrays, records and
+/// inet masked as text format masks them: a detector match makes the
+/// value NULL; fixed-format scalars are never touched.
+#[test]
+fn binary_arrays_records_and_inet_are_seen_by_detectors() {
+    let detectors: Vec<String> = ["email", "ip_address"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (columns, custom) = (BTreeMap::new(), BTreeMap::new());
+    let e = Engine::new(&EngineConfig {
+        detectors: &detectors,
+        custom: &custom,
+        columns: &columns,
+        detector_strategy: None,
+        hash_key: None,
+    })
+    .unwrap();
+    let mut c = Counts::default();
+    // text[] {'a@example.com'}: header, element oid 25, one element.
+    let mut arr = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 25, 0, 0, 0, 1, 0, 0, 0, 1];
+    arr.extend_from_slice(&13i32.to_be_bytes());
+    arr.extend_from_slice(b"a@example.com");
+    assert_eq!(mask_one(&arr, Some(&binary(1009)), &e, &mut c), Some(None));
+    // record ('a@example.com', 1): two fields.
+    let mut rec = 2i32.to_be_bytes().to_vec();
+    rec.extend_from_slice(&25u32.to_be_bytes());
+    rec.extend_from_slice(&13i32.to_be_bytes());
+    rec.extend_from_slice(b"a@example.com");
+    rec.extend_from_slice(&23u32.to_be_bytes());
+    rec.extend_from_slice(&4i32.to_be_bytes());
+    rec.extend_from_slice(&1i32.to_be_bytes());
+    assert_eq!(mask_one(&rec, Some(&binary(2249)), &e, &mut c), Some(None));
+    // inet 10.11.12.13/32 in binary.
+    let inet = [2u8, 32, 0, 4, 10, 11, 12, 13];
+    assert_eq!(mask_one(&inet, Some(&binary(869)), &e, &mut c), Some(None));
+    // An array without a match, and fixed-format scalars, pass untouched.
+    let mut clean = arr[..20].to_vec();
+    clean.extend_from_slice(&13i32.to_be_bytes());
+    clean.extend_from_slice(b"nothing here!");
+    assert_eq!(mask_one(&clean, Some(&binary(1009)), &e, &mut c), None);
+    for (oid, v) in [(23u32, &[10u8, 11, 12, 13][..]), (2950, &[0x61; 16][..])] {
+        assert_eq!(
+            mask_one(v, Some(&binary(oid)), &e, &mut c),
+            None,
+            "oid {oid}"
+        );
+    }
+}

@@ -208,6 +208,10 @@ impl Relay<'_> {
     async fn record(&self, events: impl Iterator<Item = EventBody>) -> Result<(), RelayEnd> {
         for mut ev in events {
             hooks::scrub(self.mask, &mut ev);
+            // A walsender session's commands are replication commands.
+            if let (true, EventBody::Statement { protocol, .. }) = (self.replication, &mut ev) {
+                *protocol = "replication".into();
+            }
             self.ctx
                 .session
                 .tap()

@@ -17,13 +17,17 @@ use super::masking::{with_formats, Col, ColMask};
 
 /// Named prepared statements kept per session at most; PostgreSQL holds them too.
 const MAX_NAMED: usize = 10_000;
+/// Parses of one pipeline segment kept for an error's record.
+const MAX_SEGMENT_PARSES: usize = 4;
 
 enum Pending {
     Simple(Stmt),
     Exec(Stmt),
     /// A Sync sent upstream; the bytes, if any, go to the client just before
-    /// its ReadyForQuery (a guardrail refusal inside a pipeline).
-    Sync(Option<Bytes>),
+    /// its ReadyForQuery (a guardrail refusal inside a pipeline). With it, the
+    /// SQL of its segment's Parses: what an error before any Execute (a
+    /// failed Parse or Bind) is recorded with.
+    Sync(Option<Bytes>, Vec<String>),
     /// A refusal the gateway answers itself once everything before it is
     /// answered; `true` when a ReadyForQuery follows it.
     Blocked(Bytes, bool),
@@ -113,6 +117,8 @@ pub struct Tracker {
     pub status: u8,
     /// In COPY FROM STDIN: the server ignores Sync until CopyDone/CopyFail.
     copy_in: bool,
+    /// SQL of the Parses since the last Sync (the first few, heads only).
+    segment_parses: Vec<String>,
 }
 
 impl Default for Tracker {
@@ -130,6 +136,7 @@ impl Default for Tracker {
             rows: 0,
             status: b'I',
             copy_in: false,
+            segment_parses: Vec::new(),
         }
     }
 }
@@ -159,7 +166,8 @@ impl Tracker {
 
     /// A Sync that also carries a refusal for its pipeline segment.
     pub fn on_sync_with(&mut self, inject: Bytes) {
-        self.pending.push_back(Pending::Sync(Some(inject)));
+        let parsed = std::mem::take(&mut self.segment_parses);
+        self.pending.push_back(Pending::Sync(Some(inject), parsed));
     }
 
     pub fn on_query(&mut self, sql: String) {
@@ -167,6 +175,13 @@ impl Tracker {
     }
 
     pub fn on_parse(&mut self, name: &str, sql: &str) {
+        if self.segment_parses.len() < MAX_SEGMENT_PARSES {
+            let kept = match sql.len() > 1024 {
+                true => super::hooks::head(sql),
+                false => sql.to_string(),
+            };
+            self.segment_parses.push(kept);
+        }
         // A re-parsed name must not keep the old statement's columns.
         self.stmt_desc.remove(name);
         if self.prepared.len() < MAX_NAMED || name.is_empty() || self.prepared.contains_key(name) {
@@ -325,7 +340,8 @@ impl Tracker {
     /// A Sync gets a ReadyForQuery, except during COPY FROM STDIN.
     pub fn on_sync(&mut self) {
         if !self.copy_in {
-            self.pending.push_back(Pending::Sync(None));
+            let parsed = std::mem::take(&mut self.segment_parses);
+            self.pending.push_back(Pending::Sync(None, parsed));
         }
     }
     /// CopyInResponse. PostgreSQL ignores every Sync received in copy-in
@@ -334,7 +350,7 @@ impl Tracker {
     /// would leave every later answer paired with the wrong request.
     pub fn on_copy_in(&mut self) {
         self.copy_in = true;
-        while matches!(self.pending.get(1), Some(Pending::Sync(None))) {
+        while matches!(self.pending.get(1), Some(Pending::Sync(None, _))) {
             self.pending.remove(1);
         }
     }
@@ -362,7 +378,7 @@ impl Tracker {
                 s.tags.push(tag.to_string());
                 Some(self.finish(s, "extended"))
             }
-            Pending::Sync(_) | Pending::Blocked(..) | Pending::Describe(_) => None,
+            Pending::Sync(..) | Pending::Blocked(..) | Pending::Describe(_) => None,
         }
     }
 
@@ -383,15 +399,11 @@ impl Tracker {
                 self.skip_to_sync();
                 Some(self.finish(s, "extended"))
             }
-            Some(Pending::Describe(_)) => {
+            // An error before any Execute (Parse, Bind or Describe failed):
+            // recorded on its own, with the SQL its segment parsed.
+            Some(Pending::Describe(_) | Pending::Sync(..) | Pending::Blocked(..)) | None => {
                 self.skip_to_sync();
-                let mut s = Stmt::new(String::new());
-                s.error = error;
-                Some(s.done("extended"))
-            }
-            // An error before any Execute (Parse/Bind failed): record it on its own.
-            Some(Pending::Sync(_) | Pending::Blocked(..)) | None => {
-                let mut s = Stmt::new(String::new());
+                let mut s = Stmt::new(self.segment_sql());
                 s.error = error;
                 Some(s.done("extended"))
             }
@@ -405,7 +417,7 @@ impl Tracker {
         self.active = None;
         match self.pending.pop_front() {
             Some(Pending::Simple(s)) => (Some(self.finish(s, "simple")), None),
-            Some(Pending::Sync(inject)) => (None, inject.filter(|b| !b.is_empty())),
+            Some(Pending::Sync(inject, _)) => (None, inject.filter(|b| !b.is_empty())),
             // Unreachable in a well-formed exchange; keep the record rather than drop it.
             Some(Pending::Exec(s)) => (Some(self.finish(s, "extended")), None),
             Some(Pending::Blocked(b, r)) => {
@@ -438,6 +450,20 @@ impl Tracker {
         out
     }
 
+    /// The Parses of the segment now answering (its Sync is the first in
+    /// the queue, or not sent yet).
+    fn segment_sql(&self) -> String {
+        let parsed = self
+            .pending
+            .iter()
+            .find_map(|p| match p {
+                Pending::Sync(_, parsed) => Some(parsed),
+                _ => None,
+            })
+            .unwrap_or(&self.segment_parses);
+        parsed.join("; ")
+    }
+
     /// After an error the server skips every message up to the next Sync.
     fn skip_to_sync(&mut self) {
         while matches!(
@@ -466,6 +492,31 @@ mod tests {
             } => (sql.as_str(), *rows, error.is_some()),
             _ => panic!(),
         }
+    }
+
+    /// asyncpg's prepare of a bad statement: Parse, Describe, Sync; the
+    /// error answers the Parse and is recorded with its SQL, not blank.
+    #[test]
+    fn an_error_before_any_execute_is_recorded_with_its_parse() {
+        let mut t = Tracker::default();
+        t.on_parse("s1", "select no_such_column");
+        t.on_describe(b'S', "s1");
+        t.on_sync();
+        let ev = t
+            .on_error("42703".into(), "column does not exist".into())
+            .unwrap();
+        assert_eq!(sql_of(&ev), ("select no_such_column", 0, true));
+        assert!(t.on_ready(b'I').0.is_none());
+        assert!(t.pending.is_empty());
+        // The next segment's error names its own Parse.
+        t.on_parse("", "select 1/0");
+        t.on_bind("", "", None);
+        t.on_execute("");
+        t.on_sync();
+        let ev = t
+            .on_error("22012".into(), "division by zero".into())
+            .unwrap();
+        assert_eq!(sql_of(&ev), ("select 1/0", 0, true));
     }
 
     /// pg8000's COPY FROM: Execute, Sync, CopyData, CopyDone, Sync; the

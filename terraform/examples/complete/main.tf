@@ -154,12 +154,21 @@ resource "google_artifact_registry_repository" "custody" {
 # Cloud Build runs the migration pipeline (examples/cloudbuild-migration.yaml)
 # as this account. It reaches pg-prod only through Custody: run.invoker on the
 # service (granted through the module's invokers) plus its place in the
-# connection's allow list in custody.toml. It needs no Secret Manager access
-# and no token creator role for its own ID token.
+# connection's allow list in custody.toml. It needs no Secret Manager access.
 resource "google_service_account" "deployer" {
   project      = var.project_id
   account_id   = "deployer"
   display_name = "Cloud Build deployer (through Custody)"
+}
+
+# Cloud Build's metadata server mints a build's ID token only for a
+# user-specified service account holding iam.serviceAccounts.getOpenIdToken
+# (Google's "Authorize service-to-service access" for Cloud Build): granted
+# here on the account itself, which is all it can mint tokens for.
+resource "google_service_account_iam_member" "deployer_id_token" {
+  service_account_id = google_service_account.deployer.name
+  role               = "roles/iam.serviceAccountOpenIdTokenCreator"
+  member             = "serviceAccount:${google_service_account.deployer.email}"
 }
 
 # A user-specified build service account must be able to write build logs.
