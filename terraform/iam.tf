@@ -9,6 +9,15 @@
 #               it can write new recordings and revocations and read and list
 #               them back, never delete or overwrite one
 #
+#   groups      NOT Terraform's to grant: for [identity.google_groups] (group: members
+#               of Google users) the gateway's service account needs, once, the
+#               Google Workspace / Cloud Identity admin role "Groups Reader" (or a
+#               custom admin role with the Groups > Read privilege), assigned in the
+#               Admin console (Account > Admin roles > Groups Reader > Assign service
+#               accounts) or with the Directory API's roleAssignments; and
+#               cloudidentity.googleapis.com enabled (the example does). See
+#               docs/deploy.md "Google Groups".
+#
 # No project-wide Secret Manager or Storage role, no service account user or
 # token creator role: the gateway holds no keys and impersonates nobody.
 

@@ -28,6 +28,7 @@ impl Config {
             }
             out.extend(issuer_problems(iss));
         }
+        out.extend(self.google_groups_problems());
         for p in &self.server.trusted_proxies {
             if let Err(e) = p.get_ref().parse::<pins::Cidr>() {
                 out.push((p.span(), format!("server.{e}")));
@@ -270,6 +271,34 @@ impl Config {
                 if c.password.is_none() {
                     out.push((c.name.span(), format!("postgres connection {name:?} needs `password` (a secret reference: sm://PROJECT/SECRET, env:NAME or file:PATH)")));
                 }
+            }
+        }
+        out
+    }
+}
+
+impl Config {
+    /// `[identity.google_groups]`: a checked endpoint, and issuers that are configured.
+    fn google_groups_problems(&self) -> Vec<(std::ops::Range<usize>, String)> {
+        let Some(g) = &self.identity.google_groups else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Err(m) = check_issuer_url(g.endpoint.get_ref()) {
+            out.push((
+                g.endpoint.span(),
+                format!("identity.google_groups.endpoint {m}"),
+            ));
+        }
+        let known = |i: &str| {
+            self.identity
+                .issuers
+                .iter()
+                .any(|c| c.issuer.get_ref().trim_end_matches('/') == i.trim_end_matches('/'))
+        };
+        for i in &g.issuers {
+            if !known(i.get_ref()) {
+                out.push((i.span(), format!("identity.google_groups.issuers: {:?} is not an [[identity.issuers]] issuer, so no token of it is ever verified", i.get_ref())));
             }
         }
         out

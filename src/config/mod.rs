@@ -222,6 +222,33 @@ pub struct IdentityConfig {
     /// Longest lifetime a delegation token may ask for.
     #[serde(default = "default_delegation_ttl", with = "duration")]
     pub delegation_max_ttl: Duration,
+    /// Resolve `group:` members through Cloud Identity for these issuers.
+    pub google_groups: Option<GoogleGroupsConfig>,
+}
+
+/// `[identity.google_groups]`: groups of principals whose tokens carry none.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleGroupsConfig {
+    /// Cloud Identity API root; plain-http loopback endpoints get no token (tests).
+    #[serde(default = "default_ci_endpoint")]
+    pub endpoint: Spanned<String>,
+    /// How long a principal's looked-up groups are reused.
+    #[serde(default = "default_groups_ttl", with = "duration")]
+    pub cache_ttl: Duration,
+    /// Issuers whose tokens get a lookup.
+    #[serde(default = "default_groups_issuers")]
+    pub issuers: Vec<Spanned<String>>,
+}
+
+fn default_ci_endpoint() -> Spanned<String> {
+    Spanned::new(0..0, "https://cloudidentity.googleapis.com".into())
+}
+fn default_groups_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_groups_issuers() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "https://accounts.google.com".into())]
 }
 
 fn default_delegation_ttl() -> Duration {

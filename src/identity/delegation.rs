@@ -369,6 +369,8 @@ mod tests {
             email: Some(email.into()),
             issuer: "https://issuer".into(),
             groups: vec!["eng@example.com".into()],
+            hd: None,
+            groups_unresolved: None,
             workload: None,
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod delegation;
 pub mod devissuer;
+pub mod groups;
 pub mod revocation;
 pub mod workload;
 
@@ -42,6 +43,13 @@ pub struct Principal {
     pub issuer: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Google Workspace hosted domain (`hd`) of a verified token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hd: Option<String>,
+    /// Why `groups` could not be looked up (`[identity.google_groups]`):
+    /// `group:` members then match nothing, and refusals say why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_unresolved: Option<String>,
     /// Set for a token of an issuer with a `workload_identity_pool`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<workload::Workload>,
@@ -132,6 +140,7 @@ pub struct Verifier {
     audiences: Vec<String>,
     leeway: Duration,
     http: reqwest::Client,
+    google_groups: Option<groups::GroupResolver>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +175,7 @@ impl Verifier {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            google_groups: cfg.google_groups.as_ref().map(groups::GroupResolver::new),
         }
     }
 
@@ -201,7 +211,11 @@ impl Verifier {
             )));
         }
         let c = self.validated_claims(token, alg, &key, issuer)?;
-        principal(issuer, c)
+        let mut p = principal(issuer, c)?;
+        if let Some(g) = &self.google_groups {
+            g.resolve(&mut p).await;
+        }
+        Ok(p)
     }
 
     /// Signature, audience, issuer, expiry and not-before, then issued-at.
@@ -361,6 +375,8 @@ fn principal(issuer: &Issuer, c: Claims) -> Result<Principal, AuthError> {
             email: None,
             issuer: c.iss,
             groups: Vec::new(),
+            hd: None,
+            groups_unresolved: None,
             workload: Some(workload::Workload {
                 pool: pool.get_ref().clone(),
                 attributes: m.attributes,
@@ -396,8 +412,14 @@ fn principal(issuer: &Issuer, c: Claims) -> Result<Principal, AuthError> {
             || e.rsplit_once('@')
                 .is_some_and(|(_, d)| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
     };
+    let hd = c.rest.get("hd").and_then(|v| v.as_str()).filter(|d| {
+        verified && (domains.is_empty() || domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+    });
+    let hd = hd.map(str::to_ascii_lowercase);
     Ok(Principal {
         subject: c.sub,
+        hd,
+        groups_unresolved: None,
         email: c
             .email
             .filter(|e| verified && in_domain(e))
@@ -462,6 +484,8 @@ mod tests {
             email: email.map(str::to_string),
             issuer: "https://idp.example.com/".into(),
             groups: Vec::new(),
+            hd: None,
+            groups_unresolved: None,
             workload: None,
         };
         assert_eq!(p(Some("alice@example.com")).id(), p(None).id());

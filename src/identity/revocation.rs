@@ -294,6 +294,8 @@ mod tests {
             email: email.map(str::to_string),
             issuer: issuer.into(),
             groups: vec!["dba@example.com".into()],
+            hd: None,
+            groups_unresolved: None,
             workload: None,
         }
     }

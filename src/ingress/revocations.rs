@@ -101,7 +101,11 @@ async fn unrevoked_admin(
         .collect();
     if !admins.iter().any(|m| m.matches(&admin)) {
         return Err(forbidden(
-            format!("{} is not in [identity] admins", admin.member()),
+            format!(
+                "{} is not in [identity] admins{}",
+                admin.member(),
+                crate::policy::unresolved_note(crate::policy::unresolved_groups(&admin, &admins))
+            ),
             audit_id,
         ));
     }

@@ -26,10 +26,12 @@ use crate::identity::Principal;
 pub enum PolicyError {
     #[error("{0:?} is not an IAM member: write user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN, principal://ISSUER/subject/SUB, principal://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/POOL/subject/SUB, principalSet://iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/POOL/attribute.NAME/VALUE (or …/POOL/group/GROUP, …/POOL/*) or allAuthenticatedUsers")]
     BadMember(String),
-    #[error("{principal} is not in the allow list of connection {connection}")]
+    #[error("{principal} is not in the allow list of connection {connection}{}", unresolved_note(.unresolved.as_deref()))]
     NotAllowed {
         principal: String,
         connection: String,
+        /// Why the principal's groups are unknown, when a group: member might have matched.
+        unresolved: Option<String>,
     },
     #[error("connection {connection} refuses this chain of custody ({chain}): {reason}")]
     Chain {
@@ -117,14 +119,29 @@ impl Member {
         match self {
             Member::User(e) | Member::ServiceAccount(e) => email == Some(e.as_str()),
             Member::Group(g) => p.groups.iter().any(|x| x.eq_ignore_ascii_case(g)),
-            Member::Domain(d) => email
-                .and_then(|e| e.rsplit_once('@'))
-                .is_some_and(|(_, dom)| dom == d),
+            Member::Domain(d) => {
+                p.hd.as_deref() == Some(d.as_str())
+                    || email
+                        .and_then(|e| e.rsplit_once('@'))
+                        .is_some_and(|(_, dom)| dom == d)
+            }
             Member::Principal(id) => p.id() == *id,
             Member::Workload(set) => p.workload.as_ref().is_some_and(|w| set.matches(w)),
             Member::AllAuthenticatedUsers => true,
         }
     }
+}
+
+/// `; group membership could not be resolved: WHY`, or nothing.
+pub fn unresolved_note(why: Option<&str>) -> String {
+    why.map(|w| format!("; group membership could not be resolved: {w}"))
+        .unwrap_or_default()
+}
+
+/// Why `p`'s groups are unknown, when `members` names a group (else None).
+pub fn unresolved_groups<'a>(p: &'a Principal, members: &[Member]) -> Option<&'a str> {
+    let groups = members.iter().any(|m| matches!(m, Member::Group(_)));
+    p.groups_unresolved.as_deref().filter(|_| groups)
 }
 
 /// Proof that policy allowed this principal onto this connection.
@@ -165,8 +182,9 @@ pub fn check_chain(chain: &Chain, conn: &ConnectionConfig, now: i64) -> Result<(
     let originators = d.originator_members();
     if !originators.is_empty() && !originators.iter().any(|m| m.matches(&chain.originator)) {
         return Err(refuse(format!(
-            "originator {} is not among its originators",
-            chain.originator.member()
+            "originator {} is not among its originators{}",
+            chain.originator.member(),
+            unresolved_note(unresolved_groups(&chain.originator, &originators))
         )));
     }
     if let Some(max) = d.max_depth {
@@ -212,6 +230,7 @@ pub fn authorize(
         return Err(PolicyError::NotAllowed {
             principal: principal.member(),
             connection: conn.name().to_string(),
+            unresolved: unresolved_groups(principal, &conn.members()).map(str::to_string),
         });
     };
     Ok(Permit {
@@ -233,6 +252,8 @@ mod tests {
             email: Some(email.into()),
             issuer: "https://issuer".into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            hd: None,
+            groups_unresolved: None,
             workload: None,
         }
     }
@@ -284,6 +305,27 @@ mod tests {
     }
 
     #[test]
+    fn domains_match_hd_and_unresolved_groups_are_named() {
+        let hd = Principal {
+            hd: Some("example.com".into()),
+            ..principal("alice@gmail.com", &[])
+        };
+        assert!("domain:example.com".parse::<Member>().unwrap().matches(&hd));
+        assert!(!"domain:gmail.org".parse::<Member>().unwrap().matches(&hd));
+        let c = conn("\"group:sre@example.com\"");
+        let lost = Principal {
+            groups_unresolved: Some("Cloud Identity answered 403".into()),
+            ..principal("alice@example.com", &[])
+        };
+        let err = authorize(&lost, &Chain::direct(&lost), &c, 0).unwrap_err();
+        assert_eq!(err.to_string(), "user:alice@example.com is not in the allow list of connection pg; group membership could not be resolved: Cloud Identity answered 403");
+        // No group: member, so the groups could not have mattered.
+        let c = conn("\"user:bob@example.com\"");
+        let err = authorize(&lost, &Chain::direct(&lost), &c, 0).unwrap_err();
+        assert!(!err.to_string().contains("resolved"), "{err}");
+    }
+
+    #[test]
     fn authorize_returns_permit_only_for_allowed() {
         let c = conn("\"group:sre@example.com\"");
         let alice = principal("alice@example.com", &["sre@example.com"]);
@@ -306,6 +348,8 @@ mod chain_tests {
             email: Some(email.into()),
             issuer: "https://i".into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            hd: None,
+            groups_unresolved: None,
             workload: None,
         }
     }

@@ -561,6 +561,8 @@ mod tests {
             email: email.map(str::to_string),
             issuer: "https://idp.example".into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            hd: None,
+            groups_unresolved: None,
             workload: None,
         }
     }

@@ -175,6 +175,8 @@ fn voter(name: &str) -> crate::identity::Principal {
         email: Some(format!("{name}@example.com")),
         issuer: "https://idp.example".into(),
         groups: vec!["dba@example.com".into()],
+        hd: None,
+        groups_unresolved: None,
         workload: None,
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use custody::identity::devissuer::DevIssuer;
 
+pub mod cloudidentity;
 pub mod sshd;
 
 pub const AUDIENCE: &str = "https://custody.test";

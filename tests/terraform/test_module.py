@@ -521,7 +521,7 @@ class SshFirewallTest(unittest.TestCase):
 class ExampleTest(unittest.TestCase):
     ALLOWED_KEYS = {
         "server": {"listen"},
-        "identity": {"audiences", "issuers", "signing_key", "admins", "delegation_max_ttl"},
+        "identity": {"audiences", "issuers", "signing_key", "admins", "delegation_max_ttl", "google_groups"},
         "identity.issuers": {"issuer", "jwks_uri", "groups_claim", "email_domains", "audiences",
                              "workload_identity_pool", "attribute_mapping"},
         "recording": {"store", "signing_key", "flush_interval", "segment_bytes", "memory_budget",

@@ -37,6 +37,10 @@ locals {
   apis = toset([
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
+    # group: members of Google users (custody.toml [identity.google_groups]):
+    # searchTransitiveGroups. The gateway's service account also needs the
+    # Groups Reader admin role, granted once in the Admin console (docs/deploy.md).
+    "cloudidentity.googleapis.com",
     "cloudtrace.googleapis.com",
     "compute.googleapis.com",
     "iam.googleapis.com",
