@@ -75,6 +75,7 @@ issuer = "{gh}"
 audiences = ["{AUDIENCE}"]
 workload_identity_pool = "{POOL}"
 attribute_mapping = {{ "google.subject" = "assertion.sub", "attribute.repository" = "assertion.repository", "attribute.ref" = "assertion.ref" }}
+required_claims = {{ "assertion.repository_owner" = "my-org" }}
 
 [[connections]]
 name = "pg-ci"
@@ -137,9 +138,13 @@ fn a_repository_principal_set_admits_that_repository_only() {
     // One subject by its principal:// name.
     let (code, out) = exec(&gw, &github_token("my-org/ops", AUDIENCE), "pg-ci");
     assert_eq!(code, 0, "{out}");
-    // The whole pool, and nobody outside it.
-    let (code, out) = exec(&gw, &github_token("someone/else", AUDIENCE), "pg-pool");
+    // The whole pool, and nobody outside it; another owner's repository
+    // is not even a workload of the pool (required_claims).
+    let (code, out) = exec(&gw, &github_token("my-org/tools", AUDIENCE), "pg-pool");
     assert_eq!(code, 0, "{out}");
+    let (code, out) = exec(&gw, &github_token("someone/else", AUDIENCE), "pg-pool");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("assertion.repository_owner"), "{out}");
     let (code, out) = exec(&gw, &token("alice@example.com"), "pg-pool");
     assert_ne!(
         code, 0,
@@ -199,5 +204,22 @@ fn malformed_workload_members_fail_config_check_with_their_position() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{member} / {pool} passed");
         assert!(err.contains("custody.toml:"), "file:line:col in {err}");
+    }
+}
+
+#[test]
+fn two_issuers_on_one_pool_and_issuers_on_iam_fail_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for extra in [
+        format!("\n[[identity.issuers]]\nissuer = \"https://a.example\"\nworkload_identity_pool = \"{POOL}\"\n\n[[identity.issuers]]\nissuer = \"https://b.example\"\nworkload_identity_pool = \"{POOL}\"\n"),
+        format!("\n[[identity.issuers]]\nissuer = \"https://iam.googleapis.com/{POOL}\"\n"),
+        "\n[[identity.issuers]]\nissuer = \"https://a.example\"\nrequired_claims = { \"assertion.x\" = \"y\" }\n".to_string(),
+    ] {
+        let text = config(&dir.path().join("r"), &extra);
+        let path = dir.path().join("custody.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(bin()).args(["config", "check"]).arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("custody.toml:"), "{extra}: {err}");
     }
 }

@@ -28,6 +28,7 @@ impl Config {
             }
             out.extend(issuer_problems(iss));
         }
+        out.extend(pool_problems(&self.identity.issuers));
         out.extend(self.google_groups_problems());
         for p in &self.server.trusted_proxies {
             if let Err(e) = p.get_ref().parse::<pins::Cidr>() {
@@ -341,12 +342,40 @@ fn issuer_problems(iss: &IssuerConfig) -> Vec<(std::ops::Range<usize>, String)> 
             if let Err(e) = workload::Mapping::parse(&iss.attribute_mapping) {
                 out.push((pool.span(), format!("issuer {:?}: {e}", iss.issuer.get_ref())));
             }
+            if let Err(e) = workload::parse_required(&iss.required_claims) {
+                out.push((pool.span(), format!("issuer {:?}: required_claims: {e}", iss.issuer.get_ref())));
+            }
         }
+        None if !iss.required_claims.is_empty() => out.push((
+            at.clone(),
+            format!("issuer {:?}: required_claims needs workload_identity_pool", iss.issuer.get_ref()),
+        )),
         None if !iss.attribute_mapping.is_empty() => out.push((
             at,
             format!("issuer {:?}: attribute_mapping needs workload_identity_pool (the pool whose principals the mapping makes)", iss.issuer.get_ref()),
         )),
         None => {}
+    }
+    out
+}
+
+/// Pools across issuers: a pool's principals are named by pool and
+/// subject only, so two issuers on one pool could mint each other's
+/// principals; and an issuer on iam.googleapis.com would name its
+/// principals like a pool's.
+fn pool_problems(issuers: &[IssuerConfig]) -> Vec<(std::ops::Range<usize>, String)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for iss in issuers {
+        if let Some(pool) = &iss.workload_identity_pool {
+            if !seen.insert(pool.get_ref().clone()) {
+                out.push((pool.span(), format!("workload_identity_pool {:?} is used by two issuers: their subjects would name the same principals; give each provider its own pool", pool.get_ref())));
+            }
+        }
+        let key = crate::identity::issuer_key(iss.issuer.get_ref());
+        if key.starts_with(crate::identity::workload::IAM) {
+            out.push((iss.issuer.span(), format!("issuer {:?} is on {}, whose principal:// names are Workload Identity pools'; configure a pool's provider by its own issuer URL and workload_identity_pool", iss.issuer.get_ref(), crate::identity::workload::IAM)));
+        }
     }
     out
 }

@@ -279,6 +279,10 @@ pub struct IssuerConfig {
     /// (`google.subject`, `google.groups`, `attribute.NAME`).
     #[serde(default)]
     pub attribute_mapping: std::collections::BTreeMap<String, String>,
+    /// Claims a pool issuer's tokens must carry with exactly these values
+    /// (`"assertion.repository_owner_id" = "1234"`): IAM's attribute condition.
+    #[serde(default)]
+    pub required_claims: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

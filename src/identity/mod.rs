@@ -119,8 +119,10 @@ pub fn bound_groups(groups: Vec<String>, domains: &[String]) -> (Vec<String>, Ve
 
 struct Issuer {
     cfg: IssuerConfig,
-    /// Parsed `attribute_mapping` of a pool's issuer (checked by `config check`).
+    /// Parsed `attribute_mapping` and `required_claims` of a pool's issuer
+    /// (checked by `config check`; None when invalid, which refuses tokens).
     mapping: Option<workload::Mapping>,
+    required: Option<Vec<(Vec<String>, String)>>,
     keys: RwLock<Keys>,
 }
 
@@ -160,12 +162,19 @@ impl Verifier {
             issuers: cfg
                 .issuers
                 .iter()
+                .map(|c| {
+                    if c.workload_identity_pool.is_some() && c.required_claims.is_empty() {
+                        tracing::warn!(issuer = %c.issuer.get_ref(), "a workload identity pool issuer without required_claims admits every tenant's tokens for this audience to principalSet://…/* and to attributes its tenants choose; set required_claims (e.g. the repository owner)");
+                    }
+                    c
+                })
                 .map(|c| Issuer {
                     cfg: c.clone(),
                     mapping: c
                         .workload_identity_pool
                         .as_ref()
                         .and_then(|_| workload::Mapping::parse(&c.attribute_mapping).ok()),
+                    required: workload::parse_required(&c.required_claims).ok(),
                     keys: RwLock::new(Keys::default()),
                 })
                 .collect(),
@@ -364,9 +373,26 @@ fn principal(issuer: &Issuer, c: Claims) -> Result<Principal, AuthError> {
                 "the issuer's attribute_mapping is invalid (run custody config check)".into(),
             )
         })?;
+        let required = issuer.required.as_ref().ok_or_else(|| {
+            AuthError::Invalid(
+                "the issuer's required_claims are invalid (run custody config check)".into(),
+            )
+        })?;
+        // Every claim the token carries, as IAM's `assertion` sees it.
         let mut claims = c.rest;
         claims.insert("sub".into(), serde_json::Value::String(c.sub));
         claims.insert("iss".into(), serde_json::Value::String(c.iss.clone()));
+        if let Some(e) = c.email {
+            claims.insert("email".into(), serde_json::Value::String(e));
+        }
+        if let Some(v) = c.email_verified {
+            claims.insert("email_verified".into(), v);
+        }
+        if let Some(iat) = c.iat {
+            claims.insert("iat".into(), serde_json::Value::from(iat));
+        }
+        workload::check_required(required, &claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let m = mapping
             .apply(&claims)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;

@@ -38,6 +38,33 @@ pub enum WorkloadError {
     LongSubject(usize),
     #[error("the token's mapped attributes are {0} bytes together; IAM allows at most {MAX_MAPPED_BYTES}")]
     LongAttributes(usize),
+    #[error("the token's {0} is not what the issuer's required_claims name")]
+    Required(String),
+}
+
+/// `required_claims`: claims every token of the issuer must carry with
+/// exactly these values (`"assertion.repository_owner_id" = "1234"`), what
+/// IAM's attribute condition is for: on a multi-tenant issuer (GitHub,
+/// GitLab.com) any tenant can mint a token for the gateway's audience.
+pub fn parse_required(
+    map: &BTreeMap<String, String>,
+) -> Result<Vec<(Vec<String>, String)>, WorkloadError> {
+    map.iter().map(|(k, v)| Ok((path(k)?, v.clone()))).collect()
+}
+
+pub fn check_required(
+    required: &[(Vec<String>, String)],
+    claims: &HashMap<String, serde_json::Value>,
+) -> Result<(), WorkloadError> {
+    for (p, want) in required {
+        if lookup(claims, p).and_then(scalar).as_deref() != Some(want.as_str()) {
+            return Err(WorkloadError::Required(format!(
+                "assertion.{}",
+                p.join(".")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `projects/N/locations/global/workloadIdentityPools/POOL`, checked.
