@@ -162,11 +162,10 @@ impl Verifier {
             issuers: cfg
                 .issuers
                 .iter()
-                .map(|c| {
+                .inspect(|c| {
                     if c.workload_identity_pool.is_some() && c.required_claims.is_empty() {
                         tracing::warn!(issuer = %c.issuer.get_ref(), "a workload identity pool issuer without required_claims admits every tenant's tokens for this audience to principalSet://…/* and to attributes its tenants choose; set required_claims (e.g. the repository owner)");
                     }
-                    c
                 })
                 .map(|c| Issuer {
                     cfg: c.clone(),
