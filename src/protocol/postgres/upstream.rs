@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{self, cstr};
-use super::PgError;
+use super::{cloudsql, PgError};
 use crate::config::{ConnectionConfig, TlsMode};
 use crate::secrets::Secret;
 
@@ -156,8 +156,54 @@ fn target(conn: &ConnectionConfig) -> String {
     format!("{} ({}:{})", conn.name(), conn.host, conn.port())
 }
 
+/// A Cloud SQL instance: TLS 1.3 straight to its server-side proxy (port
+/// 3307, no SSLRequest) with the instance's client certificate, the server
+/// checked against the instance's CA and name.
+async fn open_instance(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError> {
+    let m = cloudsql::material(conn).await?;
+    let instance = conn.instance.as_ref().map(|i| i.get_ref().as_str());
+    let target = format!(
+        "{} (Cloud SQL {} at {}:{})",
+        conn.name(),
+        instance.unwrap_or_default(),
+        m.address,
+        cloudsql::PORT
+    );
+    let addr = (m.address.as_str(), cloudsql::PORT);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| PgError::Unreachable {
+            target: target.clone(),
+            why: "connect timed out after 10s".into(),
+        })?
+        .map_err(|e| PgError::Unreachable {
+            target: target.clone(),
+            why: e.to_string(),
+        })?;
+    tcp.set_nodelay(true)?;
+    let tls_err = |why: String| PgError::Tls {
+        target: target.clone(),
+        why,
+    };
+    // The verifier checks the instance's own identity, not this name.
+    let name = ServerName::try_from(m.address.clone()).map_err(|e| tls_err(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(m.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            tls_err(format!(
+                "{e} (expected the server to present {})",
+                m.identity
+            ))
+        })?;
+    Ok(Box::new(tls))
+}
+
 /// TCP plus the TLS negotiation the connection's `tls` mode asks for.
 pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError> {
+    if conn.instance.is_some() {
+        return open_instance(conn).await;
+    }
     let addr = (conn.host.as_str(), conn.port());
     let unreachable = |why: String| PgError::Unreachable {
         target: target(conn),
@@ -168,7 +214,7 @@ pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError
         .map_err(|_| unreachable("connect timed out after 10s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     tcp.set_nodelay(true)?;
-    if conn.tls == TlsMode::Disable {
+    if conn.tls() == TlsMode::Disable {
         return Ok(Box::new(tcp));
     }
     let mut tcp = tcp;
@@ -181,7 +227,7 @@ pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError
     if answer != b'S' {
         return Err(tls_err(format!(
             "the server does not offer TLS but tls = {:?}; enable ssl on the server or set tls = \"disable\"",
-            conn.tls
+            conn.tls()
         )));
     }
     let config = client_config(conn).map_err(tls_err)?;
@@ -198,7 +244,7 @@ fn client_config(conn: &ConnectionConfig) -> Result<rustls::ClientConfig, String
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    if conn.tls == TlsMode::Require {
+    if conn.tls() == TlsMode::Require {
         // `require` means encrypted but unauthenticated, as in libpq.
         return Ok(builder
             .dangerous()
@@ -314,7 +360,8 @@ async fn login(
     client_params: &[(String, String)],
 ) -> Result<Upstream, PgError> {
     let stream = open_stream(conn).await?;
-    let user = conn.user.as_deref().unwrap_or_default();
+    let user = login_user(conn).await?;
+    let user = user.as_str();
     let options = upstream_options(conn, client_params);
     let params = startup_params(conn, user, application_name, client_params, &options);
     let mut out = BytesMut::new();
@@ -330,7 +377,7 @@ async fn login(
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut auth = Auth {
-        tls: conn.tls,
+        tls: conn.tls(),
         user,
         password,
         scram: None,
@@ -368,6 +415,27 @@ async fn login(
             _ => {}
         }
     }
+}
+
+/// The database user: the connection's `user`, or with IAM database login
+/// the gateway's service account (its email without .gserviceaccount.com).
+async fn login_user(conn: &ConnectionConfig) -> Result<String, PgError> {
+    if !conn.iam_auth() {
+        return Ok(conn.user.clone().unwrap_or_default());
+    }
+    let email = cloudsql::auth::service_account_email()
+        .await
+        .map_err(|why| cloudsql::CloudSqlError::Credentials {
+            instance: conn
+                .instance
+                .as_ref()
+                .map(|i| i.get_ref().clone())
+                .unwrap_or_default(),
+            why: format!("IAM database login needs the service account's email: {why}"),
+        })?;
+    let user = cloudsql::auth::iam_user(&email);
+    tracing::info!(connection = conn.name(), db_user = %user, iam_database_login = true, "Cloud SQL IAM database login");
+    Ok(user)
 }
 
 /// The startup parameters the gateway sends: its own choice of user and
