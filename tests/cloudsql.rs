@@ -163,4 +163,7 @@ fn iam_login_uses_the_service_accounts_token() {
         Some(IAM_TOKEN)
     );
     gw.proc.wait_log("Cloud SQL IAM database login");
+    gw.wait_recordings(&format!(
+        r#""type":"upstream_login","method":"cloud_sql_iam","user":"{IAM_USER}""#
+    ));
 }

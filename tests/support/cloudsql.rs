@@ -56,9 +56,10 @@ struct Ca {
 fn ca() -> Ca {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Google Cloud SQL Server CA (stand-in)");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "Google Cloud SQL Server CA (stand-in)",
+    );
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
     Ca {
@@ -263,10 +264,12 @@ fn proxy(ca: &Ca, ip: &str, server_cn: &str, handshakes: Arc<Mutex<usize>>) {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_der).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
     let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

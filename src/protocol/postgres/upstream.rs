@@ -150,6 +150,8 @@ pub struct Upstream {
     pub params: Vec<(String, String)>,
     pub pid: i32,
     pub key: i32,
+    /// The database user the gateway logged in as.
+    pub user: String,
 }
 
 fn target(conn: &ConnectionConfig) -> String {
@@ -372,6 +374,7 @@ async fn login(
         params: Vec::new(),
         pid: 0,
         key: 0,
+        user: user.to_string(),
     };
     up.stream.write_all(&out).await?;
 
