@@ -202,3 +202,31 @@ fn time(tag: u8, body: &[u8]) -> Option<i64> {
         chrono::NaiveDateTime::parse_from_str(full.trim_end_matches('Z'), "%Y%m%d%H%M%S").ok()?;
     Some(t.and_utc().timestamp())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_common_name_and_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Google, Inc");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "example.com:p:db");
+        params.not_before = rcgen::date_time_ymd(2026, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2051, 1, 2);
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("example.com:p:db"));
+        // 2026-01-02 (UTCTime) and 2051-01-02 (GeneralizedTime after 2049).
+        assert_eq!(validity(cert.der()), Some((1_767_312_000, 2_556_230_400)));
+        let mut bare = rcgen::CertificateParams::new(vec!["db.example".to_string()]).unwrap();
+        bare.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = bare.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()), None);
+        assert_eq!(common_name(b"\x30\x03\x02\x01"), None);
+    }
+}
