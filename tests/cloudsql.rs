@@ -102,7 +102,8 @@ fn a_server_without_the_instance_identity_is_refused() {
 fn admin_api_refusals_name_their_fix() {
     let sql = CloudSql::start("test-project:prod-db");
     let gw = start(&sql);
-    let cases: [(&dyn Fn(&mut Behaviour), &str); 4] = [
+    type Change<'a> = &'a dyn Fn(&mut Behaviour);
+    let cases: [(Change, &str); 4] = [
         (&|b| b.status = 403, "grant roles/cloudsql.client"),
         (
             &|b| b.status = 404,
