@@ -99,6 +99,23 @@ fn a_server_without_the_instance_identity_is_refused() {
 }
 
 #[test]
+fn ca_service_certificates_are_checked_by_dns_name() {
+    let dns = "abc123.us-central1.sql.goog";
+    let sql = CloudSql::start_cas(&format!("{dns}."), dns);
+    let gw = start(&sql);
+    let (ok, out, err) = query(&gw, "sql", "select 'cas'");
+    assert!(ok && out.trim() == "cas", "{err}");
+    let other = CloudSql::start_cas(&format!("{dns}."), "other.us-central1.sql.goog");
+    let gw = start(&other);
+    let (ok, _, err) = query(&gw, "sql", "select 1");
+    assert!(!ok);
+    assert!(
+        err.contains("expected the server to present DNS name \"abc123.us-central1.sql.goog\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn admin_api_refusals_name_their_fix() {
     let sql = CloudSql::start("test-project:prod-db");
     let gw = start(&sql);

@@ -36,6 +36,8 @@ pub struct Behaviour {
     pub last_access_token: Option<String>,
     /// Which address types connectSettings lists.
     pub private: bool,
+    /// serverCaMode GOOGLE_MANAGED_CAS_CA with this dnsName; else the legacy CA.
+    pub cas_dns: Option<String>,
 }
 
 pub struct CloudSql {
@@ -123,8 +125,8 @@ async fn connect_settings(
             "databaseVersion": "POSTGRES_15",
             "backendType": "SECOND_GEN",
             "pscEnabled": false,
-            "dnsName": "",
-            "serverCaMode": "GOOGLE_MANAGED_INTERNAL_CA"
+            "dnsName": b.cas_dns.clone().unwrap_or_default(),
+            "serverCaMode": if b.cas_dns.is_some() { "GOOGLE_MANAGED_CAS_CA" } else { "GOOGLE_MANAGED_INTERNAL_CA" }
         })),
     )
 }
@@ -182,6 +184,19 @@ impl CloudSql {
     /// Starts the stand-ins; the proxy presents `server_cn` (the legacy
     /// identity is "test-project:prod-db").
     pub fn start(server_cn: &str) -> CloudSql {
+        CloudSql::start_with(server_cn, None)
+    }
+
+    /// As `start`, for a CA-service-issued server certificate: connectSettings
+    /// says GOOGLE_MANAGED_CAS_CA with `dns` as dnsName, and the proxy's
+    /// certificate carries `san` as its DNS name.
+    pub fn start_cas(dns: &str, san: &str) -> CloudSql {
+        let sql = CloudSql::start_with("not-the-instance-name", Some(san));
+        sql.set(|b| b.cas_dns = Some(dns.into()));
+        sql
+    }
+
+    fn start_with(server_cn: &str, san: Option<&str>) -> CloudSql {
         let ca = Arc::new(ca());
         let ip = format!(
             "127.{}.{}.{}",
@@ -197,6 +212,7 @@ impl CloudSql {
             settings_calls: 0,
             last_access_token: None,
             private: true,
+            cas_dns: None,
         }));
         let state = AppState {
             behaviour: behaviour.clone(),
@@ -215,7 +231,7 @@ impl CloudSql {
             .with_state(state);
         let admin_url = format!("http://{}", super::serve_router(router));
         let handshakes = Arc::new(Mutex::new(0));
-        proxy(&ca, &ip, server_cn, handshakes.clone());
+        proxy(&ca, &ip, server_cn, san, handshakes.clone());
         CloudSql {
             admin_url,
             metadata_host: metadata(),
@@ -250,9 +266,10 @@ fn rand_byte() -> u8 {
 
 /// The server-side proxy: TLS 1.3 only, a client certificate from the
 /// instance CA required, then bytes to and from PostgreSQL.
-fn proxy(ca: &Ca, ip: &str, server_cn: &str, handshakes: Arc<Mutex<usize>>) {
+fn proxy(ca: &Ca, ip: &str, server_cn: &str, san: Option<&str>, handshakes: Arc<Mutex<usize>>) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let sans: Vec<String> = san.into_iter().map(str::to_string).collect();
+    let mut params = rcgen::CertificateParams::new(sans).unwrap();
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, server_cn);
