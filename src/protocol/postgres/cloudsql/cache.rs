@@ -119,10 +119,10 @@ pub async fn material(conn: &ConnectionConfig) -> Result<Arc<Material>, CloudSql
     };
     let mut st = entry.state.lock().await;
     let since = st.last_attempt.map(|t| t.elapsed());
-    match next(&st, now(), since) {
-        Next::UseCurrent => return Ok(st.current.clone().expect("UseCurrent has a current")),
-        Next::LastError => return Err(st.last_error.clone().expect("LastError has an error")),
-        Next::Fetch => {}
+    match (next(&st, now(), since), &st.current, &st.last_error) {
+        (Next::UseCurrent, Some(m), _) => return Ok(m.clone()),
+        (Next::LastError, _, Some(e)) => return Err(e.clone()),
+        _ => {}
     }
     st.last_attempt = Some(Instant::now());
     match fetch(&key, &entry).await {
