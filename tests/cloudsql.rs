@@ -86,6 +86,27 @@ async fn short_lived_certificates_are_refreshed_during_and_across_sessions() {
 }
 
 #[test]
+fn a_failed_refresh_keeps_a_certificate_that_is_still_valid() {
+    let sql = CloudSql::start("test-project:prod-db");
+    sql.set(|b| b.cert_life = Duration::from_secs(20));
+    let gw = start(&sql);
+    assert!(query(&gw, "sql", "select 1").0);
+    // Past the refresh point (half of 20 s), the Admin API starts refusing.
+    std::thread::sleep(Duration::from_secs(11));
+    sql.set(|b| b.status = 403);
+    let (ok, _, err) = query(&gw, "sql", "select 1");
+    assert!(ok, "the first certificate is still valid: {err}");
+    assert_eq!(sql.behaviour.lock().unwrap().settings_calls, 2);
+    gw.proc
+        .wait_log("the current certificate is still valid and stays in use");
+    // Once it is about to expire, the refusal reaches the client.
+    std::thread::sleep(Duration::from_secs(5));
+    let (ok, _, err) = query(&gw, "sql", "select 1");
+    assert!(!ok);
+    assert!(err.contains("roles/cloudsql.client"), "{err}");
+}
+
+#[test]
 fn a_server_without_the_instance_identity_is_refused() {
     let sql = CloudSql::start("test-project:other-db");
     let gw = start(&sql);
