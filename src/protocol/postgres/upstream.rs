@@ -158,53 +158,10 @@ fn target(conn: &ConnectionConfig) -> String {
     format!("{} ({}:{})", conn.name(), conn.host, conn.port())
 }
 
-/// A Cloud SQL instance: TLS 1.3 straight to its server-side proxy (port
-/// 3307, no SSLRequest) with the instance's client certificate, the server
-/// checked against the instance's CA and name.
-async fn open_instance(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError> {
-    let m = cloudsql::material(conn).await?;
-    let instance = conn.instance.as_ref().map(|i| i.get_ref().as_str());
-    let target = format!(
-        "{} (Cloud SQL {} at {}:{})",
-        conn.name(),
-        instance.unwrap_or_default(),
-        m.address,
-        cloudsql::PORT
-    );
-    let addr = (m.address.as_str(), cloudsql::PORT);
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| PgError::Unreachable {
-            target: target.clone(),
-            why: "connect timed out after 10s".into(),
-        })?
-        .map_err(|e| PgError::Unreachable {
-            target: target.clone(),
-            why: e.to_string(),
-        })?;
-    tcp.set_nodelay(true)?;
-    let tls_err = |why: String| PgError::Tls {
-        target: target.clone(),
-        why,
-    };
-    // The verifier checks the instance's own identity, not this name.
-    let name = ServerName::try_from(m.address.clone()).map_err(|e| tls_err(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(m.tls.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|e| {
-            tls_err(format!(
-                "{e} (expected the server to present {})",
-                m.identity
-            ))
-        })?;
-    Ok(Box::new(tls))
-}
-
 /// TCP plus the TLS negotiation the connection's `tls` mode asks for.
 pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError> {
     if conn.instance.is_some() {
-        return open_instance(conn).await;
+        return Ok(Box::new(cloudsql::dial(conn).await?));
     }
     let addr = (conn.host.as_str(), conn.port());
     let unreachable = |why: String| PgError::Unreachable {
@@ -421,24 +378,12 @@ async fn login(
 }
 
 /// The database user: the connection's `user`, or with IAM database login
-/// the gateway's service account (its email without .gserviceaccount.com).
+/// the gateway's service account.
 async fn login_user(conn: &ConnectionConfig) -> Result<String, PgError> {
     if !conn.iam_auth() {
         return Ok(conn.user.clone().unwrap_or_default());
     }
-    let email = cloudsql::auth::service_account_email()
-        .await
-        .map_err(|why| cloudsql::CloudSqlError::Credentials {
-            instance: conn
-                .instance
-                .as_ref()
-                .map(|i| i.get_ref().clone())
-                .unwrap_or_default(),
-            why: format!("IAM database login needs the service account's email: {why}"),
-        })?;
-    let user = cloudsql::auth::iam_user(&email);
-    tracing::info!(connection = conn.name(), db_user = %user, iam_database_login = true, "Cloud SQL IAM database login");
-    Ok(user)
+    Ok(cloudsql::auth::database_user(conn).await?)
 }
 
 /// The startup parameters the gateway sends: its own choice of user and

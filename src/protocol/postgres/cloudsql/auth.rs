@@ -89,6 +89,26 @@ pub async fn service_account_email() -> Result<String, String> {
     Ok(email.trim().to_string())
 }
 
+/// The IAM database user of the gateway for `conn`, logged with the
+/// session's span so traces show that IAM database login was used.
+pub async fn database_user(
+    conn: &crate::config::ConnectionConfig,
+) -> Result<String, super::CloudSqlError> {
+    let email = service_account_email()
+        .await
+        .map_err(|why| super::CloudSqlError::Credentials {
+            instance: conn
+                .instance
+                .as_ref()
+                .map(|i| i.get_ref().clone())
+                .unwrap_or_default(),
+            why: format!("IAM database login needs the service account's email: {why}"),
+        })?;
+    let user = iam_user(&email);
+    tracing::info!(connection = conn.name(), db_user = %user, iam_database_login = true, "Cloud SQL IAM database login");
+    Ok(user)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -14,10 +14,20 @@ pub mod auth;
 pub mod cache;
 pub mod verify;
 
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
 pub use cache::{material, Material};
+
+use super::PgError;
+use crate::config::ConnectionConfig;
 
 /// The server-side proxy's port on every Cloud SQL instance.
 pub const PORT: u16 = 3307;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CloudSqlError {
@@ -44,4 +54,47 @@ pub enum CloudSqlError {
     Credentials { instance: String, why: String },
     #[error("Cloud SQL instance {instance}: client certificate: {why}")]
     Certificate { instance: String, why: String },
+}
+
+/// A Cloud SQL instance: TLS 1.3 straight to its server-side proxy (port
+/// 3307, no SSLRequest) with the instance's client certificate, the server
+/// checked against the instance's CA and name.
+pub async fn dial(conn: &ConnectionConfig) -> Result<TlsStream<TcpStream>, PgError> {
+    let m = material(conn).await?;
+    let instance = conn.instance.as_ref().map(|i| i.get_ref().as_str());
+    let target = format!(
+        "{} (Cloud SQL {} at {}:{})",
+        conn.name(),
+        instance.unwrap_or_default(),
+        m.address,
+        PORT
+    );
+    let addr = (m.address.as_str(), PORT);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| PgError::Unreachable {
+            target: target.clone(),
+            why: "connect timed out after 10s".into(),
+        })?
+        .map_err(|e| PgError::Unreachable {
+            target: target.clone(),
+            why: e.to_string(),
+        })?;
+    tcp.set_nodelay(true)?;
+    let tls_err = |why: String| PgError::Tls {
+        target: target.clone(),
+        why,
+    };
+    // The verifier checks the instance's own identity, not this name.
+    let name = ServerName::try_from(m.address.clone()).map_err(|e| tls_err(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(m.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            tls_err(format!(
+                "{e} (expected the server to present {})",
+                m.identity
+            ))
+        })?;
+    Ok(tls)
 }
