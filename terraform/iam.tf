@@ -8,6 +8,9 @@
 #   bucket      roles/storage.objectCreator + roles/storage.objectViewer (bucket.tf):
 #               it can write new recordings and revocations and read and list
 #               them back, never delete or overwrite one
+#   cloud_sql   roles/cloudsql.client in the project of each cloud_sql_instances
+#               entry (connectSettings, generateEphemeralCert), and
+#               roles/cloudsql.instanceUser there with cloud_sql_iam_login
 #
 #   groups      NOT Terraform's to grant: for [identity.google_groups] (group: members
 #               of Google users) the gateway's service account needs, once, the
@@ -36,6 +39,32 @@ locals {
     # telemetry.traces.write, for OTLP export to telemetry.googleapis.com.
     var.google_trace_export ? ["roles/cloudtrace.agent"] : [],
   ))
+}
+
+# Cloud SQL's roles are project-level, as Google's connectors document them;
+# one grant per project that holds a listed instance.
+locals {
+  cloud_sql_projects = toset([
+    for n in var.cloud_sql_instances : join(":", slice(split(":", n), 0, length(split(":", n)) - 2))
+  ])
+  cloud_sql_roles = concat(
+    ["roles/cloudsql.client"],
+    var.cloud_sql_iam_login ? ["roles/cloudsql.instanceUser"] : [],
+  )
+  cloud_sql_grants = {
+    for pair in setproduct(local.cloud_sql_projects, local.cloud_sql_roles) : "${pair[0]} ${pair[1]}" => {
+      project = pair[0]
+      role    = pair[1]
+    }
+  }
+}
+
+resource "google_project_iam_member" "cloud_sql" {
+  for_each = local.cloud_sql_grants
+
+  project = each.value.project
+  role    = each.value.role
+  member  = local.gateway_member
 }
 
 resource "google_project_iam_member" "gateway" {

@@ -501,3 +501,20 @@ variable "ssh_firewall_priority" {
     error_message = "ssh_firewall_priority must be between 0 and 65534."
   }
 }
+
+variable "cloud_sql_instances" {
+  description = "Cloud SQL instance connection names (PROJECT:REGION:INSTANCE) the config's `instance =` connections use. The gateway gets roles/cloudsql.client in each instance's project (connectSettings, generateEphemeralCert), and with cloud_sql_iam_login roles/cloudsql.instanceUser too."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for n in var.cloud_sql_instances : can(regex("^([a-z0-9.-]+\\.[a-z]+:)?[a-z][a-z0-9-]*:[a-z0-9-]+:[a-z0-9-]+$", n))])
+    error_message = "cloud_sql_instances must be instance connection names such as my-project:us-central1:prod-db (gcloud sql instances describe INSTANCE --format='value(connectionName)')."
+  }
+}
+
+variable "cloud_sql_iam_login" {
+  description = "The config uses iam_auth = true (Cloud SQL IAM database login as the gateway's service account): also grant roles/cloudsql.instanceUser in each cloud_sql_instances project. The instance needs the cloudsql.iam_authentication flag and a CLOUD_IAM_SERVICE_ACCOUNT user for the gateway (see the complete example)."
+  type        = bool
+  default     = false
+}

@@ -91,8 +91,13 @@ impl Config {
                 ));
             }
         }
+        let admin = &self.cloud_sql.admin_endpoint;
+        if let Err(m) = check_issuer_url(admin.get_ref()) {
+            out.push((admin.span(), format!("cloud_sql.admin_endpoint {m}")));
+        }
         let mut names = HashSet::new();
         for c in &self.connections {
+            out.extend(cloud_sql_problems(c));
             let name = c.name.get_ref();
             if name.is_empty()
                 || !name
@@ -258,8 +263,9 @@ impl Config {
                 }
             }
             if c.kind == Kind::Postgres {
+                let iam = c.iam_auth();
                 for (field, v) in [("database", &c.database), ("user", &c.user)] {
-                    if v.is_none() {
+                    if v.is_none() && !(iam && field == "user") {
                         out.push((
                             c.name.span(),
                             format!("postgres connection {name:?} needs `{field}`"),
@@ -269,7 +275,7 @@ impl Config {
                 if c.allow_replication && (c.guardrails.is_some() || c.masking.is_some()) {
                     out.push((c.name.span(), format!("connection {name:?} sets allow_replication with guardrails or masking: a replication stream (WAL) can be neither checked nor masked; use a separate connection for replication")));
                 }
-                if c.password.is_none() {
+                if c.password.is_none() && !c.iam_auth() {
                     out.push((c.name.span(), format!("postgres connection {name:?} needs `password` (a secret reference: sm://PROJECT/SECRET, env:NAME or file:PATH)")));
                 }
             }
@@ -304,6 +310,51 @@ impl Config {
         }
         out
     }
+}
+
+/// `instance`, `ip_type` and `iam_auth`: a Cloud SQL connection names its
+/// instance instead of an address, and IAM login replaces the password.
+fn cloud_sql_problems(c: &ConnectionConfig) -> Vec<(std::ops::Range<usize>, String)> {
+    let mut out = Vec::new();
+    let name = c.name.get_ref();
+    let Some(instance) = &c.instance else {
+        if c.host.is_empty() {
+            out.push((c.name.span(), format!("connection {name:?} needs `host` (or, for Cloud SQL, `instance = \"PROJECT:REGION:INSTANCE\"`)")));
+        }
+        if let Some(iam) = &c.iam_auth {
+            out.push((iam.span(), format!("connection {name:?} sets iam_auth without `instance`: IAM database login is for Cloud SQL instances")));
+        }
+        if c.ip_type != IpType::Private {
+            out.push((c.name.span(), format!("connection {name:?} sets ip_type without `instance`: ip_type picks a Cloud SQL instance's address")));
+        }
+        return out;
+    };
+    let at = instance.span();
+    if c.kind != Kind::Postgres {
+        out.push((at.clone(), format!("connection {name:?} is kind = \"ssh\", which never uses instance (Cloud SQL is PostgreSQL)")));
+    }
+    if let Err(e) = instance.get_ref().parse::<InstanceName>() {
+        out.push((at.clone(), e));
+    }
+    for (field, set) in [
+        ("host", !c.host.is_empty()),
+        ("port", c.port.is_some()),
+        ("tls", c.tls.is_some()),
+        ("ca_file", c.ca_file.is_some()),
+    ] {
+        if set {
+            out.push((at.clone(), format!("connection {name:?} sets instance together with {field}: a Cloud SQL connection gets its address, port (3307), TLS and server CA from the Cloud SQL Admin API; remove {field}")));
+        }
+    }
+    if c.iam_auth() {
+        if let Some(p) = &c.password {
+            out.push((p.span(), format!("connection {name:?} sets iam_auth together with password: with IAM database login the password is a fresh access token; remove password")));
+        }
+        if c.user.is_some() {
+            out.push((at, format!("connection {name:?} sets iam_auth together with user: with IAM database login the user is the gateway's service account (its email without .gserviceaccount.com); remove user")));
+        }
+    }
+    out
 }
 
 /// Plain http is accepted only on loopback, where a developer's local issuer lives.

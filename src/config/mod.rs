@@ -12,12 +12,14 @@ use crate::policy::Member;
 use crate::secrets::SecretRef;
 
 mod check;
+pub mod cloudsql;
 pub mod pins;
 #[cfg(test)]
 mod tests;
 mod units;
 
 pub use check::check_issuer_url;
+pub use cloudsql::{CloudSqlConfig, InstanceName, IpType};
 use units::{duration, size};
 pub use units::{parse_duration, parse_size};
 
@@ -65,6 +67,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub ssh: SshConfig,
+    #[serde(default)]
+    pub cloud_sql: CloudSqlConfig,
     #[serde(default)]
     pub connections: Vec<ConnectionConfig>,
 }
@@ -397,13 +401,15 @@ pub enum TlsMode {
 pub struct ConnectionConfig {
     pub name: Spanned<String>,
     pub kind: Kind,
+    /// Required, except on a postgres connection that names a Cloud SQL `instance`.
+    #[serde(default)]
     pub host: String,
     pub port: Option<u16>,
     pub database: Option<String>,
     pub user: Option<String>,
     pub password: Option<Spanned<String>>,
-    #[serde(default)]
-    pub tls: TlsMode,
+    /// Unset: verify-full (see `tls()`); kept optional so `instance` can refuse it.
+    pub tls: Option<TlsMode>,
     /// PEM bundle that signs the upstream's certificate (verify-full); else the web PKI roots.
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
@@ -441,6 +447,19 @@ pub struct ConnectionConfig {
     /// refused. Not with guardrails or masking, which cannot read WAL.
     #[serde(default)]
     pub allow_replication: bool,
+    /// PostgreSQL on Cloud SQL: the instance connection name
+    /// (`project:region:instance`) instead of host/port/tls/ca_file.
+    pub instance: Option<Spanned<String>>,
+    /// Which address of the instance to dial (default private).
+    #[serde(default)]
+    pub ip_type: IpType,
+    /// Cloud SQL IAM database login: the gateway's service account logs in
+    /// with an access token instead of a password.
+    pub iam_auth: Option<Spanned<bool>>,
+    /// `[cloud_sql] admin_endpoint`, copied here at load so the connector
+    /// needs nothing but the connection.
+    #[serde(skip)]
+    pub cloud_sql_admin: String,
 }
 
 fn default_ssh_idle() -> Duration {
@@ -610,6 +629,21 @@ impl ConnectionConfig {
             .collect()
     }
 
+    pub fn tls(&self) -> TlsMode {
+        self.tls.unwrap_or_default()
+    }
+
+    /// The Cloud SQL instance, when the connection names one (validated at load).
+    pub fn cloud_sql(&self) -> Option<InstanceName> {
+        self.instance
+            .as_ref()
+            .and_then(|i| i.get_ref().parse().ok())
+    }
+
+    pub fn iam_auth(&self) -> bool {
+        self.iam_auth.as_ref().is_some_and(|b| *b.get_ref())
+    }
+
     pub fn password_ref(&self) -> Option<SecretRef> {
         self.password
             .as_ref()
@@ -637,11 +671,16 @@ impl Config {
                 message,
             }
         };
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             ConfigError::Invalid(vec![at(span, e.message().trim().to_string())])
         })?;
         let problems = config.problems();
+        let admin = config.cloud_sql.admin_endpoint.get_ref();
+        let admin = admin.trim_end_matches('/').to_string();
+        for c in &mut config.connections {
+            c.cloud_sql_admin = admin.clone();
+        }
         if problems.is_empty() {
             Ok(config)
         } else {

@@ -113,3 +113,84 @@ mod reachability {
         assert!(err.contains("sftp is always allowed"), "{err}");
     }
 }
+
+mod cloud_sql {
+    use super::super::*;
+
+    const BASE: &str = "[identity]\naudiences = [\"a\"]\n[[identity.issuers]]\nissuer = \"https://i\"\n[[connections]]\nname = \"pg\"\nkind = \"postgres\"\ndatabase = \"d\"\nallow = [\"user:a@example.com\"]\n";
+
+    fn check(extra: &str) -> String {
+        match Config::parse("c.toml", &format!("{BASE}{extra}")) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn instance_replaces_host_and_iam_replaces_password() {
+        assert_eq!(
+            check("instance = \"p:us-central1:db\"\nuser = \"u\"\npassword = \"env:P\"\n"),
+            ""
+        );
+        assert_eq!(
+            check(
+                "instance = \"example.com:p:us-central1:db\"\nip_type = \"psc\"\niam_auth = true\n"
+            ),
+            ""
+        );
+        let c = Config::parse(
+            "c.toml",
+            &format!("[cloud_sql]\nadmin_endpoint = \"http://127.0.0.1:9/\"\n{BASE}instance = \"p:r:i\"\niam_auth = true\n"),
+        )
+        .unwrap();
+        assert_eq!(c.connections[0].cloud_sql_admin, "http://127.0.0.1:9");
+        assert_eq!(c.connections[0].cloud_sql().unwrap().instance, "i");
+        let err = check("user = \"u\"\npassword = \"env:P\"\n");
+        assert!(err.contains("needs `host`"), "{err}");
+    }
+
+    #[test]
+    fn conflicts_are_located() {
+        for field in [
+            "host = \"h\"",
+            "port = 5432",
+            "tls = \"require\"",
+            "ca_file = \"/ca.pem\"",
+        ] {
+            let err = check(&format!(
+                "instance = \"p:r:i\"\n{field}\nuser = \"u\"\npassword = \"env:P\"\n"
+            ));
+            let key = field.split(' ').next().unwrap();
+            assert!(err.contains("c.toml:10:12:"), "{err}");
+            assert!(
+                err.contains(&format!("instance together with {key}")),
+                "{err}"
+            );
+        }
+        let err = check("instance = \"p:us-central1\"\nuser = \"u\"\npassword = \"env:P\"\n");
+        assert!(
+            err.contains("c.toml:10:12:") && err.contains("PROJECT:REGION:INSTANCE"),
+            "{err}"
+        );
+        let err = check("instance = \"p:r:i\"\niam_auth = true\npassword = \"env:P\"\n");
+        assert!(
+            err.contains("c.toml:12:12:") && err.contains("iam_auth together with password"),
+            "{err}"
+        );
+        let err = check("host = \"h\"\nuser = \"u\"\npassword = \"env:P\"\niam_auth = true\n");
+        assert!(
+            err.contains("c.toml:13:12:") && err.contains("without `instance`"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "c.toml",
+            &format!("[cloud_sql]\nadmin_endpoint = \"http://sqladmin.example\"\n{BASE}host = \"h\"\nuser = \"u\"\npassword = \"env:P\"\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("c.toml:2:18:") && err.contains("cloud_sql.admin_endpoint"),
+            "{err}"
+        );
+    }
+}

@@ -136,6 +136,14 @@ pub enum EventBody {
     Refused {
         reason: String,
     },
+    /// How the gateway logged in upstream when not with the configured user
+    /// and password: `cloud_sql_iam` (Cloud SQL IAM database login).
+    UpstreamLogin {
+        method: String,
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
+    },
     /// An SSH channel request (shell, exec, subsystem, env, pty, forwarding,
     /// x11, agent) and what the gateway did with it.
     SshRequest {

@@ -70,6 +70,9 @@ fn render_event(out: &mut String, ev: &Event) {
             ssh_data(out, &ts, b)
         }
         EventBody::Error { message } => writeln!(out, "{ts}  error: {}", e(message)),
+        EventBody::UpstreamLogin { method, user, .. } => {
+            writeln!(out, "{ts}  upstream login: {} as {}", e(method), e(user))
+        }
         EventBody::SessionEnd {
             reason,
             statements,

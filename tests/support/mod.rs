@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use custody::identity::devissuer::DevIssuer;
 
 pub mod cloudidentity;
+pub mod cloudsql;
 pub mod sshd;
 
 pub const AUDIENCE: &str = "https://custody.test";

@@ -191,7 +191,7 @@ class SecretAccessTest(unittest.TestCase):
 
     def test_gateway_project_roles_are_trace_and_logging_only(self):
         project_iam = MODULE["resource"]["google_project_iam_member"]
-        self.assertEqual(set(project_iam), {"gateway"})
+        self.assertEqual(set(project_iam), {"gateway", "cloud_sql"})
         self.assertEqual(project_iam["gateway"]["for_each"], "${local.gateway_project_roles}")
         self.assertEqual(roles_in(MODULE["locals"]["gateway_project_roles"]),
                          {"roles/cloudtrace.agent", "roles/logging.logWriter"})
@@ -208,7 +208,19 @@ class SecretAccessTest(unittest.TestCase):
         self.assertEqual(set(versions), {"config"})
         self.assertEqual(versions["config"]["secret_data"], "${var.config_toml}")
         self.assertNotIn("google_secret_manager_secret_version", EXAMPLE["resource"])
-        self.assertNotIn("google_sql_user", EXAMPLE["resource"], "a SQL user's password would land in state")
+        # Only the gateway's IAM user, which has no password to land in state.
+        for name, user in EXAMPLE["resource"].get("google_sql_user", {}).items():
+            self.assertEqual(user["type"], "CLOUD_IAM_SERVICE_ACCOUNT", name)
+            self.assertNotIn("password", user, name)
+
+    def test_cloud_sql_roles_only_for_listed_instances(self):
+        grants = MODULE["resource"]["google_project_iam_member"]["cloud_sql"]
+        self.assertEqual(grants["for_each"], "${local.cloud_sql_grants}")
+        self.assertEqual(grants["member"], "${local.gateway_member}")
+        roles = MODULE["locals"]["cloud_sql_roles"]
+        self.assertEqual(roles_in(roles), {"roles/cloudsql.client", "roles/cloudsql.instanceUser"})
+        self.assertIn('var.cloud_sql_iam_login ? ["roles/cloudsql.instanceUser"] : []', roles)
+        self.assertIs(MODULE["variable"]["cloud_sql_iam_login"]["default"], False)
 
     def test_signing_key_secrets_exist_and_are_granted(self):
         secrets = MODULE["resource"]["google_secret_manager_secret"]
@@ -529,7 +541,8 @@ class ExampleTest(unittest.TestCase):
         "telemetry": {"otlp_endpoint", "otlp_protocol", "service_name", "google_auth", "project_id",
                       "span_queue"},
         "connections": {"name", "kind", "host", "port", "database", "user", "password", "tls", "allow",
-                        "masking", "guardrails", "private_key", "host_key", "delegation"},
+                        "masking", "guardrails", "private_key", "host_key", "delegation",
+                        "instance", "ip_type", "iam_auth"},
         "connections.masking": {"detectors", "columns", "exempt"},
         "connections.delegation": {"originators", "max_depth", "max_age", "via"},
         "connections.guardrails": {"deny"},

@@ -4,6 +4,7 @@
 mod binview;
 pub mod cancel;
 pub mod catalog;
+pub mod cloudsql;
 pub mod codec;
 pub mod comment;
 pub mod exec;
@@ -23,6 +24,22 @@ pub async fn credential(
     conn: &crate::config::ConnectionConfig,
     secrets: &crate::secrets::SecretStore,
 ) -> Result<crate::secrets::Secret<String>, PgError> {
+    if conn.iam_auth() {
+        // IAM database login: the password is a fresh access token.
+        return cloudsql::auth::login_token()
+            .await
+            .map(crate::secrets::Secret::new)
+            .map_err(|why| {
+                PgError::CloudSql(cloudsql::CloudSqlError::Credentials {
+                    instance: conn
+                        .instance
+                        .as_ref()
+                        .map(|i| i.get_ref().clone())
+                        .unwrap_or_default(),
+                    why,
+                })
+            });
+    }
     let Some(r) = conn.password_ref() else {
         return Err(PgError::Credential(format!(
             "connection {} has no password reference",
@@ -66,6 +83,8 @@ pub enum PgError {
     Timeout(u64),
     #[error("{0}")]
     Credential(String),
+    #[error("{0}")]
+    CloudSql(#[from] cloudsql::CloudSqlError),
 }
 
 impl PgError {
@@ -80,7 +99,8 @@ impl PgError {
             | PgError::Secret(_)
             | PgError::Io(_)
             | PgError::Timeout(_)
-            | PgError::Credential(_) => "08001",
+            | PgError::Credential(_)
+            | PgError::CloudSql(_) => "08001",
             PgError::Recording(_) => "58000",
         }
     }

@@ -115,6 +115,14 @@ pub(super) async fn login(
         }
     };
     drop(password);
+    if conn.iam_auth() {
+        let login = EventBody::UpstreamLogin {
+            method: "cloud_sql_iam".into(),
+            user: up.user.clone(),
+            instance: conn.instance.as_ref().map(|i| i.get_ref().clone()),
+        };
+        let _ = ctx.session.tap().record(login).await;
+    }
     let engine = match &ctx.masker {
         Masker::Failed(why) => {
             return Err(failed(

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::codec::{self, cstr};
-use super::PgError;
+use super::{cloudsql, PgError};
 use crate::config::{ConnectionConfig, TlsMode};
 use crate::secrets::Secret;
 
@@ -150,6 +150,8 @@ pub struct Upstream {
     pub params: Vec<(String, String)>,
     pub pid: i32,
     pub key: i32,
+    /// The database user the gateway logged in as.
+    pub user: String,
 }
 
 fn target(conn: &ConnectionConfig) -> String {
@@ -158,6 +160,9 @@ fn target(conn: &ConnectionConfig) -> String {
 
 /// TCP plus the TLS negotiation the connection's `tls` mode asks for.
 pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError> {
+    if conn.instance.is_some() {
+        return Ok(Box::new(cloudsql::dial(conn).await?));
+    }
     let addr = (conn.host.as_str(), conn.port());
     let unreachable = |why: String| PgError::Unreachable {
         target: target(conn),
@@ -168,7 +173,7 @@ pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError
         .map_err(|_| unreachable("connect timed out after 10s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     tcp.set_nodelay(true)?;
-    if conn.tls == TlsMode::Disable {
+    if conn.tls() == TlsMode::Disable {
         return Ok(Box::new(tcp));
     }
     let mut tcp = tcp;
@@ -181,7 +186,7 @@ pub async fn open_stream(conn: &ConnectionConfig) -> Result<Box<dyn Io>, PgError
     if answer != b'S' {
         return Err(tls_err(format!(
             "the server does not offer TLS but tls = {:?}; enable ssl on the server or set tls = \"disable\"",
-            conn.tls
+            conn.tls()
         )));
     }
     let config = client_config(conn).map_err(tls_err)?;
@@ -198,7 +203,7 @@ fn client_config(conn: &ConnectionConfig) -> Result<rustls::ClientConfig, String
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    if conn.tls == TlsMode::Require {
+    if conn.tls() == TlsMode::Require {
         // `require` means encrypted but unauthenticated, as in libpq.
         return Ok(builder
             .dangerous()
@@ -314,7 +319,8 @@ async fn login(
     client_params: &[(String, String)],
 ) -> Result<Upstream, PgError> {
     let stream = open_stream(conn).await?;
-    let user = conn.user.as_deref().unwrap_or_default();
+    let user = login_user(conn).await?;
+    let user = user.as_str();
     let options = upstream_options(conn, client_params);
     let params = startup_params(conn, user, application_name, client_params, &options);
     let mut out = BytesMut::new();
@@ -325,12 +331,13 @@ async fn login(
         params: Vec::new(),
         pid: 0,
         key: 0,
+        user: user.to_string(),
     };
     up.stream.write_all(&out).await?;
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut auth = Auth {
-        tls: conn.tls,
+        tls: conn.tls(),
         user,
         password,
         scram: None,
@@ -368,6 +375,15 @@ async fn login(
             _ => {}
         }
     }
+}
+
+/// The database user: the connection's `user`, or with IAM database login
+/// the gateway's service account.
+async fn login_user(conn: &ConnectionConfig) -> Result<String, PgError> {
+    if !conn.iam_auth() {
+        return Ok(conn.user.clone().unwrap_or_default());
+    }
+    Ok(cloudsql::auth::database_user(conn).await?)
 }
 
 /// The startup parameters the gateway sends: its own choice of user and

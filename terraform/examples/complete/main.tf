@@ -23,15 +23,19 @@ locals {
   config_toml = replace(
     replace(
       replace(
-        file("${path.module}/custody.toml"),
-        "https://custody-123456789012.us-central1.run.app",
-        local.gateway_url,
+        replace(
+          file("${path.module}/custody.toml"),
+          "https://custody-123456789012.us-central1.run.app",
+          local.gateway_url,
+        ),
+        "my-project",
+        var.project_id,
       ),
-      "my-project",
-      var.project_id,
+      "host = \"10.30.0.3\"",
+      "host = \"${local.pg_host}\"",
     ),
-    "host = \"10.30.0.3\"",
-    "host = \"${local.pg_host}\"",
+    ":us-central1:pg-prod\"",
+    ":${var.region}:pg-prod\"",
   )
 
   apis = toset([
@@ -109,6 +113,10 @@ module "custody" {
   # ([identity] signing_key), created empty: both need a version before the
   # gateway starts (docs/deploy.md, "First deployment").
   signing_keys = ["signing-key", "delegation-key"]
+
+  # pg-prod-iam reaches the instance by its connection name with IAM login.
+  cloud_sql_instances = var.create_cloud_sql ? [google_sql_database_instance.pg[0].connection_name] : []
+  cloud_sql_iam_login = true
 
   # custody.toml exports spans to https://telemetry.googleapis.com.
   google_trace_export = true

@@ -83,6 +83,11 @@ resource "google_sql_database_instance" "pg" {
       name  = "cloudsql.enable_pgaudit"
       value = "on"
     }
+    # IAM database login: pg-prod-iam logs in as the gateway's service account.
+    database_flags {
+      name  = "cloudsql.iam_authentication"
+      value = "on"
+    }
   }
 
   depends_on = [google_service_networking_connection.private_services]
@@ -94,4 +99,17 @@ resource "google_sql_database" "app" {
   project  = var.project_id
   instance = google_sql_database_instance.pg[0].name
   name     = "app"
+}
+
+# The gateway's own IAM database user (pg-prod-iam, iam_auth = true): no
+# password exists, so none lands in state. Cloud SQL names it after the
+# service account's email without ".gserviceaccount.com". Grant it what it
+# may do in SQL (GRANT ... TO "custody@PROJECT.iam") as docs/deploy.md shows.
+resource "google_sql_user" "gateway" {
+  count = var.create_cloud_sql ? 1 : 0
+
+  project  = var.project_id
+  instance = google_sql_database_instance.pg[0].name
+  name     = trimsuffix(module.custody.service_account_email, ".gserviceaccount.com")
+  type     = "CLOUD_IAM_SERVICE_ACCOUNT"
 }
