@@ -596,21 +596,24 @@ fn running_execs_end_when_their_principal_is_revoked() {
     let store = dir.path().join("recordings");
     let text = config_text(&store, true);
     let gw = Arc::new(Gateway::start_with(dir, &text, store));
-    let runs: Vec<_> = [("pg", "select pg_sleep(60)"), ("web-1", "sleep 60")]
-        .into_iter()
-        .map(|(conn, input)| {
-            let gw = gw.clone();
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                let r = cli(
-                    &gw,
-                    &token("alice@example.com"),
-                    &["exec", conn, "--", input],
-                );
-                (conn, r, started.elapsed())
-            })
+    let runs: Vec<_> = [
+        ("pg", "select pg_sleep(60)"),
+        ("web-1", "echo wrote-before-revoke; sleep 60"),
+    ]
+    .into_iter()
+    .map(|(conn, input)| {
+        let gw = gw.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let r = cli(
+                &gw,
+                &token("alice@example.com"),
+                &["exec", conn, "--", input],
+            );
+            (conn, r, started.elapsed())
         })
-        .collect();
+    })
+    .collect();
     gw.wait_recordings("pg_sleep(60)");
     gw.wait_recordings("sleep 60");
     std::thread::sleep(Duration::from_millis(500));
@@ -628,4 +631,6 @@ fn running_execs_end_when_their_principal_is_revoked() {
     let left = pg().admin("select count(*) from pg_stat_activity where query = 'select pg_sleep(60)' and state = 'active'");
     assert!(left.contains(" 0"), "{left}");
     gw.wait_recordings("interrupted");
+    // What the command wrote before it was stopped is in its recording.
+    gw.wait_recordings("wrote-before-revoke\\n");
 }

@@ -39,23 +39,17 @@ pub async fn run(ctx: &SessionContext, command: &str) -> Result<ExecResult, SshE
     let session = &ctx.session;
     let engine = ctx.masker.engine().map(|e| e.as_ref());
     let (handle, mut ch) = start(ctx, command).await?;
-    // A revocation, the deadline or a shutdown stops a running exec too.
-    let collected = tokio::select! {
-        r = collect(&mut ch) => r,
-        i = ctx.interrupted() => Err(SshError::Interrupted {
-            policy: i.close_code() == crate::wire::CLOSE_POLICY,
-            reason: i.reason(),
-        }),
+    let mut got = Collected::default();
+    // A revocation, the deadline or a shutdown stops a running exec too:
+    // the command is signalled, and what it wrote so far is recorded.
+    let interrupted = tokio::select! {
+        r = collect(&mut ch, &mut got) => { r?; None }
+        i = ctx.interrupted() => Some(i),
     };
-    let (out, err, mut result) = match collected {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "", "en")
-                .await;
-            return Err(e);
-        }
-    };
+    if interrupted.is_some() {
+        let _ = ch.signal(russh::Sig::TERM).await;
+        let _ = ch.signal(russh::Sig::KILL).await;
+    }
     let _ = handle
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;
@@ -66,10 +60,41 @@ pub async fn run(ctx: &SessionContext, command: &str) -> Result<ExecResult, SshE
             None => s.into_owned(),
         }
     };
-    result.stdout = text(&out);
-    result.stderr = text(&err);
+    let mut result = got.result;
+    result.stdout = text(&got.out);
+    result.stderr = text(&got.err);
     record(session, &result).await?;
-    Ok(result)
+    match interrupted {
+        Some(i) => Err(SshError::Interrupted {
+            policy: i.close_code() == crate::wire::CLOSE_POLICY,
+            reason: i.reason(),
+        }),
+        None => Ok(result),
+    }
+}
+
+/// What a command wrote, kept outside `collect` so an interrupted exec
+/// still records its output so far.
+struct Collected {
+    out: Vec<u8>,
+    err: Vec<u8>,
+    result: ExecResult,
+}
+
+impl Default for Collected {
+    fn default() -> Self {
+        Collected {
+            out: Vec::new(),
+            err: Vec::new(),
+            result: ExecResult {
+                stdout: String::new(),
+                stderr: String::new(),
+                exit_status: None,
+                signal: None,
+                truncated: false,
+            },
+        }
+    }
 }
 
 /// Logs in as the connection's user and starts `command` on a new channel.
@@ -97,22 +122,14 @@ async fn start(
     Ok((handle, ch))
 }
 
-/// Reads the channel to its close: raw stdout, raw stderr, and the status.
-async fn collect(
-    ch: &mut Channel<client::Msg>,
-) -> Result<(Vec<u8>, Vec<u8>, ExecResult), SshError> {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let mut result = ExecResult {
-        stdout: String::new(),
-        stderr: String::new(),
-        exit_status: None,
-        signal: None,
-        truncated: false,
-    };
+/// Reads the channel to its close into `got`: raw stdout, raw stderr, and
+/// the status.
+async fn collect(ch: &mut Channel<client::Msg>, got: &mut Collected) -> Result<(), SshError> {
+    let Collected { out, err, result } = got;
     while let Some(msg) = ch.wait().await {
         match msg {
-            ChannelMsg::Data { data } => keep(&mut out, &data, &mut result.truncated),
-            ChannelMsg::ExtendedData { data, .. } => keep(&mut err, &data, &mut result.truncated),
+            ChannelMsg::Data { data } => keep(out, &data, &mut result.truncated),
+            ChannelMsg::ExtendedData { data, .. } => keep(err, &data, &mut result.truncated),
             ChannelMsg::Failure => {
                 return Err(SshError::Protocol(
                     "the server refused to run the command".into(),
@@ -126,7 +143,7 @@ async fn collect(
             _ => {}
         }
     }
-    Ok((out, err, result))
+    Ok(())
 }
 
 /// Records the (already masked) output and the exit.
