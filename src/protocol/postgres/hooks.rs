@@ -444,19 +444,13 @@ impl ClientHook<'_> {
         Ok(false)
     }
 
-    /// An Execute. Under column rules (and under detectors when binary
-    /// results are asked for), rows are masked by what the upstream says
-    /// this portal returns now, never by a cached Describe a later Bind or
-    /// re-Parse can change: the gateway sends its own Describe first.
+    /// An Execute. Under column rules, rows are masked by what the upstream
+    /// says this portal returns now, never by a cached Describe: the
+    /// gateway sends its own Describe first.
     fn execute(&mut self, body: &[u8], out: &mut BytesMut) -> Result<bool, PgError> {
         let portal = codec::execute_portal(body)?;
         let mut t = lock(self.tracker)?;
-        // Detectors trust a description only to skip binary values that
-        // cannot hold text: such rows are described now, like column rules'.
-        let describe = self.mask.is_some_and(|m| {
-            m.engine.has_column_rules() || (m.engine.has_detectors() && t.binary_results(portal))
-        });
-        if describe {
+        if self.mask.is_some_and(|m| m.engine.has_column_rules()) {
             t.on_internal_describe(portal);
             let mut d = Vec::with_capacity(portal.len() + 2);
             d.push(b'P');

@@ -221,14 +221,6 @@ impl Tracker {
         }
     }
 
-    /// Whether the portal's Bind asked for any binary result column; a
-    /// portal not tracked (past MAX_NAMED) counts as binary.
-    pub fn binary_results(&self, portal: &str) -> bool {
-        self.binds
-            .get(portal)
-            .is_none_or(|(_, formats)| formats.contains(&1))
-    }
-
     pub fn on_execute(&mut self, portal: &str) {
         let sql = self.portals.get(portal).cloned().unwrap_or_default();
         let mut stmt = Stmt::new(sql);
@@ -437,9 +429,10 @@ impl Tracker {
         self.seq
     }
 
-    /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended. One
-    /// that answers no statement means the gateway lost track of the
-    /// protocol: the session ends rather than record the wrong statements.
+    /// CommandComplete, EmptyQueryResponse ("") or PortalSuspended.
+    // An answer to nothing queued is not yet treated as a desync: asyncpg's
+    // executemany after an error sends Executes PostgreSQL skips, which the
+    // tracker still queues (see the closing note of issue 13).
     pub fn on_complete(&mut self, tag: &str) -> Result<Option<EventBody>, Desync> {
         self.active = None;
         let rows = tag_rows(tag);
@@ -457,9 +450,7 @@ impl Tracker {
                 s.tags.push(tag.to_string());
                 Ok(Some(self.finish(s, "extended")))
             }
-            _ => Err(Desync(format!(
-                "the upstream completed {tag:?}, which answers no statement the gateway saw"
-            ))),
+            _ => Ok(None),
         }
     }
 
@@ -623,8 +614,11 @@ mod tests {
             .map(|_| t.on_copy_end())
             .any(|r| r.is_err());
         assert!(overflow);
-        // An answer to nothing the gateway saw ends the session.
-        assert!(Tracker::default().on_complete("UPDATE 1").is_err());
+        // An answer to nothing queued is ignored (not yet a desync).
+        assert!(Tracker::default()
+            .on_complete("UPDATE 1")
+            .unwrap()
+            .is_none());
     }
 
     /// asyncpg's prepare of a bad statement: Parse, Describe, Sync; the
