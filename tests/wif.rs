@@ -27,18 +27,7 @@ fn github() -> &'static (String, DevIssuer) {
         let dev = DevIssuer::generate(&url).unwrap();
         let router = dev.router().unwrap();
         // The issuer's URL is inside its discovery document: bind first.
-        let l = listener;
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                l.set_nonblocking(true).unwrap();
-                let l = tokio::net::TcpListener::from_std(l).unwrap();
-                axum::serve(l, router).await.unwrap();
-            });
-        });
+        serve_on(listener, router);
         (url, dev)
     })
 }

@@ -258,7 +258,7 @@ pub fn serve_router(router: axum::Router) -> String {
     addr
 }
 
-fn serve_on(listener: StdListener, router: axum::Router) {
+pub fn serve_on(listener: StdListener, router: axum::Router) {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
