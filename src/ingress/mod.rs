@@ -10,6 +10,7 @@ pub mod forwarded;
 pub mod gateway;
 pub mod health;
 pub mod listen;
+pub mod mcp;
 pub mod reviews;
 pub mod revocations;
 pub mod token;
@@ -42,6 +43,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/reviews/{id}/{action}", post(reviews::decide))
         .route("/v1/revocations", post(revocations::revoke))
         .route("/.well-known/jwks.json", get(token::jwks))
+        .merge(mcp::routes(gw.clone()))
         .with_state(gw)
 }
 
