@@ -387,3 +387,55 @@ fn a_legacy_client_names_itself_in_initialize() {
     assert!(rec.contains("\"client\":\"old-agent\""), "{rec}");
     assert!(rec.contains("\"protocol_version\":\"2025-11-25\""), "{rec}");
 }
+
+#[test]
+fn custody_mcp_serves_the_tools_on_stdio() {
+    let gw = gateway();
+    let alice = token("alice@example.com");
+    let stdio = format!("{} mcp pg", bin());
+    let env = [
+        ("CUSTODY_GATEWAY", gw.url.as_str()),
+        ("CUSTODY_TOKEN", alice.as_str()),
+    ];
+    let (ok, v, err) = agent(&env, &["stdio", &stdio, "call", "list_connections", "{}"]);
+    assert!(ok, "{err}");
+    let names: Vec<&str> = v["structured"]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pg"], "only the connection named: {v}");
+
+    let args = json!({"connection": "pg", "sql": "select 'bo@example.com' as email"}).to_string();
+    let (ok, v, err) = agent(
+        &env,
+        &[
+            "stdio",
+            &stdio,
+            "--name",
+            "stdio-agent",
+            "call",
+            "query",
+            &args,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(v["is_error"], false, "{v}");
+    assert!(!v.to_string().contains("bo@example.com"), "masked: {v}");
+    let rec = gw.recording(&audit_of(&v));
+    assert!(rec.contains("\"mode\":\"mcp\""), "{rec}");
+    assert!(
+        rec.contains("\"client\":\"stdio-agent\""),
+        "the agent, not the proxy: {rec}"
+    );
+
+    let args = json!({"connection": "box", "command": "id"}).to_string();
+    let (ok, v, err) = agent(&env, &["stdio", &stdio, "call", "run_command", &args]);
+    assert!(ok, "{err}");
+    assert_eq!(v["is_error"], true, "{v}");
+    assert!(
+        v["text"].as_str().unwrap().contains("serves only pg"),
+        "{v}"
+    );
+}
