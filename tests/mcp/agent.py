@@ -16,6 +16,8 @@ import os
 import shlex
 import sys
 
+import httpx2
+
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -50,6 +52,8 @@ async def main():
     p.add_argument("target")
     p.add_argument("--mode", default="auto")
     p.add_argument("--name", default="custody-test-agent")
+    # A new TCP connection per request, so a round-robin balancer spreads them.
+    p.add_argument("--no-keepalive", action="store_true")
     p.add_argument("action", choices=["tools", "call"])
     p.add_argument("tool", nargs="?")
     p.add_argument("arguments", nargs="?", default="{}")
@@ -57,6 +61,12 @@ async def main():
     info = Implementation(name=args.name, version="1.2.3")
     if args.transport == "http":
         http = create_mcp_http_client(headers=headers())
+        if args.no_keepalive:
+            http = httpx2.AsyncClient(
+                headers=headers(),
+                timeout=httpx2.Timeout(30, read=300),
+                limits=httpx2.Limits(max_keepalive_connections=0),
+            )
         async with http:
             server = streamable_http_client(args.target, http_client=http)
             async with Client(server, client_info=info, mode=args.mode) as client:
