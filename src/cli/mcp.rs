@@ -102,6 +102,11 @@ impl Proxy {
             .http
             .post(&url)
             .bearer_auth(&target.token)
+            // Cloud Run's IAM check reads this one (docs/deploy.md).
+            .header(
+                "x-serverless-authorization",
+                format!("Bearer {}", target.token),
+            )
             .header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", PROTOCOL)
             .header("mcp-method", method)
