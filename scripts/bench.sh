@@ -3,6 +3,7 @@
 #
 # Usage: scripts/bench.sh pg        PostgreSQL: pgbench direct, via socat->socat, via custody
 #        scripts/bench.sh ssh       SSH: 256 MiB output and scp, direct vs through custody (scripts/bench-ssh.sh)
+#        scripts/bench.sh mcp       one MCP `query` tool call vs POST /v1/exec, round trip (scripts/bench-mcp.py)
 #        scripts/bench.sh --help
 #
 # Environment:
@@ -17,6 +18,7 @@
 #                  on 127.0.0.3:80, from the PyPI wheel; started if not running);
 #                  file: recordings go to a local directory
 #   BENCH_SESSIONS concurrent recorded sessions for the memory run (default 200)
+#   BENCH_CALLS    calls per path for `mcp` (default 200)
 #
 # Everything runs on 127.0.0.1 on free ports: a throwaway PostgreSQL 15
 # (scram-sha-256, fsync=off), the development OIDC issuer, `custody serve`,
@@ -26,11 +28,12 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
 }
 
-case "${1:-}" in
-  pg) ;;
+MODE=${1:-}
+case "$MODE" in
+  pg | mcp) ;;
   ssh) exec "$(dirname "$0")/bench-ssh.sh" ;;
   -h | --help | help)
     usage
@@ -327,6 +330,13 @@ CUSTODY_LOG=warn BENCH_PG_PASSWORD=$PG_PASSWORD \
 serve_pid=$!
 pids+=("$serve_pid")
 wait_for "custody serve" "$tmp/serve.log" "$serve_pid" curl -fsS "$gateway/readyz"
+
+if [ "$MODE" = mcp ]; then
+  python3 -c "import mcp" 2>/dev/null || python3 -m pip install -q mcp==2.3.0 >&2
+  python3 "$root/scripts/bench-mcp.py" "$gateway" "$token" "${BENCH_CALLS:-200}" | tee "$tmp/table.txt"
+  [ -z "${BENCH_OUT:-}" ] || { cat "$tmp/table.txt"; echo; } >>"$BENCH_OUT"
+  exit 0
+fi
 
 lport=$(free_port)
 log "starting custody connect pg on 127.0.0.1:$lport"

@@ -65,7 +65,7 @@ mcp = false
     );
     let text = config(&store, &extra).replace(
         "[identity]\n",
-        &format!("[identity]\nsigning_key = \"file:{key}\"\n"),
+        &format!("[identity]\nsigning_key = \"file:{key}\"\nadmins = [\"user:sec@example.com\"]\n"),
     );
     Gateway::start_with(dir, &text, store)
 }
@@ -154,6 +154,31 @@ fn an_agent_lists_tools_and_connections_and_queries_masked() {
         "{rec}"
     );
     assert!(!rec.contains("ann@example.com"), "{rec}");
+    let store = format!("file://{}", gw.store.display());
+    let out = Command::new(bin())
+        .args(["sessions", "--store", &store, "--format", "json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mine = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["audit_id"] == audit.as_str());
+    assert_eq!(
+        mine.map(|s| s["mode"].clone()),
+        Some(json!("mcp")),
+        "{list}"
+    );
+    let out = Command::new(bin())
+        .args(["replay", &audit, "--store", &store])
+        .output()
+        .unwrap();
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        replay.contains("mcp tool query called by custody-test-agent 1.2.3"),
+        "{replay}"
+    );
 
     // The hidden connection is refused by name, before any session.
     let v = call(
@@ -307,6 +332,18 @@ fn a_delegated_agent_is_recorded_with_the_whole_chain() {
         )),
         "{rec}"
     );
+    // It is shown only what the delegation covers.
+    let (ok, v, err) = agent(
+        &[("MCP_TOKEN", &ci), ("MCP_DELEGATION", delegation.trim())],
+        &["http", &url, "call", "list_connections", "{}"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(v["structured"]["connections"][0]["name"], "pg-ci", "{v}");
+    assert_eq!(
+        v["structured"]["connections"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
     // Without the delegation the service account is no originator.
     let v = call(
         &gw,
@@ -438,4 +475,102 @@ fn custody_mcp_serves_the_tools_on_stdio() {
         v["text"].as_str().unwrap().contains("serves only pg"),
         "{v}"
     );
+}
+
+/// A raw JSON-RPC POST (or GET/DELETE) to /mcp: (status line and headers, body).
+fn raw(
+    gw: &Gateway,
+    method: &str,
+    token: &str,
+    session: Option<&str>,
+    body: &str,
+) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-i", "-X", method, &format!("{}/mcp", gw.url)])
+        .args(["-H", "content-type: application/json"])
+        .args(["-H", "accept: application/json, text/event-stream"])
+        .args(["-H", "mcp-protocol-version: 2025-11-25"])
+        .args(["-H", &format!("authorization: Bearer {token}")])
+        .args(["--max-time", "5"]);
+    if let Some(s) = session {
+        cmd.args(["-H", &format!("mcp-session-id: {s}")]);
+    }
+    if !body.is_empty() {
+        cmd.args(["-d", body]);
+    }
+    let out = String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.to_string(), body.to_string())
+}
+
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"experimental":{"big":{"pad":"xxxxxxxx"}}},"clientInfo":{"name":"raw-agent","version":"9"}}}"#;
+
+#[test]
+fn a_legacy_session_serves_only_the_principal_that_opened_it() {
+    let gw = gateway();
+    let alice = token("alice@example.com");
+    let mallory = token("mallory@example.com");
+    let (head, body) = raw(&gw, "POST", &alice, None, INITIALIZE);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    let sid = head
+        .lines()
+        .find_map(|l| {
+            l.to_lowercase()
+                .strip_prefix("mcp-session-id: ")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no session id: {head}"));
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{}}"#;
+    let (head, body) = raw(&gw, "POST", &alice, Some(&sid), list);
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body.contains("list_connections"),
+        "{head}\n{body}"
+    );
+    // Mallory holds a valid token and the id: it is not hers.
+    for method in ["POST", "GET", "DELETE"] {
+        let body_in = if method == "POST" { list } else { "" };
+        let (head, body) = raw(&gw, method, &mallory, Some(&sid), body_in);
+        assert!(head.starts_with("HTTP/1.1 404"), "{method}: {head}\n{body}");
+        assert!(body.contains("no such MCP session"), "{body}");
+    }
+    let (head, _) = raw(&gw, "POST", &alice, Some(&sid), list);
+    assert!(head.starts_with("HTTP/1.1 200"), "still alice's: {head}");
+    // What the store keeps of the handshake: no free-form capabilities.
+    let state =
+        std::fs::read_to_string(gw.store.join(format!("_mcp/sessions/{sid}.json"))).unwrap();
+    assert!(
+        state.contains("raw-agent") && !state.contains("xxxxxxxx"),
+        "{state}"
+    );
+    // Unknown ids write nothing.
+    let stranger = "0192e7a0-0000-7000-8000-000000000000";
+    let (head, _) = raw(&gw, "DELETE", &mallory, Some(stranger), "");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(!gw
+        .store
+        .join(format!("_mcp/sessions/{stranger}.closed"))
+        .exists());
+}
+
+#[test]
+fn a_revoked_principal_is_refused_on_every_request() {
+    let gw = gateway();
+    let sec = token("sec@example.com");
+    let (code, _, err) = custody_cli(
+        &gw.url,
+        &sec,
+        &[
+            "revoke",
+            "--principal",
+            "user:carol@example.com",
+            "--reason",
+            "left",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let carol = token_with("carol@example.com", &["sre@example.com"]);
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{}}"#;
+    let (head, body) = raw(&gw, "POST", &carol, None, list);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}\n{body}");
+    assert!(body.contains("is revoked"), "{body}");
 }

@@ -154,6 +154,17 @@ async fn google_id_token(audience: &str) -> Result<String, ClientError> {
     Err(ClientError::Token(tried.join("; ")))
 }
 
+/// The client every call to the gateway uses. Redirects are not followed:
+/// reqwest drops only `Authorization` on a cross-host redirect, so a 307
+/// would carry `X-Serverless-Authorization`, the delegation token and the
+/// statement to wherever the gateway (or something in front of it) points.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
 async fn metadata_token(audience: &str) -> Result<String, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))

@@ -51,7 +51,7 @@ async fn delegate(
     if !connections.is_empty() {
         form.push(("connections", connections.join(" ")));
     }
-    let req = reqwest::Client::new()
+    let req = super::client::http()
         .post(&url)
         .bearer_auth(&target.token)
         .form(&form);

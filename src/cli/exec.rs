@@ -105,7 +105,7 @@ async fn send(
         url: url.clone(),
         why,
     };
-    let http = reqwest::Client::new();
+    let http = super::client::http();
     let mut req = http
         .post(&url)
         .bearer_auth(&target.token)

@@ -34,7 +34,7 @@ pub async fn run(args: McpArgs) -> Result<ExitCode, CliError> {
         target: Mutex::new(target),
         refresh: (!explicit).then_some(args.gw.gateway),
         only: args.connections,
-        http: reqwest::Client::new(),
+        http: super::client::http(),
         next_id: AtomicU64::new(1),
     };
     let service = proxy
@@ -142,15 +142,22 @@ impl Proxy {
             true => answer_in_stream(&text, id),
             false => serde_json::from_str(&text).ok(),
         };
+        if status == 401 {
+            // Also when something in front of the gateway (Cloud Run's IAM)
+            // answered without a JSON-RPC body.
+            let why = msg.as_ref().and_then(|m| m["error"]["message"].as_str());
+            let why = why.map_or_else(
+                || "the gateway refused the token (HTTP 401)".to_string(),
+                str::to_string,
+            );
+            return Err(Refused401(why));
+        }
         let Some(msg) = msg else {
             let why = format!("the gateway answered HTTP {status} without a JSON-RPC answer");
             return Ok(Err(failure(why)));
         };
         if let Some(err) = msg.get("error") {
             let message = err["message"].as_str().unwrap_or("error").to_string();
-            if status == 401 {
-                return Err(Refused401(message));
-            }
             let code = err["code"].as_i64().unwrap_or(-32603) as i32;
             return Ok(Err(McpError::new(
                 ErrorCode(code),
@@ -196,12 +203,23 @@ async fn read_bounded(mut resp: reqwest::Response) -> Result<String, String> {
     String::from_utf8(body).map_err(|_| "the gateway's answer is not UTF-8".to_string())
 }
 
-/// The JSON-RPC answer to request `id` among an SSE stream's `data:` lines.
+/// The JSON-RPC answer to request `id` in an SSE stream: events are split
+/// by blank lines, an event's `data:` lines joined by newlines, and only a
+/// response (a result or an error, not a request of the server's own that
+/// happens to share the number) counts.
 fn answer_in_stream(text: &str, id: u64) -> Option<Value> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .find(|m| m.get("id").and_then(Value::as_u64) == Some(id))
+    let text = text.replace("\r\n", "\n");
+    text.split("\n\n").find_map(|event| {
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        let m: Value = serde_json::from_str(&data.join("\n")).ok()?;
+        let response =
+            m.get("method").is_none() && (m.get("result").is_some() || m.get("error").is_some());
+        (response && m.get("id").and_then(Value::as_u64) == Some(id)).then_some(m)
+    })
 }
 
 impl ServerHandler for Proxy {
@@ -274,5 +292,20 @@ impl Proxy {
             })
             .collect();
         result.content = vec![rmcp::model::ContentBlock::text(text.join("\n"))];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_is_found_in_a_stream_and_requests_are_not_taken_for_it() {
+        let stream = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\"}\n\n\
+                      data: {\"jsonrpc\":\"2.0\",\n\
+                      data:  \"id\":3,\"result\":{\"ok\":true}}\n\n";
+        let m = answer_in_stream(stream, 3).expect("the answer");
+        assert_eq!(m["result"]["ok"], true);
+        assert!(answer_in_stream(stream, 4).is_none());
     }
 }

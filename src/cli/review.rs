@@ -51,7 +51,7 @@ pub(crate) async fn get(
         Some(id) => format!("/v1/reviews/{id}"),
         None => "/v1/reviews".to_string(),
     };
-    let req = reqwest::Client::new()
+    let req = super::client::http()
         .get(format!("{}{path}", target.gateway))
         .bearer_auth(&target.token);
     control(target, &path, req).await
@@ -65,7 +65,7 @@ async fn decide(
     reason: &str,
 ) -> Result<serde_json::Value, ClientError> {
     let path = format!("/v1/reviews/{id}/{action}");
-    let req = reqwest::Client::new()
+    let req = super::client::http()
         .post(format!("{}{path}", target.gateway))
         .bearer_auth(&target.token)
         .json(&serde_json::json!({ "reason": reason }));

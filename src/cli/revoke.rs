@@ -33,7 +33,7 @@ async fn revoke(
     reason: &str,
 ) -> Result<serde_json::Value, ClientError> {
     let url = format!("{}/v1/revocations", target.gateway);
-    let req = reqwest::Client::new()
+    let req = super::client::http()
         .post(&url)
         .bearer_auth(&target.token)
         .json(&serde_json::json!({"principal": principal, "reason": reason}));

@@ -216,6 +216,7 @@ pub fn session_span(
         custody.audit_id = %audit_id,
         custody.connection = %connection,
         custody.mode = %mode,
+        custody.mcp.tool = tracing::field::Empty,
         db.system = tracing::field::Empty,
         network.protocol.name = tracing::field::Empty,
         enduser.id = tracing::field::Empty,

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -27,16 +27,21 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::json;
 
 use super::gateway::Gateway;
-use super::{admit, new_audit_id};
+use super::{admit, new_audit_id, ApiError};
 use crate::recording::store::{check_id, ObjectStore};
 use crate::recording::RecordError;
-use crate::session::Origin;
 
 pub use tools::Tools;
 
 /// The most a JSON-RPC message may hold, as for `POST /v1/exec` (axum's
 /// default body limit).
 const MAX_BODY: usize = 2 * 1024 * 1024;
+
+#[derive(Clone)]
+struct Guard {
+    gw: Arc<Gateway>,
+    owners: Arc<Owners>,
+}
 
 pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -53,47 +58,97 @@ pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .with_json_response(true)
         .with_max_request_body_bytes(MAX_BODY)
         .with_cancellation_token(cancel);
-    config.session_store = Some(Arc::new(SessionsInStore(gw.recorder.store.clone())));
+    let store = gw.recorder.store.clone();
+    config.session_store = Some(Arc::new(SessionsInStore(store.clone())));
     let factory_gw = gw.clone();
     let service = StreamableHttpService::new(
         move || Ok(Tools::new(factory_gw.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     );
+    let guard = Guard {
+        gw,
+        owners: Arc::new(Owners::new(store)),
+    };
     Router::new()
         .route_service("/mcp", service)
-        .layer(middleware::from_fn_with_state(gw, authenticated))
+        .layer(middleware::from_fn_with_state(guard, admitted))
 }
 
-/// 401 with a `WWW-Authenticate` challenge unless the request carries a
-/// valid ID token; the tools then admit the caller in full (delegation,
-/// revocation, authorization) for each call.
-async fn authenticated(
-    State(gw): State<Arc<Gateway>>,
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Every request: a valid ID token, a chain that verifies and is not
+/// revoked (401 or 403 otherwise), and a legacy session id only from the
+/// principal that opened it. The tools then admit each call in full.
+async fn admitted(
+    State(guard): State<Guard>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
     let audit_id = new_audit_id();
-    let client = Origin::of(peer, request.headers(), &gw.trusted_proxies)
-        .client
-        .to_string();
-    match admit::authenticate(&gw, request.headers(), &audit_id, &client).await {
-        Ok(_) => next.run(request).await,
-        Err(e) => refused(e),
+    let span = tracing::Span::none();
+    let req = admit::Request {
+        headers: request.headers(),
+        peer,
+        connection: "-",
+        mode: "mcp",
+        audit_id: &audit_id,
+        span: &span,
+    };
+    let who = match admit::identify(&guard.gw, &req).await {
+        Ok((principal, _)) => principal.id(),
+        Err(e) => return refused(e),
+    };
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if let Some(id) = &session {
+        match guard.owners.owner(id).await {
+            Ok(Some(owner)) if owner == who => {}
+            // Another principal's session is answered as one that does not
+            // exist: its id alone is worth nothing.
+            Ok(_) => {
+                return refused(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_session",
+                    "no such MCP session; start a new one (initialize)",
+                    &audit_id,
+                ))
+            }
+            Err(e) => return refused(owners_unavailable(e, &audit_id)),
+        }
+    }
+    let resp = next.run(request).await;
+    let opened = resp
+        .headers()
+        .get(SESSION_HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match (session, opened) {
+        (None, Some(id)) => match guard.owners.record(&id, &who).await {
+            Ok(()) => resp,
+            // A session no instance could tie to its owner is not handed out.
+            Err(e) => refused(owners_unavailable(e, &audit_id)),
+        },
+        _ => resp,
     }
 }
 
-/// The 401: a JSON-RPC error body, which MCP clients show their user (a
-/// bare status reads as "Server returned an error response"), and the
-/// challenge RFC 6750 asks for.
-fn refused(e: super::ApiError) -> Response {
-    let challenge = format!(
-        "Bearer realm=\"custody\", error=\"invalid_token\", error_description=\"{}\"",
-        e.reason.replace(['"', '\\'], "'")
-    );
-    let challenge = HeaderValue::from_str(&challenge)
-        .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"custody\""));
+fn owners_unavailable(e: RecordError, audit_id: &str) -> ApiError {
+    let reason = format!("MCP sessions cannot be checked, so none is served: {e}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "recording_unavailable",
+        reason,
+        audit_id,
+    )
+}
+
+/// A refusal as a JSON-RPC error body, which MCP clients show their user (a
+/// bare status reads as "Server returned an error response"); a 401 also
+/// carries the challenge RFC 6750 asks for.
+fn refused(e: ApiError) -> Response {
     let body = json!({
         "jsonrpc": "2.0",
         "id": null,
@@ -103,13 +158,78 @@ fn refused(e: super::ApiError) -> Response {
             "data": {"error": e.error, "reason": e.reason, "audit_id": e.audit_id},
         },
     });
-    let resp = (
-        e.status,
-        [(header::WWW_AUTHENTICATE, challenge)],
-        Json(body),
-    )
-        .into_response();
+    let mut resp = (e.status, Json(body)).into_response();
+    if e.status == StatusCode::UNAUTHORIZED {
+        let challenge = format!(
+            "Bearer realm=\"custody\", error=\"invalid_token\", error_description=\"{}\"",
+            e.reason.replace(['"', '\\'], "'")
+        );
+        let challenge = HeaderValue::from_str(&challenge)
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"custody\""));
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
     super::with_audit(&e.audit_id, resp)
+}
+
+/// Who opened each legacy session (`Principal::id()`), in the store as
+/// `_mcp/sessions/ID.owner` so every instance can check it, and cached.
+struct Owners {
+    store: Arc<dyn ObjectStore>,
+    cache: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// Sessions live minutes; past this many the cache starts over.
+const OWNERS_CACHED: usize = 4096;
+
+impl Owners {
+    fn new(store: Arc<dyn ObjectStore>) -> Owners {
+        Owners {
+            store,
+            cache: Default::default(),
+        }
+    }
+
+    fn cached(&self, id: &str) -> Option<String> {
+        self.cache.lock().ok()?.get(id).cloned()
+    }
+
+    fn remember(&self, id: &str, owner: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= OWNERS_CACHED {
+                c.clear();
+            }
+            c.insert(id.to_string(), owner.to_string());
+        }
+    }
+
+    async fn owner(&self, id: &str) -> Result<Option<String>, RecordError> {
+        if let Some(o) = self.cached(id) {
+            return Ok(Some(o));
+        }
+        if check_id(id).is_err() {
+            return Ok(None);
+        }
+        match self.store.get(&format!("_mcp/sessions/{id}.owner")).await {
+            Ok(data) => {
+                let owner = String::from_utf8_lossy(&data).into_owned();
+                self.remember(id, &owner);
+                Ok(Some(owner))
+            }
+            Err(RecordError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn record(&self, id: &str, owner: &str) -> Result<(), RecordError> {
+        check_id(id)?;
+        let key = format!("_mcp/sessions/{id}.owner");
+        self.store
+            .create(&key, Bytes::from(owner.to_string()))
+            .await?;
+        self.remember(id, owner);
+        Ok(())
+    }
 }
 
 /// Legacy MCP sessions' `initialize` (the agent's name, version and
@@ -121,6 +241,25 @@ fn session_key(id: &str, what: &str) -> Result<String, SessionStoreError> {
     // The id comes from the client's `Mcp-Session-Id` header.
     check_id(id)?;
     Ok(format!("_mcp/sessions/{id}.{what}"))
+}
+
+/// The most of a client's name or version kept (recorded, shown in replay).
+pub(crate) const NAME_CHARS: usize = 128;
+
+pub(crate) fn clip(s: &str) -> String {
+    s.chars().take(NAME_CHARS).collect()
+}
+
+/// What a session needs restored, and no more: the client's name, version,
+/// protocol and standard capabilities, without its free-form parts.
+fn trimmed(state: &SessionState) -> SessionState {
+    let mut p = state.initialize_params.clone();
+    p.meta = None;
+    p.capabilities.experimental = None;
+    p.capabilities.extensions = None;
+    p.client_info =
+        rmcp::model::Implementation::new(clip(&p.client_info.name), clip(&p.client_info.version));
+    SessionState::new(p)
 }
 
 #[async_trait::async_trait]
@@ -142,7 +281,7 @@ impl SessionStore for SessionsInStore {
     }
 
     async fn store(&self, id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
-        let data = Bytes::from(serde_json::to_vec(state)?);
+        let data = Bytes::from(serde_json::to_vec(&trimmed(state))?);
         match self.0.create(&session_key(id, "json")?, data).await {
             Ok(()) | Err(RecordError::Exists(_)) => Ok(()),
             Err(e) => Err(e.into()),

@@ -20,14 +20,16 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
+use super::clip;
 use crate::config::Kind;
+use crate::identity::delegation::Chain;
+use crate::identity::Principal;
 use crate::ingress::admit::{self, Request};
 use crate::ingress::exec::{self, Answer};
 use crate::ingress::gateway::Gateway;
 use crate::ingress::{new_audit_id, reviews, ApiError};
 use crate::policy;
 use crate::recording::EventBody;
-use crate::session::Origin;
 use crate::telemetry;
 
 #[derive(Clone)]
@@ -235,20 +237,29 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn client(&self) -> String {
-        Origin::of(self.peer, self.headers, &self.gw.trusted_proxies)
-            .client
-            .to_string()
+    /// The caller, with its chain verified and checked against revocations.
+    async fn identify(&self, audit_id: &str) -> Result<(Principal, Chain), ApiError> {
+        let span = tracing::Span::current();
+        let req = Request {
+            headers: self.headers,
+            peer: self.peer,
+            connection: "-",
+            mode: "mcp",
+            audit_id,
+            span: &span,
+        };
+        admit::identify(self.gw, &req).await
     }
 
     async fn list_connections(&self) -> Result<CallToolResult, ApiError> {
         let audit_id = new_audit_id();
-        let who = admit::authenticate(self.gw, self.headers, &audit_id, &self.client()).await?;
+        let (who, chain) = self.identify(&audit_id).await?;
+        let now = chrono::Utc::now().timestamp();
         let list: Vec<Value> = self
             .gw
             .connections
             .iter()
-            .filter(|c| c.mcp && policy::may_use(&who, c).is_some())
+            .filter(|c| c.mcp && policy::authorize(&who, &chain, c, now).is_ok())
             .map(|c| json!({"name": c.name(), "kind": c.kind, "database": c.database}))
             .collect();
         let text = match list.is_empty() {
@@ -271,7 +282,7 @@ impl Call<'_> {
 
     async fn review_status(&self, args: JsonObject) -> Result<CallToolResult, ApiError> {
         let audit_id = new_audit_id();
-        let who = admit::authenticate(self.gw, self.headers, &audit_id, &self.client()).await?;
+        let (who, _) = self.identify(&audit_id).await?;
         let args: ReviewArgs = parse(args, &audit_id)?;
         let r = self.gw.approvals.load(&args.review_id).await?;
         if !reviews::reviewable_by(&r, &who) {
@@ -293,7 +304,6 @@ impl Call<'_> {
         let audit_id = new_audit_id();
         let args = run_args(kind, args, &audit_id)?;
         let name = args.connection.as_str();
-        offered(self.gw, name, kind, tool, &audit_id)?;
         let span = telemetry::session_span(self.headers, &audit_id, name, "mcp", Some(kind));
         span.record("custody.mcp.tool", tool);
         let req = Request {
@@ -306,12 +316,13 @@ impl Call<'_> {
         };
         let done = async {
             let who = admit::identify(self.gw, &req).await?;
+            offered(self.gw, name, kind, tool, &audit_id)?;
             let session = admit::session(self.gw, &req, who).await?;
             let client = self.agent.client.as_ref();
             let event = EventBody::Mcp {
                 tool: tool.to_string(),
-                client: client.map(|c| c.name.clone()),
-                client_version: client.map(|c| c.version.clone()),
+                client: client.map(|c| clip(&c.name)),
+                client_version: client.map(|c| clip(&c.version)),
                 protocol_version: self.agent.protocol.clone(),
             };
             if let Err(e) = session.tap().record(event).await {
