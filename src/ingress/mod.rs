@@ -12,6 +12,7 @@ pub mod health;
 pub mod listen;
 pub mod reviews;
 pub mod revocations;
+pub mod sessions;
 pub mod token;
 pub mod tunnel;
 
@@ -41,6 +42,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/reviews/{id}", get(reviews::show))
         .route("/v1/reviews/{id}/{action}", post(reviews::decide))
         .route("/v1/revocations", post(revocations::revoke))
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{audit_id}", get(sessions::show))
+        .route("/v1/sessions/{audit_id}/asciicast", get(sessions::cast))
         .route("/.well-known/jwks.json", get(token::jwks))
         .with_state(gw)
 }
