@@ -304,3 +304,38 @@ async fn ssh_terminal_sessions_replay_as_asciicast() {
     assert_eq!(s, 404, "{body}");
     assert_eq!(body["error"], "not_terminal");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_is_served_from_the_binary() {
+    let gw = gateway();
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{}/ui/", gw.url)).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(page.text().await.unwrap().contains("app.js"));
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/vendor/asciinema-player.min.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ] {
+        let r = http.get(format!("{}{path}", gw.url)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+    }
+    let r = http
+        .get(format!("{}/ui/nothing.js", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}

@@ -15,6 +15,7 @@ pub mod revocations;
 pub mod sessions;
 pub mod token;
 pub mod tunnel;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -46,6 +47,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/sessions/{audit_id}", get(sessions::show))
         .route("/v1/sessions/{audit_id}/asciicast", get(sessions::cast))
         .route("/.well-known/jwks.json", get(token::jwks))
+        .merge(ui::router())
         .with_state(gw)
 }
 
