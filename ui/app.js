@@ -17,7 +17,9 @@ export class ApiError extends Error {
 
 /** JSON (or text, with `raw`) from the gateway's API. */
 export async function api(path, { method = 'GET', body, raw = false } = {}) {
-  const headers = { accept: raw ? '*/*' : 'application/json' };
+  // `custody ui` forwards only calls that carry this header (no other
+  // origin can add it without a CORS preflight); the gateway ignores it.
+  const headers = { accept: raw ? '*/*' : 'application/json', 'x-custody-console': '1' };
   if (body !== undefined) headers['content-type'] = 'application/json';
   const resp = await fetch(path, {
     method,

@@ -82,6 +82,8 @@ pub enum Command {
     /// Exit codes: 0 verified, 1 something is wrong (each problem is printed).
     /// Example: custody verify 0193... --store gs://audit-bucket/custody --public-key custody-signing.pub
     Verify(VerifyArgs),
+    /// The reviewers' console on loopback, calling the gateway with your token (like kubectl proxy)
+    Ui(super::ui::UiArgs),
     /// Configuration tools
     Config {
         #[command(subcommand)]
