@@ -107,7 +107,13 @@ async function replay(section, id) {
     box.append(h('p', { class: 'error' }, 'The player did not load.'));
     return;
   }
-  window.AsciinemaPlayer.create({ data: body }, box, { fit: 'width', idleTimeLimit: 2, controls: true });
+  const opts = { fit: 'width', idleTimeLimit: 1, controls: true, preload: true };
+  // A client without a terminal of its own (ssh -tt from a script) reports
+  // no size; replay that at 80x24 rather than in one cell.
+  let header = {};
+  try { header = JSON.parse(body.slice(0, body.indexOf('\n'))); } catch { /* the player says */ }
+  if (!(header.width > 1 && header.height > 1)) Object.assign(opts, { cols: 80, rows: 24 });
+  window.AsciinemaPlayer.create({ data: body }, box, opts);
 }
 
 export async function sessionPage(main, id, live) {
