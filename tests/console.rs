@@ -101,6 +101,7 @@ async fn the_local_console_forwards_only_its_own_calls() {
 
 const CI: &str = "ci@p.iam.gserviceaccount.com";
 const SECRET: &str = "carol.secret@example.com";
+const HELD: &str = "delete from console_t where id = 1";
 
 /// A gateway with a masked, a held, a delegable and an SSH connection.
 fn e2e_gateway() -> Gateway {
@@ -200,23 +201,17 @@ fn tamper(gw: &Gateway, audit: &str, needle: &str) {
     std::fs::write(&seg, text.replace(needle, "forged")).unwrap();
 }
 
-/// The recorded sessions the browser is to find: (name, audit id) and the review id.
-fn record_sessions(gw: &Gateway) -> (serde_json::Value, String) {
-    let alice = token_with("alice@example.com", &["eng@example.com"]);
-    let (code, out, err, pg) = cli(
-        gw,
-        &alice,
-        None,
-        &[
-            "exec",
-            "pg-masked",
-            "--",
-            &format!("select '{SECRET}' as contact"),
-        ],
-    );
+/// `sql` through `custody exec` as `token`'s owner, which must succeed: its audit id.
+fn exec_ok(gw: &Gateway, token: &str, delegation: Option<&str>, conn: &str, sql: &str) -> String {
+    let (code, out, err, audit) = cli(gw, token, delegation, &["exec", conn, "--", sql]);
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains(SECRET), "masked: {out}");
-    let mut ssh = ssh_client_for(gw, &alice);
+    audit
+}
+
+/// A PTY session on web-1 that prints a marker: its audit id.
+fn ssh_session(gw: &Gateway, token: &str) -> String {
+    let mut ssh = support::sshd::ssh_client("ssh", gw, token);
     ssh.args(["-tt", "web-1"]);
     let (code, _, err) = support::sshd::run(
         ssh,
@@ -224,79 +219,58 @@ fn record_sessions(gw: &Gateway) -> (serde_json::Value, String) {
         std::time::Duration::from_secs(60),
     );
     assert_eq!(code, 0, "{err}");
-    let ssh = support::sshd::audit_of(&err);
-    let (code, delegation, err, _) = cli(
-        gw,
-        &alice,
-        None,
-        &[
-            "delegate",
-            "--to",
-            &format!("serviceAccount:{CI}"),
-            "--connections",
-            "pg-nightly",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err, delegated) = cli(
-        gw,
-        &token(CI),
-        Some(&delegation),
-        &["exec", "pg-nightly", "--", "select 'nightly' as run"],
-    );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err, tampered) = cli(
-        gw,
-        &alice,
-        None,
-        &["exec", "pg", "--", "select 'intact' as v"],
-    );
-    assert_eq!(code, 0, "{err}");
-    let bob = token_with("bob@example.com", &["sre@example.com"]);
-    let (code, _, err, bobs) = cli(
-        gw,
-        &bob,
-        None,
-        &[
-            "exec",
-            "pg",
-            "--",
-            "create table if not exists console_t (id int); insert into console_t values (1), (2)",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err, _) = cli(
-        gw,
-        &alice,
-        None,
-        &[
-            "exec",
-            "pg-held",
-            "--",
-            "delete from console_t where id = 1",
-        ],
-    );
+    support::sshd::audit_of(&err)
+}
+
+/// alice's delete held for approval on pg-held: the review id.
+fn held(gw: &Gateway, alice: &str) -> String {
+    let (code, _, err, _) = cli(gw, alice, None, &["exec", "pg-held", "--", HELD]);
     assert_eq!(code, 3, "held for approval: {err}");
-    let review = err
-        .split("custody review approve ")
+    err.split("custody review approve ")
         .nth(1)
         .and_then(|r| r.split(|c: char| c == '`' || c.is_whitespace()).next())
         .unwrap_or_else(|| panic!("no review id in {err}"))
-        .to_string();
+        .to_string()
+}
+
+/// The recorded sessions the browser is to find, by name, and the review id.
+fn record_sessions(gw: &Gateway) -> (serde_json::Value, String) {
+    let alice = token_with("alice@example.com", &["eng@example.com"]);
+    let pg = exec_ok(
+        gw,
+        &alice,
+        None,
+        "pg-masked",
+        &format!("select '{SECRET}' as contact"),
+    );
+    let ssh = ssh_session(gw, &alice);
+    let to = format!("serviceAccount:{CI}");
+    let args = ["delegate", "--to", &to, "--connections", "pg-nightly"];
+    let (code, delegation, err, _) = cli(gw, &alice, None, &args);
+    assert_eq!(code, 0, "{err}");
+    let delegated = exec_ok(
+        gw,
+        &token(CI),
+        Some(&delegation),
+        "pg-nightly",
+        "select 'nightly' as run",
+    );
+    let tampered = exec_ok(gw, &alice, None, "pg", "select 'intact' as v");
+    let bob = token_with("bob@example.com", &["sre@example.com"]);
+    let table =
+        "create table if not exists console_t (id int); insert into console_t values (1), (2)";
+    let bobs = exec_ok(gw, &bob, None, "pg", table);
+    let review = held(gw, &alice);
     for id in [&pg, &ssh, &delegated, &tampered, &bobs] {
         sealed(gw, id);
     }
     tamper(gw, &tampered, "intact");
     let ids = serde_json::json!({
         "pg": pg, "ssh": ssh, "delegated": delegated, "tampered": tampered, "bob": bobs,
-        "chain": ["user:alice@example.com", format!("serviceAccount:{CI}")],
+        "chain": ["user:alice@example.com", to],
         "secret": SECRET, "review": review,
     });
     (ids, review)
-}
-
-fn ssh_client_for(gw: &Gateway, token: &str) -> Command {
-    support::sshd::ssh_client("ssh", gw, token)
 }
 
 #[test]
@@ -345,16 +319,18 @@ fn the_console_in_a_real_browser() {
         &gw,
         &alice,
         None,
-        &[
-            "exec",
-            "pg-held",
-            "--review",
-            &review,
-            "--",
-            "delete from console_t where id = 1",
-        ],
+        &["exec", "pg-held", "--review", &review, "--", HELD],
     );
     assert_eq!(code, 0, "the approved statement runs: {err}");
+    let left = pg().admin("select 'left:' || string_agg(id::text, ',') from console_t");
+    assert!(left.contains("left:2"), "row 1 was deleted: {left}");
+    let (code, _, err, _) = cli(
+        &gw,
+        &alice,
+        None,
+        &["exec", "pg-held", "--review", &review, "--", HELD],
+    );
+    assert_eq!(code, 2, "an approval runs its statement once: {err}");
     let rec = gw.wait_recordings("\"action\":\"approved\"");
     assert!(
         rec.contains("checked with the on-call DBA"),

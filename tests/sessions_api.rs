@@ -110,7 +110,7 @@ async fn auditors_read_all_others_only_their_own() {
 
     let (s, list) = get(&gw, "/v1/sessions", &alice).await;
     assert_eq!(s, 200, "{list}");
-    assert_eq!(ids(&list), [a.clone()], "only her own: {list}");
+    assert_eq!(ids(&list), vec![a.clone()], "only her own: {list}");
     assert_eq!(list["all"], false);
     let (s, denied) = get(&gw, &format!("/v1/sessions/{b}"), &alice).await;
     assert_eq!(s, 403, "{denied}");
@@ -181,7 +181,7 @@ async fn filters_and_paging() {
         &sam,
     )
     .await;
-    assert_eq!(ids(&list), [theirs.clone()], "{list}");
+    assert_eq!(ids(&list), vec![theirs.clone()], "{list}");
     let outcome = list["sessions"][0]["outcome"].as_str().unwrap().to_string();
     let (_, list) = get(
         &gw,
@@ -228,6 +228,25 @@ async fn filters_and_paging() {
     )
     .await;
     assert_eq!(ids(&page), mine[2..]);
+
+    // `custody sessions` filters the same way, straight from the store.
+    let out = std::process::Command::new(bin())
+        .args([
+            "sessions",
+            "--format",
+            "json",
+            "--mode",
+            "exec",
+            "--outcome",
+            &outcome,
+        ])
+        .args(["--principal", "user:bob@example.com", "--store"])
+        .arg(format!("file://{}", gw.store.display()))
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["audit_id"], theirs.as_str());
 
     for bad in ["since=yesterday", "page_token=../x", "limit=many"] {
         let (s, body) = get(&gw, &format!("/v1/sessions?{bad}"), &sam).await;

@@ -200,6 +200,12 @@ pub struct SessionsArgs {
     /// Only this connection
     #[arg(long)]
     pub connection: Option<String>,
+    /// Only this mode (tunnel, exec, refused, read, review, ...)
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Only this outcome, as listed (completed, "not sealed", ...)
+    #[arg(long)]
+    pub outcome: Option<String>,
     /// At most this many sessions
     #[arg(long, default_value_t = 100)]
     pub limit: usize,

@@ -12,6 +12,8 @@ pub async fn run(args: SessionsArgs) -> Result<ExitCode, CliError> {
         since,
         principal,
         connection,
+        mode,
+        outcome,
         limit,
         format,
     } = args;
@@ -20,6 +22,8 @@ pub async fn run(args: SessionsArgs) -> Result<ExitCode, CliError> {
             .ok_or_else(|| CliError::Since(since.clone()))?,
         principal: principal.as_deref(),
         connection: connection.as_deref(),
+        mode: mode.as_deref(),
+        outcome: outcome.as_deref(),
         limit,
         ..Default::default()
     };
