@@ -248,7 +248,12 @@ async fn filters_and_paging() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["audit_id"], theirs.as_str());
 
-    for bad in ["since=yesterday", "page_token=../x", "limit=many"] {
+    for bad in [
+        "since=yesterday",
+        "since=2001-01-01",
+        "page_token=../x",
+        "limit=many",
+    ] {
         let (s, body) = get(&gw, &format!("/v1/sessions?{bad}"), &sam).await;
         assert_eq!(s, 400, "{bad}: {body}");
     }

@@ -26,6 +26,8 @@ use crate::recording::{self, asciicast, Event, EventBody, RecordError};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
+/// Each day back is one listing of the store: bounded for callers of the API.
+const MAX_DAYS_BACK: i64 = 366;
 
 /// Which recordings a caller may read.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,6 +120,12 @@ pub async fn list(
                 &audit_id,
             )
         })?;
+        if since < chrono::Utc::now() - chrono::Duration::days(MAX_DAYS_BACK) {
+            return Err(bad(
+                format!("since reaches back at most {MAX_DAYS_BACK} days here; `custody sessions --store` lists older sessions"),
+                &audit_id,
+            ));
+        }
         if let Some(t) = &q.page_token {
             recording::store::check_id(t).map_err(|e| bad(e.to_string(), &audit_id))?;
         }

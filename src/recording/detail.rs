@@ -90,3 +90,30 @@ pub fn detail(rec: &Fetched, pinned: Option<&VerifyingKey>, events: Vec<Event>) 
         events,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(problems: &[&str], unsigned: bool) -> Report {
+        Report {
+            facts: vec!["1 segment(s)".into()],
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+            unsigned,
+        }
+    }
+
+    #[test]
+    fn verdicts_in_three_words() {
+        assert_eq!(Verdict::of(report(&[], false)).status, "verified");
+        assert_eq!(
+            Verdict::of(report(&["not signed"], true)).status,
+            "unsigned"
+        );
+        // Unsigned and also altered is failed, not merely unsigned.
+        let both = Verdict::of(report(&["not signed", "segment 000001 was altered"], true));
+        assert_eq!(both.status, "failed");
+        assert_eq!(both.problems.len(), 2);
+        assert_eq!(Verdict::of(report(&["missing"], false)).status, "failed");
+    }
+}

@@ -190,14 +190,20 @@ impl Listing {
     }
 }
 
-/// Audit ids of recordings started since `since`, newest first: every
-/// day's folder, each listed in full (the GCS lister follows pageToken).
+/// Audit ids of recordings started since `since` (and before `before`,
+/// when given), newest first: every day's folder from `before`'s day (or
+/// today) back, each listed in full (the GCS lister follows pageToken).
 async fn ids_since(
     store: &dyn ObjectStore,
     since: DateTime<Utc>,
+    before: Option<&str>,
 ) -> Result<Vec<String>, RecordError> {
     let mut out = Vec::new();
-    let mut day = Utc::now().date_naive();
+    // A page token starts the walk at its own day: later pages stay cheap.
+    let mut day = before
+        .and_then(started_at)
+        .unwrap_or_else(Utc::now)
+        .date_naive();
     while day >= since.date_naive() {
         let dir = format!("{}/", day.format("%Y/%m/%d"));
         let mut ids: Vec<String> = store
@@ -211,6 +217,8 @@ async fn ids_since(
                     .map(str::to_string)
             })
             .filter(|id| started_at(id).is_some_and(|t| t >= since))
+            // Audit ids are UUIDv7 in lowercase hex: text order is time order.
+            .filter(|id| before.is_none_or(|b| id.as_str() < b))
             .collect();
         ids.sort();
         out.extend(ids.into_iter().rev());
@@ -222,11 +230,7 @@ async fn ids_since(
 /// Recordings started since `filter.since`, newest first, at most
 /// `filter.limit` of them; says when the limit left some out.
 pub async fn list(store: &dyn ObjectStore, filter: &Filter<'_>) -> Result<Listing, RecordError> {
-    let mut ids = ids_since(store, filter.since).await?;
-    if let Some(before) = filter.before {
-        // Audit ids are UUIDv7 in lowercase hex: text order is time order.
-        ids.retain(|id| id.as_str() < before);
-    }
+    let ids = ids_since(store, filter.since, filter.before).await?;
     if !filter.narrowed() && ids.len() > filter.limit {
         let mut sessions = Vec::with_capacity(filter.limit);
         for id in &ids[..filter.limit] {
@@ -272,4 +276,80 @@ pub fn render(list: &[SessionSummary]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(principal: &str, id: Option<&str>, mode: &str, outcome: &str) -> SessionSummary {
+        SessionSummary {
+            audit_id: "01900000-0000-7000-8000-000000000000".into(),
+            started: None,
+            principal: principal.into(),
+            principal_id: id.map(str::to_string),
+            connection: "pg".into(),
+            mode: mode.into(),
+            statements: None,
+            rows: None,
+            outcome: outcome.into(),
+            sealed: true,
+        }
+    }
+
+    #[test]
+    fn filters_match_exactly_and_owners_by_identity() {
+        let s = summary(
+            "user:alice@example.com",
+            Some("principal://i/subject/a"),
+            "exec",
+            "completed",
+        );
+        assert!(Filter::default().admits(&s));
+        let f = Filter {
+            mode: Some("exec"),
+            outcome: Some("completed"),
+            connection: Some("pg"),
+            ..Default::default()
+        };
+        assert!(f.admits(&s) && f.narrowed());
+        assert!(!Filter {
+            mode: Some("tunnel"),
+            ..Default::default()
+        }
+        .admits(&s));
+        assert!(!Filter {
+            outcome: Some("complete"),
+            ..Default::default()
+        }
+        .admits(&s));
+        let mine = Filter {
+            owner: Some("principal://i/subject/a"),
+            ..Default::default()
+        };
+        assert!(mine.admits(&s));
+        // The same name under another identity, or no identity recorded, is not the owner's.
+        let other = summary(
+            "user:alice@example.com",
+            Some("principal://j/subject/a"),
+            "exec",
+            "completed",
+        );
+        assert!(!mine.admits(&other));
+        let old = summary("user:alice@example.com", None, "exec", "completed");
+        assert!(!mine.admits(&old));
+    }
+
+    #[test]
+    fn since_is_a_duration_a_date_or_a_time() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_since("24h", now), Some(now - Duration::hours(24)));
+        assert_eq!(parse_since("7d", now), Some(now - Duration::days(7)));
+        let day = parse_since("2026-11-30", now).unwrap();
+        assert_eq!(day.to_rfc3339(), "2026-11-30T00:00:00+00:00");
+        assert!(parse_since("2026-11-30T10:00:00+01:00", now).is_some());
+        assert_eq!(parse_since("yesterday", now), None);
+    }
 }
