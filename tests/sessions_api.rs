@@ -139,6 +139,8 @@ async fn auditors_read_all_others_only_their_own() {
     assert_eq!(own["summary"]["principal"], "user:alice@example.com");
     assert_eq!(own["chain"], json!(["user:alice@example.com"]));
     assert_eq!(own["verify"]["status"], "verified", "{own}");
+    let facts = own["verify"]["facts"].to_string();
+    assert!(facts.contains("(the gateway's own key)"), "{facts}");
     assert_eq!(own["terminal"], false);
     let events = own["events"].as_array().unwrap();
     assert!(

@@ -62,7 +62,7 @@ export function tone(outcome) {
   const o = String(outcome || '').toLowerCase();
   if (/refused|forbidden|denied|revoked|failed|error|killed/.test(o)) return 'bad';
   if (/not sealed|expired|deadline|shutdown|unsigned|pending|held|approval_requested/.test(o)) return 'warn';
-  if (/completed|client closed|closed|verified|approved|allowed|sealed|used/.test(o)) return 'ok';
+  if (/completed|closed|ended|verified|approved|allowed|sealed|used/.test(o)) return 'ok';
   return 'plain';
 }
 

@@ -19,7 +19,7 @@ use super::{admit, new_audit_id, with_audit, ApiError};
 use crate::config::IdentityConfig;
 use crate::identity::Principal;
 use crate::policy::Member;
-use crate::recording::detail::{self, Verdict};
+use crate::recording::detail;
 use crate::recording::sessions::{self as listing, Cut, Filter};
 use crate::recording::verify::Fetched;
 use crate::recording::{self, asciicast, Event, EventBody, RecordError};
@@ -248,7 +248,7 @@ pub async fn cast(
             ));
         }
         let key = gw.recorder.verifying_key();
-        let verdict = Verdict::of(recording::verify::verify(&rec, key.as_ref()));
+        let verdict = detail::verdict(&rec, key.as_ref());
         let headers = [
             (header::CONTENT_TYPE, "application/x-asciicast"),
             (

@@ -35,6 +35,26 @@ impl Verdict {
     }
 }
 
+/// `verify`'s words for a pinned key are the CLI's (`--public-key`); here
+/// the pinned key is always the gateway's own.
+fn gateway_words(report: Report) -> Verdict {
+    let mut v = Verdict::of(report);
+    for f in &mut v.facts {
+        *f = f.replace("(the key you gave)", "(the gateway's own key)");
+    }
+    v
+}
+
+/// `verify` with the key the gateway signs with, if it has one.
+pub fn verdict(rec: &Fetched, gateway_key: Option<&VerifyingKey>) -> Verdict {
+    let report = verify::verify(rec, gateway_key);
+    if gateway_key.is_some() {
+        gateway_words(report)
+    } else {
+        Verdict::of(report)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Detail {
     pub summary: SessionSummary,
@@ -64,7 +84,7 @@ pub fn owner(events: &[Event]) -> Option<&str> {
     })
 }
 
-pub fn detail(rec: &Fetched, pinned: Option<&VerifyingKey>, events: Vec<Event>) -> Detail {
+pub fn detail(rec: &Fetched, gateway_key: Option<&VerifyingKey>, events: Vec<Event>) -> Detail {
     let start = events
         .iter()
         .find(|e| matches!(e.body, EventBody::SessionStart { .. }));
@@ -85,7 +105,7 @@ pub fn detail(rec: &Fetched, pinned: Option<&VerifyingKey>, events: Vec<Event>) 
         chain,
         root_audit_id,
         terminal: super::asciicast::has_terminal(&events),
-        verify: Verdict::of(verify::verify(rec, pinned)),
+        verify: verdict(rec, gateway_key),
         summary,
         events,
     }
