@@ -59,7 +59,8 @@ export async function sessionsPage(main, params, live) {
   if (!live()) return;
   const list = body.sessions || [];
   const scope = body.all ? 'all sessions' : 'your own sessions (you are not an auditor)';
-  status.textContent = `${list.length} session${list.length === 1 ? '' : 's'} shown${body.total != null ? ` of ${body.total}` : ''}; ${scope}.`;
+  const of = body.total == null ? '' : ` of ${body.total}${params.get('page_token') ? ' from here on' : ''}`;
+  status.textContent = `${list.length} session${list.length === 1 ? '' : 's'} shown${of}; ${scope}.`;
   const head = ['Started (UTC)', 'Audit id', 'Principal', 'Connection', 'Mode', 'Statements', 'Rows', 'Outcome'];
   main.append(h('table', { class: 'sessions' },
     h('caption', { class: 'sr-only' }, 'Recorded sessions, newest first'),

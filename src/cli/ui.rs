@@ -52,7 +52,7 @@ pub struct UiArgs {
 struct Proxy {
     gateway: String,
     explicit: Option<String>,
-    /// Hosts this server answers as: `127.0.0.1:PORT` and `localhost:PORT`.
+    /// Hosts this server answers as: its address (`127.0.0.1:PORT`) and `localhost:PORT`.
     hosts: [String; 2],
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
     http: reqwest::Client,
@@ -163,18 +163,19 @@ pub async fn run(args: UiArgs) -> Result<ExitCode, CliError> {
             addr: listen.to_string(),
             source,
         })?;
-    let port = listener.local_addr()?.port();
+    let local = listener.local_addr()?;
+    let port = local.port();
     let proxy = Proxy {
         gateway: target.gateway.clone(),
         explicit: gw.token.filter(|t| !t.is_empty()),
-        hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+        hosts: [local.to_string(), format!("localhost:{port}")],
         token: tokio::sync::Mutex::new(Some((target.token, Instant::now()))),
         http: reqwest::Client::new(),
     };
     let app = crate::ingress::ui::router()
         .route("/v1/{*rest}", any(forward))
         .with_state(Arc::new(proxy));
-    let url = format!("http://127.0.0.1:{port}/ui/");
+    let url = format!("http://{local}/ui/");
     eprintln!("custody: console at {url} (for {})", target.gateway);
     if !no_browser {
         open(&url);
