@@ -40,6 +40,11 @@ if ! python3 -c "import pg8000" 2>/dev/null; then
   log "installing pg8000 (driver checks)"
   python3 -m pip install -q pg8000==1.31.6
 fi
+# The official MCP Python SDK (tests/mcp.rs): the agent that drives /mcp.
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '2.3.0')" 2>/dev/null; then
+  log "installing mcp 2.3.0 (MCP client checks)"
+  python3 -m pip install -q mcp==2.3.0
+fi
 # node-postgres and pg-cursor (tests/pg_drivers.rs), pinned, under target/npm.
 if [ ! -d target/npm/node_modules/pg-cursor ]; then
   log "installing node-postgres 8.23.1 and pg-cursor 2.22.1 (driver checks)"

@@ -31,6 +31,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Exec(args) => cli::exec::run(args).await,
         Command::Review { command } => cli::review::run(command).await,
         Command::Delegate(args) => cli::delegate::run(args).await,
+        Command::Mcp(args) => cli::mcp::run(args).await,
         Command::Revoke(args) => cli::revoke::run(args).await,
         Command::Sessions(args) => cli::sessions::run(args).await,
         Command::Replay(args) => cli::replay::run(args).await,

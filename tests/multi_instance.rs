@@ -67,6 +67,7 @@ struct Cluster {
     _a: Gateway,
     _b: Gateway,
     url: String,
+    bucket: String,
 }
 
 fn cluster() -> Cluster {
@@ -97,6 +98,7 @@ fn cluster() -> Cluster {
         _a: a,
         _b: b,
         url: format!("http://{lb}"),
+        bucket,
     }
 }
 
@@ -295,4 +297,57 @@ async fn a_cancel_reaches_its_query_whichever_instance_it_lands_on() {
     }
     let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1, "the session goes on");
+}
+
+/// A legacy MCP client (an `initialize` handshake, then a session id) whose
+/// requests each open a new connection, so the balancer spreads them: the
+/// instance that did not see `initialize` restores the session from the
+/// store, and the recording still names the agent.
+#[test]
+fn a_legacy_mcp_session_survives_landing_on_the_other_instance() {
+    let c = cluster();
+    let args = r#"{"connection": "pg", "sql": "select 7 as n"}"#;
+    let out = Command::new("python3")
+        .args(["tests/mcp/agent.py", "http", &format!("{}/mcp", c.url)])
+        .args([
+            "--mode",
+            "legacy",
+            "--name",
+            "roaming-agent",
+            "--no-keepalive",
+        ])
+        .args(["call", "query", args])
+        .env("MCP_TOKEN", token("alice@example.com"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["structured"]["rows"][0][0], "7", "{v}");
+    let audit = v["structured"]["audit_id"].as_str().unwrap().to_string();
+    let host = gcs().trim_start_matches("http://");
+    let out = Command::new(bin())
+        .args([
+            "replay",
+            &audit,
+            "--store",
+            &format!("gs://{}/custody", c.bucket),
+        ])
+        .env("STORAGE_EMULATOR_HOST", host)
+        .output()
+        .unwrap();
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{replay}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        replay.contains("mcp tool query called by roaming-agent 1.2.3"),
+        "{replay}"
+    );
 }

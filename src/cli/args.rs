@@ -41,6 +41,18 @@ pub enum Command {
     /// Exit codes: 0 success, 1 query or upstream error, 2 refused (auth, policy),
     /// 3 held for approval (the review id is printed; see `custody review`).
     Exec(ExecArgs),
+    /// Serve Custody's MCP tools on stdio, for agents that only speak stdio MCP
+    ///
+    /// Each tool call (list_connections, query, run_command, review_status) is
+    /// forwarded to the gateway's /mcp with this CLI's identity (--token,
+    /// CUSTODY_TOKEN, the metadata server or gcloud) and CUSTODY_DELEGATION,
+    /// and decided, masked and recorded there. Naming connections shows the
+    /// agent only those. Logs go to stderr; stdout is the MCP stream.
+    ///
+    /// Example (an agent's MCP configuration):
+    ///   {"mcpServers": {"custody": {"command": "custody", "args": ["mcp", "pg-prod"],
+    ///    "env": {"CUSTODY_GATEWAY": "https://custody-abc-uc.a.run.app"}}}}
+    Mcp(McpArgs),
     /// Pass custody to a child: print a delegation token naming it as the next actor
     ///
     /// The child sets CUSTODY_DELEGATION to the printed token; its own identity
@@ -135,6 +147,14 @@ pub struct ExecArgs {
     /// The SQL to run (after --)
     #[arg(last = true, required = true)]
     pub input: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct McpArgs {
+    /// Offer only these connections (default: every one the gateway offers you over MCP)
+    pub connections: Vec<String>,
+    #[command(flatten)]
+    pub gw: GatewayArgs,
 }
 
 #[derive(Args)]

@@ -8,6 +8,7 @@ pub mod connect;
 pub mod delegate;
 pub mod dev;
 pub mod exec;
+pub mod mcp;
 mod render;
 pub mod replay;
 pub mod review;

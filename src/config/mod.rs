@@ -459,6 +459,10 @@ pub struct ConnectionConfig {
     /// Cloud SQL IAM database login: the gateway's service account logs in
     /// with an access token instead of a password.
     pub iam_auth: Option<Spanned<bool>>,
+    /// Offered to agents over MCP (`/mcp`, `custody mcp`); false hides the
+    /// connection from MCP's tools, while the tunnel and exec still serve it.
+    #[serde(default = "default_true")]
+    pub mcp: bool,
     /// `[cloud_sql] admin_endpoint`, copied here at load so the connector
     /// needs nothing but the connection.
     #[serde(skip)]

@@ -21,12 +21,27 @@ use crate::policy::decision::{self, Decision, Grant, Input, Path as Via, Refusal
 use crate::protocol::postgres::{self, exec::ExecOutcome, PgError};
 use crate::protocol::ssh::{self, SshError};
 use crate::recording::EventBody;
-use crate::session::SessionContext;
+use crate::session::{Session, SessionContext};
 use crate::telemetry;
 
 #[derive(serde::Deserialize)]
 struct ExecRequest {
     input: String,
+}
+
+/// What an exec came to, before it is rendered: JSON or CSV here, a tool
+/// result for MCP (`ingress::mcp`).
+pub(crate) enum Answer {
+    Rows {
+        audit_id: String,
+        result: postgres::exec::ExecResult,
+    },
+    Output {
+        audit_id: String,
+        result: ssh::exec::ExecResult,
+    },
+    /// Held for review; the body of the 202.
+    Held(serde_json::Value),
 }
 
 pub async fn handler(
@@ -47,13 +62,37 @@ pub async fn handler(
         audit_id: &audit_id,
         span: &span,
     };
+    let csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
     match exec(&gw, &req, &body).instrument(span.clone()).await {
-        Ok(r) => with_audit(&audit_id, r),
+        Ok(a) => with_audit(&audit_id, render(a, csv)),
         Err(e) => refused(&span, e.at(&audit_id)),
     }
 }
 
-async fn exec(gw: &Gateway, req: &Request<'_>, body: &[u8]) -> Result<Response, ApiError> {
+fn render(answer: Answer, csv: bool) -> Response {
+    match answer {
+        Answer::Rows { result: r, .. } if csv => {
+            let body = to_csv(&r.columns, &r.rows);
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
+        }
+        Answer::Rows { audit_id, result: r } => Json(json!({"audit_id": audit_id, "columns": r.columns, "rows": r.rows, "command_tag": r.command_tag, "truncated": r.truncated})).into_response(),
+        Answer::Output { audit_id, result: r } => Json(json!({
+            "audit_id": audit_id,
+            "stdout": r.stdout,
+            "stderr": r.stderr,
+            "exit_status": r.exit_status,
+            "signal": r.signal,
+            "truncated": r.truncated,
+        }))
+        .into_response(),
+        Answer::Held(body) => (StatusCode::ACCEPTED, Json(body)).into_response(),
+    }
+}
+
+async fn exec(gw: &Gateway, req: &Request<'_>, body: &[u8]) -> Result<Answer, ApiError> {
     let who = admit::identify(gw, req).await?;
     let session = admit::session(gw, req, who).await?;
     let input = match serde_json::from_slice::<ExecRequest>(body) {
@@ -69,6 +108,18 @@ async fn exec(gw: &Gateway, req: &Request<'_>, body: &[u8]) -> Result<Response, 
             ));
         }
     };
+    run(gw, session, input, req.review()).await
+}
+
+/// Decides and runs one statement or command in an admitted session: the
+/// path `POST /v1/exec` and MCP's tools share. `review` names an approved
+/// review to run under (`X-Custody-Review`, or a tool's `review_id`).
+pub(crate) async fn run(
+    gw: &Gateway,
+    session: Session,
+    input: String,
+    review: Option<&str>,
+) -> Result<Answer, ApiError> {
     let ctx = gw.context(session).await;
     // Masking that cannot be set up would leave held statements, refusals
     // and results unmasked: nothing runs, nothing is held.
@@ -98,7 +149,7 @@ async fn exec(gw: &Gateway, req: &Request<'_>, body: &[u8]) -> Result<Response, 
             },
         ),
     };
-    let grant = req.review().map_or(Grant::None, Grant::Named);
+    let grant = review.map_or(Grant::None, Grant::Named);
     match decision::decide(via, &ctx.rules, grant, subject) {
         Decision::Run | Decision::RunApproved { .. } => {}
         Decision::UseReview { review_id, .. } => {
@@ -115,7 +166,7 @@ async fn exec(gw: &Gateway, req: &Request<'_>, body: &[u8]) -> Result<Response, 
         Decision::Refuse(r) => return Err(refuse(ctx, &input, r).await),
     }
     match kind {
-        Kind::Postgres => run_sql(gw, ctx, &input, req.headers).await,
+        Kind::Postgres => run_sql(gw, ctx, &input).await,
         Kind::Ssh => run_command(ctx, &input).await,
     }
 }
@@ -133,7 +184,7 @@ fn shown(ctx: &SessionContext, input: &str) -> String {
 }
 
 /// Held for review: 202 with the review's id; the session ends here.
-async fn hold(ctx: SessionContext, input: &str, rule: &str) -> Result<Response, ApiError> {
+async fn hold(ctx: SessionContext, input: &str, rule: &str) -> Result<Answer, ApiError> {
     let id = uuid::Uuid::now_v7().to_string();
     let held = ctx
         .approvals
@@ -142,18 +193,14 @@ async fn hold(ctx: SessionContext, input: &str, rule: &str) -> Result<Response, 
     let audit_id = ctx.session.audit_id.clone();
     end_unrun(ctx.session, "held for approval").await;
     let req = held?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "state": "pending",
-            "review_id": req.id,
-            "audit_id": audit_id,
-            "reason": format!("this statement requires approval (guardrail \"{rule}\"): review {} waits for {} of {}", req.id, req.required, req.approvers.join(", ")),
-            "approve": format!("custody review approve {}", req.id),
-            "expires": req.expires,
-        })),
-    )
-        .into_response())
+    Ok(Answer::Held(json!({
+        "state": "pending",
+        "review_id": req.id,
+        "audit_id": audit_id,
+        "reason": format!("this statement requires approval (guardrail \"{rule}\"): review {} waits for {} of {}", req.id, req.required, req.approvers.join(", ")),
+        "approve": format!("custody review approve {}", req.id),
+        "expires": req.expires,
+    })))
 }
 
 /// Refused by a guardrail: recorded (masked), then 403 with the reason.
@@ -191,29 +238,14 @@ async fn refuse(ctx: SessionContext, input: &str, r: Refusal) -> ApiError {
     }
 }
 
-async fn run_sql(
-    gw: &Gateway,
-    ctx: SessionContext,
-    input: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+async fn run_sql(gw: &Gateway, ctx: SessionContext, input: &str) -> Result<Answer, ApiError> {
     let outcome = postgres::exec::run(&ctx, &gw.postgres.catalogs, input).await;
     let audit_id = ctx.session.audit_id.clone();
-    let csv = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/csv"));
     match outcome {
-        Ok(ExecOutcome::Done(r)) => {
-            let rows = r.rows.len() as u64;
+        Ok(ExecOutcome::Done(result)) => {
+            let rows = result.rows.len() as u64;
             ctx.session.finish(end_event("completed", 1, rows)).await?;
-            if csv {
-                let body = to_csv(&r.columns, &r.rows);
-                return Ok(
-                    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
-                );
-            }
-            Ok(Json(json!({"audit_id": audit_id, "columns": r.columns, "rows": r.rows, "command_tag": r.command_tag, "truncated": r.truncated})).into_response())
+            Ok(Answer::Rows { audit_id, result })
         }
         Ok(ExecOutcome::QueryError { sqlstate, message }) => {
             let _ = ctx.session.finish(end_event("query failed", 1, 0)).await;
@@ -233,7 +265,7 @@ async fn run_sql(
     }
 }
 
-async fn run_command(ctx: SessionContext, command: &str) -> Result<Response, ApiError> {
+async fn run_command(ctx: SessionContext, command: &str) -> Result<Answer, ApiError> {
     let _ = ctx
         .session
         .tap()
@@ -246,17 +278,9 @@ async fn run_command(ctx: SessionContext, command: &str) -> Result<Response, Api
         .await;
     let audit_id = ctx.session.audit_id.clone();
     match ssh::exec::run(&ctx, command).await {
-        Ok(r) => {
+        Ok(result) => {
             ctx.session.finish(end_event("completed", 1, 0)).await?;
-            Ok(Json(json!({
-                "audit_id": audit_id,
-                "stdout": r.stdout,
-                "stderr": r.stderr,
-                "exit_status": r.exit_status,
-                "signal": r.signal,
-                "truncated": r.truncated,
-            }))
-            .into_response())
+            Ok(Answer::Output { audit_id, result })
         }
         Err(SshError::Recording(why)) => Err(recording_failed(ctx, why).await),
         Err(SshError::Interrupted { policy, reason }) => {

@@ -10,6 +10,7 @@ pub mod forwarded;
 pub mod gateway;
 pub mod health;
 pub mod listen;
+pub mod mcp;
 pub mod reviews;
 pub mod revocations;
 pub mod sessions;
@@ -47,6 +48,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/sessions/{audit_id}", get(sessions::show))
         .route("/v1/sessions/{audit_id}/asciicast", get(sessions::cast))
         .route("/.well-known/jwks.json", get(token::jwks))
+        .merge(mcp::routes(gw.clone()))
         .merge(ui::router())
         .with_state(gw)
 }

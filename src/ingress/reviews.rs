@@ -19,7 +19,7 @@ use crate::session::approvals::{ApprovalError, Vote};
 
 pub use crate::wire::REVIEW_HEADER;
 
-fn reviewable_by(r: &Review, who: &Principal) -> bool {
+pub(crate) fn reviewable_by(r: &Review, who: &Principal) -> bool {
     review::in_chain(r, who) || review::is_approver(r, who)
 }
 

@@ -155,6 +155,17 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         instance: Option<String>,
     },
+    /// The MCP tool call this session is (mode "mcp"): which tool, and the
+    /// agent as it named itself (`initialize`, or the request's `_meta`).
+    Mcp {
+        tool: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_version: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol_version: Option<String>,
+    },
     /// An SSH channel request (shell, exec, subsystem, env, pty, forwarding,
     /// x11, agent) and what the gateway did with it.
     SshRequest {

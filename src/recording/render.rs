@@ -74,6 +74,16 @@ fn render_event(out: &mut String, ev: &Event) {
         EventBody::UpstreamLogin { method, user, .. } => {
             writeln!(out, "{ts}  upstream login: {} as {}", e(method), e(user))
         }
+        EventBody::Mcp {
+            tool,
+            client,
+            client_version,
+            ..
+        } => {
+            let client = client.as_deref().unwrap_or("an unnamed client");
+            let version = client_version.as_deref().unwrap_or("?");
+            writeln!(out, "{ts}  mcp tool {} called by {} {}", e(tool), e(client), e(version))
+        }
         EventBody::SessionEnd {
             reason,
             statements,
