@@ -244,6 +244,7 @@ fn record_sessions(gw: &Gateway) -> (serde_json::Value, String) {
         &format!("select '{SECRET}' as contact"),
     );
     let ssh = ssh_session(gw, &alice);
+    let ssh_exec = exec_ok(gw, &alice, None, "web-1", "echo exec-out-$((2*21))");
     let to = format!("serviceAccount:{CI}");
     let args = ["delegate", "--to", &to, "--connections", "pg-nightly"];
     let (code, delegation, err, _) = cli(gw, &alice, None, &args);
@@ -261,12 +262,12 @@ fn record_sessions(gw: &Gateway) -> (serde_json::Value, String) {
         "create table if not exists console_t (id int); insert into console_t values (1), (2)";
     let bobs = exec_ok(gw, &bob, None, "pg", table);
     let review = held(gw, &alice);
-    for id in [&pg, &ssh, &delegated, &tampered, &bobs] {
+    for id in [&pg, &ssh, &ssh_exec, &delegated, &tampered, &bobs] {
         sealed(gw, id);
     }
     tamper(gw, &tampered, "intact");
     let ids = serde_json::json!({
-        "pg": pg, "ssh": ssh, "delegated": delegated, "tampered": tampered, "bob": bobs,
+        "pg": pg, "ssh": ssh, "ssh_exec": ssh_exec, "delegated": delegated, "tampered": tampered, "bob": bobs,
         "chain": ["user:alice@example.com", to],
         "secret": SECRET, "review": review,
     });

@@ -78,6 +78,13 @@ function line(e, t0) {
       return cells('error', e.message, '', '', '–', badge('error', 'bad'));
     case 'upstream_login':
       return cells('upstream login', `${e.method} as ${e.user}`);
+    case 'output':
+    case 'input': {
+      // Shown as text, cut long: the recording has all of it.
+      const data = e.data.length > 4000 ? `${e.data.slice(0, 4000)}… (${e.data.length} characters)` : e.data;
+      const what = e.type === 'input' ? 'typed' : e.stream === 'e' ? 'stderr' : 'stdout';
+      return cells(what, h('code', {}, data));
+    }
     case 'cancel':
       return cells('cancel', e.outcome);
     default:
@@ -85,15 +92,16 @@ function line(e, t0) {
   }
 }
 
-function timeline(events) {
-  // Terminal bytes are the replay's; the timeline counts them only.
-  const shown = events.filter((e) => !['output', 'input', 'pty', 'resize'].includes(e.type));
+function timeline(events, terminal) {
+  // A terminal's bytes are the replay's; the timeline counts them only.
+  const stream = ['output', 'input', 'pty', 'resize'];
+  const shown = terminal ? events.filter((e) => !stream.includes(e.type)) : events;
   const t0 = new Date(events[0]?.ts || 0);
-  const stream = events.length - shown.length;
+  const replayed = events.length - shown.length;
   const head = ['At', 'Event', 'Detail', 'Time', 'Rows', 'Masked', 'Result'];
   return h('section', { 'aria-labelledby': 't-title' },
     h('h2', { id: 't-title' }, 'Timeline'),
-    stream ? h('p', {}, `${stream} terminal event(s) (output, input, resizes) are in the replay.`) : null,
+    replayed ? h('p', {}, `${replayed} terminal event(s) (output, input, resizes) are in the replay.`) : null,
     h('table', { class: 'timeline' },
       h('thead', {}, h('tr', {}, head.map((c) => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, shown.map((e) => line(e, t0)))));
@@ -128,5 +136,5 @@ export async function sessionPage(main, id, live) {
     main.append(section);
     replay(section, id).catch((err) => section.append(h('p', { class: 'error', role: 'alert' }, err.message)));
   }
-  main.append(timeline(d.events));
+  main.append(timeline(d.events, d.terminal));
 }

@@ -94,6 +94,12 @@ async function sshSession(page, problems) {
   await shot(page, 'session-ssh.png');
 }
 
+async function sshExecSession(page) {
+  await page.goto(`${input.auditor}/ui/#/session/${input.ssh_exec}`);
+  await page.waitForSelector('table.timeline');
+  check((await page.textContent('table.timeline')).includes('exec-out-42'), "an SSH exec session shows the command's output");
+}
+
 async function delegatedSession(page) {
   await page.goto(`${input.auditor}/ui/#/session/${input.delegated}`);
   await page.waitForSelector('ol.chain li');
@@ -142,6 +148,7 @@ async function main() {
     await sessionsList(page);
     await pgSession(page);
     await sshSession(page, problems);
+    await sshExecSession(page);
     await delegatedSession(page);
     await tamperedSession(page);
     await approve(page);
