@@ -52,7 +52,7 @@ async fn the_local_console_forwards_only_its_own_calls() {
     );
     let http = reqwest::Client::new();
 
-    let page = http.get(format!("{url}/ui/")).send().await.unwrap();
+    let page = http.get(format!("{url}/")).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await.unwrap().contains("app.js"));
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{any, get};
 use axum::Json;
 
 use super::args::GatewayArgs;
@@ -173,6 +173,7 @@ pub async fn run(args: UiArgs) -> Result<ExitCode, CliError> {
         http: reqwest::Client::new(),
     };
     let app = crate::ingress::ui::router()
+        .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/v1/{*rest}", any(forward))
         .with_state(Arc::new(proxy));
     let url = format!("http://{local}/ui/");
