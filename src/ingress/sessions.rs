@@ -102,6 +102,37 @@ fn answer(audit_id: &str, done: Result<Response, ApiError>) -> Response {
     }
 }
 
+/// The listing a query asks for, as `scope` narrows it; why not, if it is malformed.
+pub fn filter<'a>(
+    q: &'a ListQuery,
+    scope: &'a Scope,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Filter<'a>, String> {
+    let since = q.since.as_deref().unwrap_or("24h");
+    let since = listing::parse_since(since, now).ok_or_else(|| {
+        format!("since {since:?} is not a duration (\"24h\", \"7d\") or a date/time (\"2026-11-30\", RFC 3339)")
+    })?;
+    if since < now - chrono::Duration::days(MAX_DAYS_BACK) {
+        return Err(format!("since reaches back at most {MAX_DAYS_BACK} days here; `custody sessions --store` lists older sessions"));
+    }
+    if let Some(t) = &q.page_token {
+        recording::store::check_id(t).map_err(|e| e.to_string())?;
+    }
+    Ok(Filter {
+        since,
+        principal: q.principal.as_deref(),
+        connection: q.connection.as_deref(),
+        mode: q.mode.as_deref(),
+        outcome: q.outcome.as_deref(),
+        owner: match scope {
+            Scope::All => None,
+            Scope::Own(id) => Some(id),
+        },
+        before: q.page_token.as_deref(),
+        limit: q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+    })
+}
+
 /// `GET /v1/sessions`: newest first, filtered, one page at a time.
 pub async fn list(
     State(gw): State<Arc<Gateway>>,
@@ -113,35 +144,7 @@ pub async fn list(
     let done = async {
         let (_, scope) = reader(&gw, &headers, &peer.to_string(), &audit_id).await?;
         let Query(q) = query.map_err(|e| bad(e.body_text(), &audit_id))?;
-        let since = q.since.as_deref().unwrap_or("24h");
-        let since = listing::parse_since(since, chrono::Utc::now()).ok_or_else(|| {
-            bad(
-                format!("since {since:?} is not a duration (\"24h\", \"7d\") or a date/time (\"2026-11-30\", RFC 3339)"),
-                &audit_id,
-            )
-        })?;
-        if since < chrono::Utc::now() - chrono::Duration::days(MAX_DAYS_BACK) {
-            return Err(bad(
-                format!("since reaches back at most {MAX_DAYS_BACK} days here; `custody sessions --store` lists older sessions"),
-                &audit_id,
-            ));
-        }
-        if let Some(t) = &q.page_token {
-            recording::store::check_id(t).map_err(|e| bad(e.to_string(), &audit_id))?;
-        }
-        let filter = Filter {
-            since,
-            principal: q.principal.as_deref(),
-            connection: q.connection.as_deref(),
-            mode: q.mode.as_deref(),
-            outcome: q.outcome.as_deref(),
-            owner: match &scope {
-                Scope::All => None,
-                Scope::Own(id) => Some(id),
-            },
-            before: q.page_token.as_deref(),
-            limit: q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
-        };
+        let filter = filter(&q, &scope, chrono::Utc::now()).map_err(|e| bad(e, &audit_id))?;
         let found = listing::list(gw.recorder.store.as_ref(), &filter)
             .await
             .map_err(|e| store_error(e, &audit_id))?;
@@ -289,6 +292,38 @@ mod tests {
             hd: None,
             groups_unresolved: None,
             workload: None,
+        }
+    }
+
+    #[test]
+    fn queries_become_filters_narrowed_to_the_scope() {
+        let now = chrono::Utc::now();
+        let q = ListQuery {
+            mode: Some("exec".into()),
+            limit: Some(10_000),
+            ..Default::default()
+        };
+        let own = Scope::Own("principal://i/subject/a".into());
+        let f = filter(&q, &own, now).expect("a filter");
+        assert_eq!(f.owner, Some("principal://i/subject/a"));
+        assert_eq!((f.mode, f.limit), (Some("exec"), MAX_LIMIT));
+        assert_eq!(f.since, now - chrono::Duration::hours(24));
+        assert_eq!(filter(&q, &Scope::All, now).map(|f| f.owner), Ok(None));
+        for bad in [
+            ListQuery {
+                since: Some("soon".into()),
+                ..Default::default()
+            },
+            ListQuery {
+                since: Some("400d".into()),
+                ..Default::default()
+            },
+            ListQuery {
+                page_token: Some("../x".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(filter(&bad, &Scope::All, now).is_err());
         }
     }
 
