@@ -55,6 +55,12 @@ if [ ! -d target/npm/node_modules/pg-cursor ]; then
   mkdir -p target/npm
   (cd target/npm && npm install --no-audit --no-fund --silent pg@8.23.1 pg-cursor@2.22.1)
 fi
+# The console in a real browser (tests/console.rs): Debian's chromium driven
+# by playwright-core, pinned, under target/npm; the console's vendored
+# asciinema-player checked against npm's (scripts/ui-assets.sh).
+command -v chromium >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"; $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; }
+[ -d target/npm/node_modules/playwright-core ] || (mkdir -p target/npm && cd target/npm && npm install --no-audit --no-fund --silent playwright-core@1.65.1)
+scripts/ui-assets.sh
 # asciinema reads the asciicast recordings of SSH terminal sessions back.
 if ! command -v asciinema >/dev/null; then
   log "installing asciinema (asciicast checks)"

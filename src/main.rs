@@ -36,6 +36,7 @@ async fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Sessions(args) => cli::sessions::run(args).await,
         Command::Replay(args) => cli::replay::run(args).await,
         Command::Verify(args) => cli::verify::run(args).await,
+        Command::Ui(args) => cli::ui::run(args).await,
         Command::Config { command } => cli::config::run(command),
         Command::Dev { command } => cli::dev::run(command).await,
     }

@@ -94,6 +94,8 @@ pub enum Command {
     /// Exit codes: 0 verified, 1 something is wrong (each problem is printed).
     /// Example: custody verify 0193... --store gs://audit-bucket/custody --public-key custody-signing.pub
     Verify(VerifyArgs),
+    /// The reviewers' console on loopback, calling the gateway with your token (like kubectl proxy)
+    Ui(super::ui::UiArgs),
     /// Configuration tools
     Config {
         #[command(subcommand)]
@@ -218,6 +220,12 @@ pub struct SessionsArgs {
     /// Only this connection
     #[arg(long)]
     pub connection: Option<String>,
+    /// Only this mode (tunnel, exec, refused, read, review, ...)
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Only this outcome, as listed (completed, "not sealed", ...)
+    #[arg(long)]
+    pub outcome: Option<String>,
     /// At most this many sessions
     #[arg(long, default_value_t = 100)]
     pub limit: usize,

@@ -16,6 +16,7 @@ pub mod revoke;
 pub mod serve;
 pub mod sessions;
 mod tunnel;
+pub mod ui;
 pub mod verify;
 
 pub use client::{ClientError, Target};

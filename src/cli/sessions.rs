@@ -12,14 +12,20 @@ pub async fn run(args: SessionsArgs) -> Result<ExitCode, CliError> {
         since,
         principal,
         connection,
+        mode,
+        outcome,
         limit,
         format,
     } = args;
     let filter = recording::sessions::Filter {
-        since: parse_since(&since)?,
+        since: recording::sessions::parse_since(&since, chrono::Utc::now())
+            .ok_or_else(|| CliError::Since(since.clone()))?,
         principal: principal.as_deref(),
         connection: connection.as_deref(),
+        mode: mode.as_deref(),
+        outcome: outcome.as_deref(),
         limit,
+        ..Default::default()
     };
     let store = recording::open_store(&store, None).await?;
     let listing = recording::sessions::list(store.as_ref(), &filter).await?;
@@ -33,21 +39,4 @@ pub async fn run(args: SessionsArgs) -> Result<ExitCode, CliError> {
         eprintln!("{notice}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// "24h" / "7d" back from now, or a date or RFC 3339 time.
-fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
-    if let Ok(d) = crate::config::parse_duration(s) {
-        let d = chrono::Duration::from_std(d)?;
-        return Ok(chrono::Utc::now() - d);
-    }
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        if let Some(t) = d.and_hms_opt(0, 0, 0) {
-            return Ok(t.and_utc());
-        }
-    }
-    Err(CliError::Since(s.to_string()))
 }

@@ -58,7 +58,7 @@ impl Config {
                 out.push((k.span(), format!("recording.signing_key: {e}")));
             }
         }
-        for m in &self.identity.admins {
+        for m in self.identity.admins.iter().chain(&self.identity.auditors) {
             if let Err(e) = m.get_ref().parse::<Member>() {
                 out.push((m.span(), e.to_string()));
             }

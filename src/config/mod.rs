@@ -223,6 +223,9 @@ pub struct IdentityConfig {
     /// Principals who may revoke (`custody revoke`).
     #[serde(default)]
     pub admins: Vec<Spanned<String>>,
+    /// Principals who may read every recording (`GET /v1/sessions`); admins too.
+    #[serde(default)]
+    pub auditors: Vec<Spanned<String>>,
     /// Longest lifetime a delegation token may ask for.
     #[serde(default = "default_delegation_ttl", with = "duration")]
     pub delegation_max_ttl: Duration,

@@ -69,7 +69,7 @@ pub(crate) async fn session(
     let now = chrono::Utc::now().timestamp();
     let permit = policy::authorize(&principal, &chain, conn, now).map_err(|e| {
         tracing::warn!(target: "custody::audit", audit_id, client = %origin.client, peer = %origin.peer, principal = %principal.member(), connection = name, outcome = "forbidden", reason = %e, "request refused");
-        spawn_refusal(gw, audit_id, principal.member(), name, &origin, e.to_string());
+        spawn_refusal(gw, audit_id, &principal, name, &origin, e.to_string());
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string(), audit_id)
     })?;
     let trace = telemetry::span_trace_id(req.span).or_else(|| trace_id(req.headers));
@@ -112,7 +112,7 @@ pub(crate) async fn identify(
         spawn_refusal(
             gw,
             audit_id,
-            principal.member(),
+            &principal,
             connection,
             &origin,
             reason.clone(),
@@ -206,7 +206,7 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
 fn spawn_refusal(
     gw: &Gateway,
     audit_id: &str,
-    principal: String,
+    principal: &Principal,
     connection: &str,
     origin: &Origin,
     reason: String,
@@ -217,6 +217,7 @@ fn spawn_refusal(
         connection.to_string(),
         origin.clone(),
     );
+    let principal = (principal.member(), principal.id());
     tokio::spawn(async move { record_refusal(rec, id, principal, conn, from, reason).await });
 }
 
@@ -224,7 +225,7 @@ fn spawn_refusal(
 pub(crate) async fn record_refusal(
     recorder: Arc<Recorder>,
     audit_id: String,
-    principal: String,
+    (principal, principal_id): (String, String),
     connection: String,
     origin: Origin,
     reason: String,
@@ -232,6 +233,7 @@ pub(crate) async fn record_refusal(
     let first = EventBody::SessionStart {
         audit_id: audit_id.clone(),
         principal,
+        principal_id: Some(principal_id),
         groups: Vec::new(),
         connection,
         mode: "refused".into(),
@@ -263,6 +265,7 @@ pub(crate) async fn audit(
     let first = EventBody::SessionStart {
         audit_id: audit_id.to_string(),
         principal: who.member(),
+        principal_id: Some(who.id()),
         groups: who.groups.clone(),
         connection: "-".into(),
         mode: mode.into(),

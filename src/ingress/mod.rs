@@ -13,8 +13,10 @@ pub mod listen;
 pub mod mcp;
 pub mod reviews;
 pub mod revocations;
+pub mod sessions;
 pub mod token;
 pub mod tunnel;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -42,8 +44,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/reviews/{id}", get(reviews::show))
         .route("/v1/reviews/{id}/{action}", post(reviews::decide))
         .route("/v1/revocations", post(revocations::revoke))
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{audit_id}", get(sessions::show))
+        .route("/v1/sessions/{audit_id}/asciicast", get(sessions::cast))
         .route("/.well-known/jwks.json", get(token::jwks))
         .merge(mcp::routes(gw.clone()))
+        .merge(ui::router())
         .with_state(gw)
 }
 

@@ -93,6 +93,7 @@ mod tests {
                 EventBody::SessionStart {
                     audit_id: "a1".into(),
                     principal: "user:ana@example.com".into(),
+                    principal_id: None,
                     groups: vec![],
                     connection: "web-1".into(),
                     mode: "tunnel".into(),

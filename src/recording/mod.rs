@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod asciicast;
+pub mod detail;
 pub mod gcs;
 mod render;
 pub mod seal;
@@ -66,6 +67,10 @@ pub enum EventBody {
     SessionStart {
         audit_id: String,
         principal: String,
+        /// `Principal::id()`: who this is whatever its token named it, so
+        /// a principal can be shown its own sessions (`GET /v1/sessions`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal_id: Option<String>,
         #[serde(default)]
         groups: Vec<String>,
         connection: String,
@@ -106,6 +111,12 @@ pub enum EventBody {
         /// The audit id of the held request, when this record is another one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         review_audit_id: Option<String>,
+    },
+    /// A recording was read through the API (`GET /v1/sessions/{audit_id}`):
+    /// which one, and as what (`events` or `asciicast`).
+    RecordingRead {
+        read_audit_id: String,
+        view: String,
     },
     /// An admin revoked a principal (POST /v1/revocations).
     Revocation {

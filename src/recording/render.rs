@@ -55,9 +55,10 @@ fn render_event(out: &mut String, ev: &Event) {
     let b = &ev.body;
     let _ = match b {
         EventBody::SessionStart { .. } => session_start(out, &ts, b),
-        EventBody::Delegation { .. } | EventBody::Review { .. } | EventBody::Revocation { .. } => {
-            access(out, &ts, b)
-        }
+        EventBody::Delegation { .. }
+        | EventBody::Review { .. }
+        | EventBody::Revocation { .. }
+        | EventBody::RecordingRead { .. } => access(out, &ts, b),
         EventBody::Statement { .. }
         | EventBody::Cancel { .. }
         | EventBody::Guardrail { .. }
@@ -196,6 +197,15 @@ fn access(out: &mut String, ts: &impl Display, body: &EventBody) -> fmt::Result 
         EventBody::Revocation { principal, reason } => {
             writeln!(out, "{ts}  REVOKED {}: {}", e(principal), e(reason))
         }
+        EventBody::RecordingRead {
+            read_audit_id,
+            view,
+        } => writeln!(
+            out,
+            "{ts}  read recording {} ({})",
+            e(read_audit_id),
+            e(view)
+        ),
         _ => Ok(()),
     }
 }

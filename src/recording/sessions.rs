@@ -13,6 +13,10 @@ pub struct SessionSummary {
     pub audit_id: String,
     pub started: Option<DateTime<Utc>>,
     pub principal: String,
+    /// Who it was (`Principal::id()`), when recorded: not in the JSON of
+    /// `custody sessions`, whose output stays as it was.
+    #[serde(skip_serializing)]
+    pub principal_id: Option<String>,
     pub connection: String,
     pub mode: String,
     pub statements: Option<u64>,
@@ -22,11 +26,52 @@ pub struct SessionSummary {
     pub sealed: bool,
 }
 
+#[derive(Default)]
 pub struct Filter<'a> {
     pub since: DateTime<Utc>,
     pub principal: Option<&'a str>,
     pub connection: Option<&'a str>,
+    pub mode: Option<&'a str>,
+    pub outcome: Option<&'a str>,
+    /// Only this principal identity's sessions (`Principal::id()`).
+    pub owner: Option<&'a str>,
+    /// Only sessions older than this audit id: the page token of the page before.
+    pub before: Option<&'a str>,
     pub limit: usize,
+}
+
+impl Filter<'_> {
+    /// Narrowed by what a session's summary says (not only by its id).
+    fn narrowed(&self) -> bool {
+        self.principal.is_some()
+            || self.connection.is_some()
+            || self.mode.is_some()
+            || self.outcome.is_some()
+            || self.owner.is_some()
+    }
+
+    fn admits(&self, s: &SessionSummary) -> bool {
+        let is = |want: Option<&str>, have: &str| want.is_none_or(|w| w == have);
+        is(self.principal, &s.principal)
+            && is(self.connection, &s.connection)
+            && is(self.mode, &s.mode)
+            && is(self.outcome, &s.outcome)
+            && self
+                .owner
+                .is_none_or(|o| s.principal_id.as_deref() == Some(o))
+    }
+}
+
+/// "24h" / "7d" back from `now`, or a date or RFC 3339 time.
+pub fn parse_since(s: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if let Ok(d) = crate::config::parse_duration(s) {
+        return Some(now - Duration::from_std(d).ok()?);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    Some(d.and_hms_opt(0, 0, 0)?.and_utc())
 }
 
 fn started_at(audit_id: &str) -> Option<DateTime<Utc>> {
@@ -35,7 +80,7 @@ fn started_at(audit_id: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
 }
 
-fn summarise(
+pub(super) fn summarise(
     audit_id: &str,
     start: Option<&Event>,
     end: Option<&Event>,
@@ -45,6 +90,7 @@ fn summarise(
         audit_id: audit_id.to_string(),
         started: start.map(|e| e.ts).or_else(|| started_at(audit_id)),
         principal: String::new(),
+        principal_id: None,
         connection: String::new(),
         mode: String::new(),
         statements: None,
@@ -54,12 +100,14 @@ fn summarise(
     };
     if let Some(EventBody::SessionStart {
         principal,
+        principal_id,
         connection,
         mode,
         ..
     }) = start.map(|e| &e.body)
     {
         s.principal = principal.clone();
+        s.principal_id = principal_id.clone();
         s.connection = connection.clone();
         s.mode = mode.clone();
     }
@@ -122,6 +170,12 @@ pub enum Cut {
 }
 
 impl Listing {
+    /// Where the next page starts (`Filter::before`), when this one was cut.
+    pub fn next_page(&self) -> Option<&str> {
+        self.cut?;
+        self.sessions.last().map(|s| s.audit_id.as_str())
+    }
+
     /// The stderr line that says the list is not everything, if it is not.
     pub fn notice(&self) -> Option<String> {
         let shown = self.sessions.len();
@@ -136,14 +190,20 @@ impl Listing {
     }
 }
 
-/// Audit ids of recordings started since `since`, newest first: every
-/// day's folder, each listed in full (the GCS lister follows pageToken).
+/// Audit ids of recordings started since `since` (and before `before`,
+/// when given), newest first: every day's folder from `before`'s day (or
+/// today) back, each listed in full (the GCS lister follows pageToken).
 async fn ids_since(
     store: &dyn ObjectStore,
     since: DateTime<Utc>,
+    before: Option<&str>,
 ) -> Result<Vec<String>, RecordError> {
     let mut out = Vec::new();
-    let mut day = Utc::now().date_naive();
+    // A page token starts the walk at its own day: later pages stay cheap.
+    let mut day = before
+        .and_then(started_at)
+        .unwrap_or_else(Utc::now)
+        .date_naive();
     while day >= since.date_naive() {
         let dir = format!("{}/", day.format("%Y/%m/%d"));
         let mut ids: Vec<String> = store
@@ -157,6 +217,8 @@ async fn ids_since(
                     .map(str::to_string)
             })
             .filter(|id| started_at(id).is_some_and(|t| t >= since))
+            // Audit ids are UUIDv7 in lowercase hex: text order is time order.
+            .filter(|id| before.is_none_or(|b| id.as_str() < b))
             .collect();
         ids.sort();
         out.extend(ids.into_iter().rev());
@@ -168,9 +230,8 @@ async fn ids_since(
 /// Recordings started since `filter.since`, newest first, at most
 /// `filter.limit` of them; says when the limit left some out.
 pub async fn list(store: &dyn ObjectStore, filter: &Filter<'_>) -> Result<Listing, RecordError> {
-    let ids = ids_since(store, filter.since).await?;
-    let filtered = filter.principal.is_some() || filter.connection.is_some();
-    if !filtered && ids.len() > filter.limit {
+    let ids = ids_since(store, filter.since, filter.before).await?;
+    if !filter.narrowed() && ids.len() > filter.limit {
         let mut sessions = Vec::with_capacity(filter.limit);
         for id in &ids[..filter.limit] {
             sessions.push(summary(store, id).await?);
@@ -181,9 +242,7 @@ pub async fn list(store: &dyn ObjectStore, filter: &Filter<'_>) -> Result<Listin
     let mut out = Listing::default();
     for id in &ids {
         let s = summary(store, id).await?;
-        if filter.principal.is_some_and(|p| p != s.principal)
-            || filter.connection.is_some_and(|c| c != s.connection)
-        {
+        if !filter.admits(&s) {
             continue;
         }
         if out.sessions.len() >= filter.limit {
@@ -217,4 +276,80 @@ pub fn render(list: &[SessionSummary]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(principal: &str, id: Option<&str>, mode: &str, outcome: &str) -> SessionSummary {
+        SessionSummary {
+            audit_id: "01900000-0000-7000-8000-000000000000".into(),
+            started: None,
+            principal: principal.into(),
+            principal_id: id.map(str::to_string),
+            connection: "pg".into(),
+            mode: mode.into(),
+            statements: None,
+            rows: None,
+            outcome: outcome.into(),
+            sealed: true,
+        }
+    }
+
+    #[test]
+    fn filters_match_exactly_and_owners_by_identity() {
+        let s = summary(
+            "user:alice@example.com",
+            Some("principal://i/subject/a"),
+            "exec",
+            "completed",
+        );
+        assert!(Filter::default().admits(&s));
+        let f = Filter {
+            mode: Some("exec"),
+            outcome: Some("completed"),
+            connection: Some("pg"),
+            ..Default::default()
+        };
+        assert!(f.admits(&s) && f.narrowed());
+        assert!(!Filter {
+            mode: Some("tunnel"),
+            ..Default::default()
+        }
+        .admits(&s));
+        assert!(!Filter {
+            outcome: Some("complete"),
+            ..Default::default()
+        }
+        .admits(&s));
+        let mine = Filter {
+            owner: Some("principal://i/subject/a"),
+            ..Default::default()
+        };
+        assert!(mine.admits(&s));
+        // The same name under another identity, or no identity recorded, is not the owner's.
+        let other = summary(
+            "user:alice@example.com",
+            Some("principal://j/subject/a"),
+            "exec",
+            "completed",
+        );
+        assert!(!mine.admits(&other));
+        let old = summary("user:alice@example.com", None, "exec", "completed");
+        assert!(!mine.admits(&old));
+    }
+
+    #[test]
+    fn since_is_a_duration_a_date_or_a_time() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_since("24h", now), Some(now - Duration::hours(24)));
+        assert_eq!(parse_since("7d", now), Some(now - Duration::days(7)));
+        let day = parse_since("2026-11-30", now).unwrap();
+        assert_eq!(day.to_rfc3339(), "2026-11-30T00:00:00+00:00");
+        assert!(parse_since("2026-11-30T10:00:00+01:00", now).is_some());
+        assert_eq!(parse_since("yesterday", now), None);
+    }
 }

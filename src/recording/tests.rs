@@ -12,6 +12,7 @@ fn start_event(id: &str) -> EventBody {
     EventBody::SessionStart {
         audit_id: id.into(),
         principal: "user:alice@example.com".into(),
+        principal_id: None,
         groups: vec![],
         connection: "pg".into(),
         mode: "tunnel".into(),
@@ -368,6 +369,7 @@ fn render_never_lets_recorded_text_start_a_line() {
         EventBody::SessionStart {
             audit_id: evil.into(),
             principal: evil.into(),
+            principal_id: Some(evil.into()),
             groups: vec![evil.into()],
             connection: evil.into(),
             mode: evil.into(),

@@ -49,6 +49,8 @@ pub struct Report {
     pub facts: Vec<String>,
     /// Everything wrong; empty means verified.
     pub problems: Vec<String>,
+    /// The manifest carries no signature (one of the problems).
+    pub unsigned: bool,
 }
 
 impl Report {
@@ -326,9 +328,13 @@ fn check_signature(
                 }
             }
         }
-        _ => r.problems.push(
-            "the manifest is not signed: set [recording] signing_key on the gateway".to_string(),
-        ),
+        _ => {
+            r.unsigned = true;
+            r.problems.push(
+                "the manifest is not signed: set [recording] signing_key on the gateway"
+                    .to_string(),
+            )
+        }
     }
 }
 

@@ -92,6 +92,11 @@ impl Recorder {
         self.budget_total - self.budget.available_permits()
     }
 
+    /// The public half of the key recordings are sealed with.
+    pub fn verifying_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
+        self.signer.as_ref().map(SigningKey::verifying_key)
+    }
+
     pub fn signer_id(&self) -> Option<String> {
         self.signer
             .as_ref()

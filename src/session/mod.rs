@@ -58,6 +58,7 @@ impl Session {
         let first = EventBody::SessionStart {
             audit_id: audit_id.clone(),
             principal: permit.principal.member(),
+            principal_id: Some(permit.principal.id()),
             groups: permit.principal.groups.clone(),
             connection: permit.connection.name().to_string(),
             mode: mode.to_string(),

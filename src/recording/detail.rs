@@ -1,0 +1,139 @@
+//! One recording as the read API shows it (`GET /v1/sessions/{audit_id}`):
+//! its summary, chain of custody, verify result and events. Pure over the
+//! fetched bytes, like `verify`.
+
+use ed25519_dalek::VerifyingKey;
+use serde::Serialize;
+
+use super::sessions::{summarise, SessionSummary};
+use super::verify::{self, Fetched, Report};
+use super::{Event, EventBody};
+
+/// `verify`'s answer in three words: verified, unsigned (sound but not
+/// signed: the gateway has no signing key) or failed, with what it found.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub status: &'static str,
+    pub facts: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+impl Verdict {
+    pub fn of(report: Report) -> Verdict {
+        let status = if report.ok() {
+            "verified"
+        } else if report.unsigned && report.problems.len() == 1 {
+            "unsigned"
+        } else {
+            "failed"
+        };
+        Verdict {
+            status,
+            facts: report.facts,
+            problems: report.problems,
+        }
+    }
+}
+
+/// `verify`'s words for a pinned key are the CLI's (`--public-key`); here
+/// the pinned key is always the gateway's own.
+fn gateway_words(report: Report) -> Verdict {
+    let mut v = Verdict::of(report);
+    for f in &mut v.facts {
+        *f = f.replace("(the key you gave)", "(the gateway's own key)");
+    }
+    v
+}
+
+/// `verify` with the key the gateway signs with, if it has one.
+pub fn verdict(rec: &Fetched, gateway_key: Option<&VerifyingKey>) -> Verdict {
+    let report = verify::verify(rec, gateway_key);
+    if gateway_key.is_some() {
+        gateway_words(report)
+    } else {
+        Verdict::of(report)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Detail {
+    pub summary: SessionSummary,
+    /// originator → hops → caller; the principal alone when not delegated.
+    pub chain: Vec<String>,
+    pub root_audit_id: Option<String>,
+    /// Whether `GET /v1/sessions/{audit_id}/asciicast` has a terminal to play.
+    pub terminal: bool,
+    pub verify: Verdict,
+    /// Every line that is an event; lines that are not are the verdict's problems.
+    pub events: Vec<Event>,
+}
+
+/// The events of a recording, leaving out lines that do not parse (a
+/// tampered recording is still shown, next to its failed verdict).
+pub fn events(rec: &Fetched) -> Vec<Event> {
+    super::event_lines(rec)
+        .filter_map(|(_, _, l)| serde_json::from_slice(l).ok())
+        .collect()
+}
+
+/// The principal identity (`Principal::id()`) a recording started under, if recorded.
+pub fn owner(events: &[Event]) -> Option<&str> {
+    events.iter().find_map(|e| match &e.body {
+        EventBody::SessionStart { principal_id, .. } => principal_id.as_deref(),
+        _ => None,
+    })
+}
+
+pub fn detail(rec: &Fetched, gateway_key: Option<&VerifyingKey>, events: Vec<Event>) -> Detail {
+    let start = events
+        .iter()
+        .find(|e| matches!(e.body, EventBody::SessionStart { .. }));
+    let end = events
+        .iter()
+        .rev()
+        .find(|e| matches!(e.body, EventBody::SessionEnd { .. }));
+    let summary = summarise(&rec.audit_id, start, end, rec.manifest.is_some());
+    let (chain, root_audit_id) = match start.map(|e| &e.body) {
+        Some(EventBody::SessionStart {
+            chain,
+            root_audit_id,
+            ..
+        }) if !chain.is_empty() => (chain.clone(), root_audit_id.clone()),
+        _ => (vec![summary.principal.clone()], None),
+    };
+    Detail {
+        chain,
+        root_audit_id,
+        terminal: super::asciicast::has_terminal(&events),
+        verify: verdict(rec, gateway_key),
+        summary,
+        events,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(problems: &[&str], unsigned: bool) -> Report {
+        Report {
+            facts: vec!["1 segment(s)".into()],
+            problems: problems.iter().map(|p| p.to_string()).collect(),
+            unsigned,
+        }
+    }
+
+    #[test]
+    fn verdicts_in_three_words() {
+        assert_eq!(Verdict::of(report(&[], false)).status, "verified");
+        assert_eq!(
+            Verdict::of(report(&["not signed"], true)).status,
+            "unsigned"
+        );
+        // Unsigned and also altered is failed, not merely unsigned.
+        let both = Verdict::of(report(&["not signed", "segment 000001 was altered"], true));
+        assert_eq!(both.status, "failed");
+        assert_eq!(both.problems.len(), 2);
+        assert_eq!(Verdict::of(report(&["missing"], false)).status, "failed");
+    }
+}
