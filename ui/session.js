@@ -76,6 +76,8 @@ function line(e, t0) {
       return cells('revocation', `${e.principal}: ${e.reason}`, '', '', '–', badge('revoked', 'bad'));
     case 'error':
       return cells('error', e.message, '', '', '–', badge('error', 'bad'));
+    case 'mcp':
+      return cells('mcp tool', `${e.tool} called by ${e.client || 'an unnamed client'} ${e.client_version || ''}`.trim());
     case 'upstream_login':
       return cells('upstream login', `${e.method} as ${e.user}`);
     case 'output':
