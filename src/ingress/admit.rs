@@ -167,14 +167,23 @@ pub(crate) async fn authenticate(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let result = match bearer(auth) {
-        Ok(token) => gw.verifier.verify(token).await,
-        Err(e) => Err(e),
+    let result = match (bearer(auth), iap_assertion(headers)) {
+        (Ok(token), _) => gw.verifier.verify(token).await,
+        // Behind Identity-Aware Proxy a browser sends no bearer token: IAP
+        // vouches for the user in its own signed header, a JWT that verifies
+        // only when its issuer (https://cloud.google.com/iap) is configured.
+        (Err(_), Some(token)) => gw.verifier.verify(token).await,
+        (Err(e), None) => Err(e),
     };
     result.map_err(|e| {
         tracing::warn!(target: "custody::audit", audit_id, client, outcome = "unauthenticated", reason = %e, "request refused");
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string(), audit_id)
     })
+}
+
+/// IAP's signed assertion (`x-goog-iap-jwt-assertion`), when present.
+fn iap_assertion(headers: &HeaderMap) -> Option<&str> {
+    header_text(headers, "x-goog-iap-jwt-assertion")
 }
 
 /// The caller's trace id from W3C `traceparent` or Google's
