@@ -92,4 +92,27 @@ fn iaps_signed_header_identifies_the_browser_user() {
         ],
     );
     assert_eq!(code, 401);
+
+    // Another site's page cannot use the browser's sign-in to act.
+    let post = |site: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", "POST"])
+            .arg(format!(
+                "{}/v1/reviews/01a2330c-0000-7000-8000-000000000000/approve",
+                gw.url
+            ))
+            .args(["-H", &format!("x-goog-iap-jwt-assertion: {good}")])
+            .args(["-H", &format!("sec-fetch-site: {site}")])
+            .args(["-H", "content-type: text/plain", "-d", "{}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = post("cross-site");
+    assert!(out.ends_with("403") && out.contains("cross_site"), "{out}");
+    let out = post("same-origin");
+    assert!(
+        !out.contains("cross_site"),
+        "the console's own calls pass: {out}"
+    );
 }

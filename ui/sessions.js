@@ -6,7 +6,7 @@ const FILTERS = [
   ['since', 'Since', 'text', '24h, 7d, 2026-11-30 or an RFC 3339 time'],
   ['principal', 'Principal', 'text', 'user:alice@example.com'],
   ['connection', 'Connection', 'text', 'connection name'],
-  ['mode', 'Mode', 'select', ['', 'tunnel', 'exec', 'read', 'review', 'revoke', 'delegate', 'refused']],
+  ['mode', 'Mode', 'select', ['', 'tunnel', 'exec', 'mcp', 'read', 'review', 'revoke', 'delegate', 'refused']],
   ['outcome', 'Outcome', 'text', 'completed, client closed, not sealed…'],
 ];
 

@@ -110,6 +110,13 @@ async fn forward(
     if let Some(why) = refuse(&headers, &p.hosts) {
         return error(StatusCode::FORBIDDEN, "forbidden", why.to_string());
     }
+    if !console_call(&method, uri.path()) {
+        let why = format!(
+            "custody ui forwards only the console's own calls, not {method} {}",
+            uri.path()
+        );
+        return error(StatusCode::FORBIDDEN, "forbidden", why);
+    }
     let token = match p.token().await {
         Ok(t) => t,
         Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()),
@@ -145,6 +152,26 @@ async fn forward(
     }
 }
 
+/// What the console calls: reading sessions, connections and reviews, and
+/// deciding reviews. Not exec, tokens, revocations or anything else another
+/// local process might want the user's token for.
+fn console_call(method: &Method, path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('%'))
+    {
+        return false;
+    }
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", ["v1", "connections"]) => true,
+        ("GET", ["v1", "sessions", ..]) if parts.len() <= 4 => true,
+        ("GET", ["v1", "reviews", ..]) if parts.len() <= 3 => true,
+        ("POST", ["v1", "reviews", _, "approve" | "deny"]) => true,
+        _ => false,
+    }
+}
+
 pub async fn run(args: UiArgs) -> Result<ExitCode, CliError> {
     let UiArgs {
         gw,
@@ -170,7 +197,7 @@ pub async fn run(args: UiArgs) -> Result<ExitCode, CliError> {
         explicit: gw.token.filter(|t| !t.is_empty()),
         hosts: [local.to_string(), format!("localhost:{port}")],
         token: tokio::sync::Mutex::new(Some((target.token, Instant::now()))),
-        http: reqwest::Client::new(),
+        http: super::client::http(),
     };
     let app = crate::ingress::ui::router()
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
@@ -210,6 +237,21 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn only_the_consoles_own_paths_and_methods_are_forwarded() {
+        let get = Method::GET;
+        assert!(console_call(&get, "/v1/sessions"));
+        assert!(console_call(&get, "/v1/sessions/01a2-x/asciicast"));
+        assert!(console_call(&get, "/v1/reviews/abc"));
+        assert!(console_call(&Method::POST, "/v1/reviews/abc/approve"));
+        assert!(!console_call(&Method::POST, "/v1/exec/pg"));
+        assert!(!console_call(&Method::POST, "/v1/token"));
+        assert!(!console_call(&Method::POST, "/v1/revocations"));
+        assert!(!console_call(&get, "/v1/../mcp"));
+        assert!(!console_call(&get, "/v1/sessions/%2e%2e/x"));
+        assert!(!console_call(&Method::DELETE, "/v1/sessions"));
     }
 
     #[test]

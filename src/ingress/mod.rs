@@ -50,7 +50,34 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/.well-known/jwks.json", get(token::jwks))
         .merge(mcp::routes(gw.clone()))
         .merge(ui::router())
+        .layer(axum::middleware::from_fn(same_origin_only))
         .with_state(gw)
+}
+
+/// Another site's page must not drive the API with the browser's
+/// credentials: behind a sign-in proxy that turns a cookie into the bearer
+/// token, a cross-site form could approve a review or run a statement, and
+/// a cross-site WebSocket could open a tunnel. Browsers say where a request
+/// comes from in `Sec-Fetch-Site`; the CLI and agents send none.
+async fn same_origin_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    let api = path.starts_with("/v1/") || path == "/mcp";
+    let site = request
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if api && matches!(site, "cross-site" | "same-site") {
+        let reason = format!(
+            "a request from another site ({site}) is refused: the API answers the console at this origin, the CLI and agents"
+        );
+        return ApiError::new(StatusCode::FORBIDDEN, "cross_site", reason, &new_audit_id())
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// A refusal or failure, rendered once for every endpoint. Errors of the

@@ -117,6 +117,17 @@ pub fn filter<'a>(
     }
     if let Some(t) = &q.page_token {
         recording::store::check_id(t).map_err(|e| e.to_string())?;
+        // The walk starts at the token's day and steps back a day per store
+        // listing: a token from the far future would walk for years.
+        let at = uuid::Uuid::parse_str(t)
+            .ok()
+            .and_then(|u| u.get_timestamp())
+            .map(|ts| ts.to_unix().0 as i64)
+            .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0));
+        match at {
+            Some(at) if at >= since && at <= now + chrono::Duration::days(1) => {}
+            _ => return Err(format!("page_token {t:?} is not a next_page_token of this listing (an audit id between since and now)")),
+        }
     }
     Ok(Filter {
         since,
@@ -322,9 +333,33 @@ mod tests {
                 page_token: Some("../x".into()),
                 ..Default::default()
             },
+            // Year 10889: a walk of millions of days.
+            ListQuery {
+                page_token: Some("ffffffff-ffff-7fff-bfff-ffffffffffff".into()),
+                ..Default::default()
+            },
+            // Before `since`, or no UUIDv7 at all.
+            ListQuery {
+                page_token: Some("00000000-0000-7000-8000-000000000000".into()),
+                ..Default::default()
+            },
+            ListQuery {
+                page_token: Some("not-a-uuid".into()),
+                ..Default::default()
+            },
         ] {
             assert!(filter(&bad, &Scope::All, now).is_err());
         }
+    }
+
+    #[test]
+    fn a_next_page_token_of_now_is_accepted() {
+        let now = chrono::Utc::now();
+        let q = ListQuery {
+            page_token: Some(uuid::Uuid::now_v7().to_string()),
+            ..Default::default()
+        };
+        assert!(filter(&q, &Scope::All, now).is_ok());
     }
 
     #[test]

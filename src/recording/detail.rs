@@ -39,19 +39,41 @@ impl Verdict {
 /// the pinned key is always the gateway's own.
 fn gateway_words(report: Report) -> Verdict {
     let mut v = Verdict::of(report);
-    for f in &mut v.facts {
-        *f = f.replace("(the key you gave)", "(the gateway's own key)");
+    for f in v.facts.iter_mut().chain(v.problems.iter_mut()) {
+        *f = f
+            .replace("(the key you gave)", "(the gateway's own key)")
+            .replace("the key you gave", "the gateway's own key");
     }
     v
 }
 
-/// `verify` with the key the gateway signs with, if it has one.
+/// `verify` with the key the gateway signs with, if it has one. With a key,
+/// an unsigned manifest is a failure: anyone who can create objects could
+/// have written it. Without one, nothing is "verified": a manifest's own
+/// embedded key proves only that someone signed it.
 pub fn verdict(rec: &Fetched, gateway_key: Option<&VerifyingKey>) -> Verdict {
-    let report = verify::verify(rec, gateway_key);
-    if gateway_key.is_some() {
-        gateway_words(report)
-    } else {
-        Verdict::of(report)
+    judged(verify::verify(rec, gateway_key), gateway_key.is_some())
+}
+
+fn judged(report: Report, gateway_signs: bool) -> Verdict {
+    match gateway_signs {
+        true => {
+            let mut v = gateway_words(report);
+            if v.status == "unsigned" {
+                v.status = "failed";
+                v.problems
+                    .push("the gateway signs its recordings, and this one is not signed".into());
+            }
+            v
+        }
+        false => {
+            let mut v = Verdict::of(report);
+            if v.status == "verified" {
+                v.status = "unsigned";
+                v.problems.push("the gateway has no signing key, so no signature here is the gateway's: intact as stored, not proven".into());
+            }
+            v
+        }
     }
 }
 
@@ -135,5 +157,20 @@ mod tests {
         assert_eq!(both.status, "failed");
         assert_eq!(both.problems.len(), 2);
         assert_eq!(Verdict::of(report(&["missing"], false)).status, "failed");
+    }
+
+    #[test]
+    fn only_the_gateways_own_key_verifies() {
+        // A gateway that signs: an unsigned manifest could be anyone's.
+        assert_eq!(judged(report(&["not signed"], true), true).status, "failed");
+        assert_eq!(judged(report(&[], false), true).status, "verified");
+        // A gateway without a key: a signature proves nothing of it.
+        let v = judged(report(&[], false), false);
+        assert_eq!(v.status, "unsigned");
+        assert!(v.problems[0].contains("no signing key"), "{:?}", v.problems);
+        assert_eq!(
+            judged(report(&["not signed"], true), false).status,
+            "unsigned"
+        );
     }
 }
