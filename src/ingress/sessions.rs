@@ -174,6 +174,9 @@ pub async fn list(
     answer(&audit_id, done.await)
 }
 
+/// The most of one recording the read API holds and serves.
+const MAX_READ_BYTES: usize = 64 << 20;
+
 /// A recording the caller may read, with its events; the read is audited.
 async fn readable(
     gw: &Gateway,
@@ -192,8 +195,22 @@ async fn readable(
             audit_id,
         )
     };
-    let rec = match recording::fetch(gw.recorder.store.as_ref(), id).await {
+    // Whose it is is read from its first segment, before the rest is.
+    let entitled = |first: &Fetched| match &scope {
+        Scope::All => true,
+        Scope::Own(me) => detail::owner(&detail::events(first)) == Some(me.as_str()),
+    };
+    let store = gw.recorder.store.as_ref();
+    let rec = match recording::fetch_for(store, id, MAX_READ_BYTES, entitled).await {
         Ok(rec) => rec,
+        Err(e @ RecordError::TooLarge(..)) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                e.to_string(),
+                audit_id,
+            ))
+        }
         Err(RecordError::BadId(_)) => {
             return Err(bad(format!("{id:?} is not an audit id"), audit_id))
         }

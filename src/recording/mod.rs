@@ -18,7 +18,7 @@ mod writer;
 
 pub use render::{escape, json_line, render};
 pub use store::{open_store, ObjectStore};
-pub use writer::{fetch, Recorder, Recording, Tap};
+pub use writer::{fetch, fetch_for, Recorder, Recording, Tap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -45,6 +45,8 @@ pub enum RecordError {
     Backlog(usize),
     #[error("the recording writer stopped: {0}")]
     Stopped(String),
+    #[error("recording {0} is over {1} MiB, more than is served over HTTP; read it with `custody replay {0} --store URL`")]
+    TooLarge(String, usize),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

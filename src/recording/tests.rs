@@ -458,3 +458,34 @@ fn json_lines_stay_json_without_raw_controls() {
     assert!(json_line(b"not json\x1b").is_none());
     assert!(json_line(b"{\"a\":\"\xff\"}").is_none());
 }
+
+#[tokio::test]
+async fn a_bounded_fetch_decides_on_the_first_segment_and_stops_at_its_limit() {
+    use crate::recording::store::{segment_key, MemStore, ObjectStore};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let store = MemStore::default();
+    let id = uuid::Uuid::now_v7().to_string();
+    for (n, len) in [(1, 10), (2, 100)] {
+        let data = bytes::Bytes::from(vec![b'x'; len]);
+        store.create(&segment_key(&id, n), data).await.unwrap();
+    }
+    let refused = crate::recording::fetch_for(&store, &id, 1000, |_| false).await;
+    assert!(
+        matches!(refused, Err(RecordError::NotFound(_))),
+        "{refused:?}"
+    );
+    let seen = AtomicUsize::new(0);
+    let rec = crate::recording::fetch_for(&store, &id, 1000, |f| {
+        seen.store(f.segments.len(), Ordering::Relaxed);
+        true
+    })
+    .await
+    .unwrap();
+    assert_eq!((seen.into_inner(), rec.segments.len()), (1, 2));
+    let big = crate::recording::fetch_for(&store, &id, 50, |_| true).await;
+    assert!(matches!(big, Err(RecordError::TooLarge(..))), "{big:?}");
+    let none =
+        crate::recording::fetch_for(&store, "01a23333-0000-7000-8000-000000000000", 50, |_| true)
+            .await;
+    assert!(matches!(none, Err(RecordError::NotFound(_))), "{none:?}");
+}

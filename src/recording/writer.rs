@@ -484,6 +484,66 @@ async fn flush(rec: &Recorder, log: &mut SegmentLog, p: &mut Pending) -> Result<
     Ok(())
 }
 
+/// As [`fetch`], for a reader that may not be entitled to it and must not
+/// make the gateway hold an unbounded recording: the lowest segment is read
+/// first and `entitled` decides from it whether to read on (else NotFound),
+/// and past `limit` bytes of manifest and segments it is TooLarge.
+pub async fn fetch_for(
+    store: &dyn ObjectStore,
+    audit_id: &str,
+    limit: usize,
+    entitled: impl Fn(&super::verify::Fetched) -> bool,
+) -> Result<super::verify::Fetched, RecordError> {
+    use super::verify::{object_kind, ObjectKind};
+    store::check_id(audit_id)?;
+    let dir = store::record_dir(audit_id);
+    let mut rec = super::verify::Fetched {
+        audit_id: audit_id.to_string(),
+        ..Default::default()
+    };
+    let not_found = || RecordError::NotFound(audit_id.to_string());
+    let keys = store.list_all(&dir).await?;
+    let mut segments: Vec<(u32, &String)> = Vec::new();
+    let mut manifest = None;
+    for key in &keys {
+        let name = key.strip_prefix(dir.as_str()).unwrap_or(key);
+        match object_kind(name) {
+            ObjectKind::Manifest => manifest = Some(key),
+            ObjectKind::Segment(n) => segments.push((n, key)),
+            ObjectKind::Foreign => rec.foreign.push(name.to_string()),
+        }
+    }
+    segments.sort_by_key(|(n, _)| *n);
+    if keys.is_empty() {
+        return Err(not_found());
+    }
+    let mut total = 0usize;
+    let too_large = || RecordError::TooLarge(audit_id.to_string(), limit >> 20);
+    for (i, (n, key)) in segments.iter().enumerate() {
+        let data = store.get(key).await?;
+        total += data.len();
+        rec.segments.push((*n, data));
+        // Whose it is comes first: a stranger learns not even its size.
+        if i == 0 && !entitled(&rec) {
+            return Err(not_found());
+        }
+        if total > limit {
+            return Err(too_large());
+        }
+    }
+    if segments.is_empty() && !entitled(&rec) {
+        return Err(not_found());
+    }
+    if let Some(key) = manifest {
+        let data = store.get(key).await?;
+        if total + data.len() > limit {
+            return Err(too_large());
+        }
+        rec.manifest = Some(data);
+    }
+    Ok(rec)
+}
+
 /// Everything stored for one audit id, for replay and verify: the manifest
 /// and canonically named segments are read; every other object under the
 /// recording's prefix, at any depth, is only named (see `verify`).
