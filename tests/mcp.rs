@@ -33,34 +33,14 @@ deny = ["drop"]
 require_approval = ["delete"]
 approvers = ["group:dba@example.com"]
 
-[[connections]]
-name = "pg-ci"
-kind = "postgres"
-host = "127.0.0.1"
-port = {port}
-database = "app"
-user = "app"
-password = "env:{PASSWORD_ENV}"
-tls = "disable"
-allow = ["serviceAccount:{CI}"]
-
-[connections.delegation]
-originators = ["user:alice@example.com"]
-
-[[connections]]
-name = "pg-hidden"
-kind = "postgres"
-host = "127.0.0.1"
-port = {port}
-database = "app"
-user = "app"
-password = "env:{PASSWORD_ENV}"
-tls = "disable"
-allow = ["user:alice@example.com"]
-mcp = false
-{ssh}"#,
+{ci}{hidden}{ssh}"#,
         hash = hash_key.display(),
-        port = pg().port,
+        ci = pg_connection(
+            "pg-ci",
+            &format!("\"serviceAccount:{CI}\""),
+            "[connections.delegation]\noriginators = [\"user:alice@example.com\"]",
+        ),
+        hidden = pg_connection("pg-hidden", "\"user:alice@example.com\"", "mcp = false"),
         ssh = sshd().connection("box", ""),
     );
     let text = config(&store, &extra).replace(

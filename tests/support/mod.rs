@@ -290,6 +290,15 @@ pub fn token_with(email: &str, groups: &[&str]) -> String {
         .unwrap()
 }
 
+/// A `[[connections]]` entry for the test PostgreSQL (tls disabled) named
+/// `name`, allowing `allow` (a TOML list's inside), with `extra` lines.
+pub fn pg_connection(name: &str, allow: &str, extra: &str) -> String {
+    format!(
+        "\n[[connections]]\nname = \"{name}\"\nkind = \"postgres\"\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"app\"\nuser = \"app\"\npassword = \"env:{PASSWORD_ENV}\"\ntls = \"disable\"\nallow = [{allow}]\n{extra}\n",
+        port = pg().port
+    )
+}
+
 /// A config with one postgres connection `pg` (tls disabled) and whatever else is given.
 pub fn config(store: &Path, extra: &str) -> String {
     let pg = pg();
