@@ -82,10 +82,12 @@ async fn record(rec: &Arc<Recorder>) {
     let start = EventBody::SessionStart {
         audit_id: ID.into(),
         principal: "user:alice@example.com".into(),
+        principal_id: None,
         groups: vec!["sre@example.com".into()],
         connection: "pg".into(),
         mode: "tunnel".into(),
         client_addr: Some("127.0.0.1:5000".into()),
+        peer: None,
         granted_by: Some("user:alice@example.com".into()),
         trace_id: None,
         chain: vec![],
