@@ -2,7 +2,9 @@
 //! WebSocket and hands the session to its protocol.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -91,21 +93,51 @@ async fn run(gw: &Gateway, ctx: SessionContext, tx: TunnelTx, rx: TunnelRx) {
     }
 }
 
+/// The WebSocket's sink with its errors as the tunnel's. Not `sink_map_err`:
+/// that takes its closure on the first error and panics on a second one,
+/// which a close after a failed send is (seen with 1000 sessions at once).
+struct Transport<S>(S);
+
+fn transport(e: axum::Error) -> TunnelError {
+    TunnelError::Transport(e.to_string())
+}
+
+impl<S> futures_util::Sink<Message> for Transport<S>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    type Error = TunnelError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), TunnelError>> {
+        Pin::new(&mut self.0).poll_ready(cx).map_err(transport)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), TunnelError> {
+        Pin::new(&mut self.0).start_send(item).map_err(transport)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), TunnelError>> {
+        Pin::new(&mut self.0).poll_flush(cx).map_err(transport)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), TunnelError>> {
+        Pin::new(&mut self.0).poll_close(cx).map_err(transport)
+    }
+}
+
 /// The WebSocket as the two halves of a tunnel.
 fn split(ws: WebSocket) -> (TunnelTx, TunnelRx) {
     let (sink, stream) = ws.split();
-    let sink = sink
-        .sink_map_err(|e| TunnelError::Transport(e.to_string()))
-        .with(|out: Outgoing| async move {
-            Ok::<_, TunnelError>(match out {
-                Outgoing::Data(b) => Message::Binary(b),
-                Outgoing::Ping => Message::Ping(Bytes::new()),
-                Outgoing::Close(code, reason) => Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                })),
-            })
-        });
+    let sink = Transport(sink).with(|out: Outgoing| async move {
+        Ok::<_, TunnelError>(match out {
+            Outgoing::Data(b) => Message::Binary(b),
+            Outgoing::Ping => Message::Ping(Bytes::new()),
+            Outgoing::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        })
+    });
     let stream = stream.map(|m| match m {
         Ok(Message::Binary(b)) => Ok(Incoming::Data(b)),
         Ok(Message::Close(_)) => Ok(Incoming::Closed),
@@ -114,4 +146,40 @@ fn split(ws: WebSocket) -> (TunnelTx, TunnelRx) {
         Err(e) => Err(TunnelError::Transport(e.to_string())),
     });
     tunnel::halves(sink, stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that fails every call, as a reset WebSocket does.
+    struct Broken;
+
+    impl futures_util::Sink<Message> for Broken {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Ready(Err(axum::Error::new(std::io::Error::other("reset"))))
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), axum::Error> {
+            Err(axum::Error::new(std::io::Error::other("reset")))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Ready(Err(axum::Error::new(std::io::Error::other("reset"))))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+            Poll::Ready(Err(axum::Error::new(std::io::Error::other("reset"))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_after_a_failed_send_is_an_error_not_a_panic() {
+        let mut sink = Transport(Broken);
+        let sent = sink.send(Message::Binary(Bytes::from_static(b"x"))).await;
+        assert!(matches!(sent, Err(TunnelError::Transport(_))), "{sent:?}");
+        let closed = sink.close().await;
+        assert!(
+            matches!(closed, Err(TunnelError::Transport(_))),
+            "{closed:?}"
+        );
+    }
 }
