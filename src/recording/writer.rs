@@ -501,7 +501,8 @@ pub async fn fetch_for(
         audit_id: audit_id.to_string(),
         ..Default::default()
     };
-    let not_found = || RecordError::NotFound(audit_id.to_string());
+    let not_found =
+        || RecordError::NotFound(format!("{audit_id} (looked in {}/{dir})", store.url()));
     let keys = store.list_all(&dir).await?;
     let mut segments: Vec<(u32, &String)> = Vec::new();
     let mut manifest = None;
@@ -551,28 +552,5 @@ pub async fn fetch(
     store: &dyn ObjectStore,
     audit_id: &str,
 ) -> Result<super::verify::Fetched, RecordError> {
-    use super::verify::{object_kind, ObjectKind};
-    store::check_id(audit_id)?;
-    let dir = store::record_dir(audit_id);
-    let mut rec = super::verify::Fetched {
-        audit_id: audit_id.to_string(),
-        ..Default::default()
-    };
-    let keys = store.list_all(&dir).await?;
-    for key in &keys {
-        let name = key.strip_prefix(dir.as_str()).unwrap_or(key);
-        match object_kind(name) {
-            ObjectKind::Manifest => rec.manifest = Some(store.get(key).await?),
-            ObjectKind::Segment(n) => rec.segments.push((n, store.get(key).await?)),
-            ObjectKind::Foreign => rec.foreign.push(name.to_string()),
-        }
-    }
-    rec.segments.sort_by_key(|(n, _)| *n);
-    if keys.is_empty() {
-        return Err(RecordError::NotFound(format!(
-            "{audit_id} (looked in {}/{dir})",
-            store.url()
-        )));
-    }
-    Ok(rec)
+    fetch_for(store, audit_id, usize::MAX, |_| true).await
 }
