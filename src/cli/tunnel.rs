@@ -11,11 +11,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{header_str, refusal, ClientError, Target};
-use crate::wire::{AUDIT_HEADER, CLIENT_CLOSED, DELEGATION_HEADER, REVIEW_HEADER};
+use crate::wire::{self, AUDIT_HEADER, CLIENT_CLOSED, DELEGATION_HEADER, REVIEW_HEADER};
 
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -54,7 +54,8 @@ pub(crate) async fn open_tunnel(
     if let Some(r) = target.review.as_ref().and_then(|t| t.trim().parse().ok()) {
         h.insert(REVIEW_HEADER, r);
     }
-    match tokio_tungstenite::connect_async_with_config(req, None, true).await {
+    let config = WebSocketConfig::default().read_buffer_size(wire::TUNNEL_READ_BUFFER);
+    match tokio_tungstenite::connect_async_with_config(req, Some(config), true).await {
         Ok((ws, resp)) => {
             let audit = header_str(resp.headers(), AUDIT_HEADER).unwrap_or_default();
             Ok((ws, audit))

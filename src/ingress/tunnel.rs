@@ -49,6 +49,7 @@ pub async fn handler(
     };
     let resp = ws
         .max_message_size(gw.config.server.max_message_bytes.max(1 << 20))
+        .read_buffer_size(crate::wire::TUNNEL_READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let _live = gw.live.enter();
             let (tx, rx) = split(socket);
