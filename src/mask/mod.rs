@@ -102,6 +102,15 @@ impl Counts {
             self.add(k, *v);
         }
     }
+
+    /// Adds every count to `to` and zeroes it here, keeping the keys: a
+    /// stream of rows builds its key strings once, not once per row.
+    pub fn move_into(&mut self, to: &mut Counts) {
+        for (k, v) in self.0.iter_mut().filter(|(_, v)| **v > 0) {
+            to.add(k, *v);
+            *v = 0;
+        }
+    }
 }
 
 pub struct EngineConfig<'a> {

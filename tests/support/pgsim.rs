@@ -291,6 +291,7 @@ pub fn run_frames(input: &[u8]) -> Vec<u8> {
         ..Default::default()
     };
     let mut client = ClientHook::new(&tracker, &rules, Some(mask), "audit");
+    let mut counts = custody::mask::Counts::default();
     // Feed the program in a few reads, as a real pipeline arrives.
     for chunk in input.chunks(64) {
         let mut upstream = BytesMut::new();
@@ -303,6 +304,7 @@ pub fn run_frames(input: &[u8]) -> Vec<u8> {
             done: &mut done,
             mask: Some(mask),
             guarded: true,
+            counts: &mut counts,
         };
         if server_scan
             .feed(&answer, &mut hook, &mut to_client)

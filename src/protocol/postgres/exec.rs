@@ -85,7 +85,7 @@ pub async fn run(
         // The statement may still be running upstream: stop it, not abandon it.
         let _ = upstream::cancel(conn, pid, key).await;
     }
-    answer.tracker.add_masked(&answer.counts);
+    answer.tracker.add_masked(&mut answer.counts);
     if let Some(mut ev) = answer.tracker.on_ready(b'I').0 {
         hooks::scrub(mask, &mut ev);
         // The statement ran: without its record, its result is not released.

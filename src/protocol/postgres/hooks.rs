@@ -470,6 +470,8 @@ pub struct ServerHook<'a> {
     pub mask: Option<MaskCtx<'a>>,
     /// Guardrails or masking inspect this session's statements.
     pub guarded: bool,
+    /// What masking counted in rows not yet added to their statement.
+    pub counts: &'a mut Counts,
 }
 
 impl Inspect for ServerHook<'_> {
@@ -493,10 +495,14 @@ impl Inspect for ServerHook<'_> {
             body
         };
         if let Some(m) = self.mask {
-            let mut counts = Counts::default();
-            let masked = masked_frame(&mut t, m, tag, body, &mut counts, out)?;
-            if !counts.is_empty() {
-                t.add_masked(&counts);
+            // Rows add up their counts; any other frame may move on to the
+            // next statement, so what came before it is added first.
+            if tag != b'D' {
+                t.add_masked(self.counts);
+            }
+            let masked = masked_frame(&mut t, m, tag, body, self.counts, out)?;
+            if tag != b'D' {
+                t.add_masked(self.counts);
             }
             if masked != Masked::Pass {
                 return Ok(());

@@ -21,8 +21,11 @@ use crate::session::tunnel::{TunnelRx, TunnelTx};
 use crate::session::{Interrupt, SessionContext};
 use crate::wire;
 
-/// Upstream reads are sized to one tunnel message (the tunnel's unit is 64 KiB).
+/// Upstream reads grow to one tunnel message (the tunnel's unit is 64 KiB)
+/// while results stream; a session of short answers keeps 8 KiB per buffer,
+/// so a thousand idle sessions do not hold 64 MiB of buffers each way.
 const READ_CHUNK: usize = 64 * 1024;
+const FIRST_CHUNK: usize = 8 * 1024;
 
 /// How a session ended, for the record and the close frame.
 pub(super) struct End {
@@ -295,7 +298,7 @@ async fn client_to_upstream(
             .insert(r.request.statement_sha256.clone());
     }
     let mut client_scan = Scanner::new(ctx.limits.max_message_bytes);
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::with_capacity(FIRST_CHUNK);
     if !pending.is_empty() {
         client_scan.feed(&pending, &mut hook, &mut out)?;
     }
@@ -359,21 +362,28 @@ async fn upstream_to_client(
     to_client: &mut u64,
 ) -> Result<End, RelayEnd> {
     let ctx = relay.ctx;
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = FIRST_CHUNK;
+    let mut buf = BytesMut::with_capacity(chunk);
     buf.extend_from_slice(&leftover);
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::with_capacity(chunk);
     let mut done = Vec::new();
+    let mut counts = crate::mask::Counts::default();
     let every = ctx.limits.ping_interval;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut drain_later = false;
     let client = |e: crate::session::tunnel::TunnelError| RelayEnd::Client(e.to_string());
     loop {
         if buf.is_empty() {
-            buf.reserve(READ_CHUNK);
+            buf.reserve(chunk);
             tokio::select! {
                 n = up_r.read_buf(&mut buf) => {
-                    if n? == 0 {
+                    let n = n?;
+                    if n == 0 {
                         return Ok(End::normal("upstream closed the connection"));
+                    }
+                    // A full read: more is coming, read more at a time.
+                    if n >= chunk {
+                        chunk = (chunk * 2).min(READ_CHUNK);
                     }
                 }
                 _ = ping.tick() => {
@@ -399,6 +409,7 @@ async fn upstream_to_client(
             done: &mut done,
             mask: relay.mask,
             guarded: ctx.rules.inspects(),
+            counts: &mut counts,
         };
         server_scan
             .feed(&buf, &mut hook, &mut out)

@@ -351,10 +351,11 @@ impl Tracker {
         }
     }
 
-    /// Adds masking counts to the statement now answering.
-    pub fn add_masked(&mut self, counts: &Counts) {
-        if let Some(Pending::Simple(s) | Pending::Exec(s)) = self.pending.front_mut() {
-            s.masked.merge(counts);
+    /// Adds masking counts to the statement now answering (and clears them).
+    pub fn add_masked(&mut self, counts: &mut Counts) {
+        match self.pending.front_mut() {
+            Some(Pending::Simple(s) | Pending::Exec(s)) => counts.move_into(&mut s.masked),
+            _ => counts.move_into(&mut Counts::default()),
         }
     }
 
