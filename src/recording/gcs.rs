@@ -19,6 +19,11 @@ use super::RecordError;
 const GOOGLE: &str = "https://storage.googleapis.com";
 /// The client's own retries stop here; the recorder retries until its grace.
 const CALL_LIMIT: Duration = Duration::from_secs(20);
+/// Store calls in flight at once. Each one holds an HTTP connection and its
+/// buffers, kept in the pool afterwards: 1000 sessions starting together
+/// held a thousand of them, about 100 KiB per session. Waiting for a slot
+/// does not count against a call's limit.
+const IN_FLIGHT: usize = 32;
 
 pub struct GcsStore {
     client: Storage,
@@ -27,6 +32,7 @@ pub struct GcsStore {
     endpoint: String,
     bucket: String,
     prefix: String,
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// `[recording] endpoint`, else `STORAGE_EMULATOR_HOST` (as Google's other
@@ -47,11 +53,20 @@ fn gcs_err(op: &str, what: &str, e: impl std::fmt::Display) -> RecordError {
     RecordError::Gcs(format!("{op} {what}: {e}"))
 }
 
-async fn bounded<T>(
+/// Runs one store call in a free slot, within `CALL_LIMIT`. The call's
+/// future (the client's whole request state) is built and boxed only once
+/// the slot is free, so calls waiting for one hold a few bytes each.
+async fn bounded<'a, T, F>(
+    slots: &tokio::sync::Semaphore,
     op: &str,
     what: &str,
-    fut: impl std::future::Future<Output = Result<T, RecordError>>,
-) -> Result<T, RecordError> {
+    call: impl FnOnce() -> F,
+) -> Result<T, RecordError>
+where
+    F: std::future::Future<Output = Result<T, RecordError>> + Send + 'a,
+{
+    let _slot = slots.acquire().await.map_err(|e| gcs_err(op, what, e))?;
+    let fut: BoxFuture<'a, Result<T, RecordError>> = Box::pin(call());
     tokio::time::timeout(CALL_LIMIT, fut)
         .await
         .unwrap_or_else(|_| Err(gcs_err(op, what, format!("no answer in {CALL_LIMIT:?}"))))
@@ -100,6 +115,7 @@ impl GcsStore {
             endpoint,
             bucket: bucket.to_string(),
             prefix: prefix.trim_matches('/').to_string(),
+            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
         })
     }
 
@@ -134,6 +150,11 @@ impl GcsStore {
     ) -> Result<(Vec<String>, Vec<String>), RecordError> {
         let full = self.name(dir);
         let what = format!("gs://{}/{full}", self.bucket);
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|e| gcs_err("list", &what, e))?;
         let strip = self.name("");
         let rel = |n: String| n.strip_prefix(&strip).map(str::to_string);
         let (mut keys, mut dirs) = (Vec::new(), Vec::new());
@@ -193,7 +214,7 @@ impl ObjectStore for GcsStore {
         Box::pin(async move {
             let name = self.name(key);
             let what = format!("gs://{}/{name}", self.bucket);
-            bounded("write", &what, async {
+            bounded(&self.in_flight, "write", &what, || async {
                 let crc = crc32c::crc32c(&data);
                 let res = self
                     .client
@@ -218,7 +239,7 @@ impl ObjectStore for GcsStore {
         Box::pin(async move {
             let name = self.name(key);
             let what = format!("gs://{}/{name}", self.bucket);
-            bounded("read", &what, async {
+            bounded(&self.in_flight, "read", &what, || async {
                 let mut resp = match self
                     .client
                     .read_object(self.bucket_path(), &name)
