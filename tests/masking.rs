@@ -173,6 +173,43 @@ async fn simple_protocol_text_results() {
     assert_ne!(r.get(0), Some(people()[0].name.as_str()));
 }
 
+/// Each recorded statement counts its own rows (a Query of two SELECTs is
+/// one statement with both tags), none of the one before.
+#[tokio::test(flavor = "multi_thread")]
+async fn masked_counts_belong_to_their_statement() {
+    let gw = setup();
+    let (cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let c = pg_client(addr).await;
+    c.simple_query("select ssn from customers order by id limit 3; select ssn, 1 as two from customers order by id limit 2")
+        .await
+        .unwrap();
+    c.simple_query("select ssn, 'third' as t from customers order by id limit 4")
+        .await
+        .unwrap();
+    drop(c);
+    cli.wait_log("ended");
+    let rec = gw.wait_recordings("'third'");
+    let counts: Vec<&str> = rec
+        .lines()
+        .filter(|l| l.contains("\"type\":\"statement\"") && l.contains("ssn"))
+        .map(|l| {
+            let at = l
+                .find("\"masked\":")
+                .expect("statement without masked counts");
+            let rest = &l[at..];
+            &rest[..rest.find('}').unwrap() + 1]
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            "\"masked\":{\"column:public.customers.ssn\":5}",
+            "\"masked\":{\"column:public.customers.ssn\":4}",
+        ],
+        "{rec}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn extended_protocol_binary_results() {
     let gw = setup();

@@ -470,3 +470,22 @@ fn adversarial_input_stays_linear() {
     let long_local = format!("{}@example.com", "a".repeat(256 << 10));
     assert_eq!(mask(&long_local), "[EMAIL]");
 }
+
+#[test]
+fn counts_move_into_zeroes_and_keeps_keys() {
+    let mut rows = Counts::default();
+    rows.add("email", 2);
+    rows.add("column:t.ssn", 1);
+    let mut first = Counts::default();
+    rows.move_into(&mut first);
+    assert_eq!(
+        first.0,
+        BTreeMap::from([("column:t.ssn".into(), 1), ("email".into(), 2)])
+    );
+    // Keys stay (no new strings for the next rows); only non-zero counts move.
+    assert_eq!(rows.0.len(), 2);
+    rows.add("email", 1);
+    let mut second = Counts::default();
+    rows.move_into(&mut second);
+    assert_eq!(second.0, BTreeMap::from([("email".into(), 1)]));
+}
