@@ -19,10 +19,9 @@ use super::RecordError;
 const GOOGLE: &str = "https://storage.googleapis.com";
 /// The client's own retries stop here; the recorder retries until its grace.
 const CALL_LIMIT: Duration = Duration::from_secs(20);
-/// Store calls in flight at once. Each one holds an HTTP connection and its
-/// buffers, kept in the pool afterwards: 1000 sessions starting together
-/// held a thousand of them, about 100 KiB per session. Waiting for a slot
-/// does not count against a call's limit.
+/// Store calls in flight at once (each holds an HTTP connection and the
+/// client's request state). Waiting for a slot does not count against a
+/// call's limit.
 const IN_FLIGHT: usize = 32;
 
 pub struct GcsStore {
@@ -53,9 +52,19 @@ fn gcs_err(op: &str, what: &str, e: impl std::fmt::Display) -> RecordError {
     RecordError::Gcs(format!("{op} {what}: {e}"))
 }
 
+/// Waits for one of the `IN_FLIGHT` slots.
+async fn slot<'s>(
+    slots: &'s tokio::sync::Semaphore,
+    op: &str,
+    what: &str,
+) -> Result<tokio::sync::SemaphorePermit<'s>, RecordError> {
+    slots.acquire().await.map_err(|e| gcs_err(op, what, e))
+}
+
 /// Runs one store call in a free slot, within `CALL_LIMIT`. The call's
-/// future (the client's whole request state) is built and boxed only once
-/// the slot is free, so calls waiting for one hold a few bytes each.
+/// future (the client's whole request state, about 64 KiB) is built and
+/// boxed only once the slot is free: 1000 sessions flushing together held
+/// 64 MiB while they waited.
 async fn bounded<'a, T, F>(
     slots: &tokio::sync::Semaphore,
     op: &str,
@@ -65,7 +74,7 @@ async fn bounded<'a, T, F>(
 where
     F: std::future::Future<Output = Result<T, RecordError>> + Send + 'a,
 {
-    let _slot = slots.acquire().await.map_err(|e| gcs_err(op, what, e))?;
+    let _slot = slot(slots, op, what).await?;
     let fut: BoxFuture<'a, Result<T, RecordError>> = Box::pin(call());
     tokio::time::timeout(CALL_LIMIT, fut)
         .await
@@ -150,11 +159,7 @@ impl GcsStore {
     ) -> Result<(Vec<String>, Vec<String>), RecordError> {
         let full = self.name(dir);
         let what = format!("gs://{}/{full}", self.bucket);
-        let _slot = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|e| gcs_err("list", &what, e))?;
+        let _slot = slot(&self.in_flight, "list", &what).await?;
         let strip = self.name("");
         let rel = |n: String| n.strip_prefix(&strip).map(str::to_string);
         let (mut keys, mut dirs) = (Vec::new(), Vec::new());

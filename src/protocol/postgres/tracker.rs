@@ -355,7 +355,8 @@ impl Tracker {
     pub fn add_masked(&mut self, counts: &mut Counts) {
         match self.pending.front_mut() {
             Some(Pending::Simple(s) | Pending::Exec(s)) => counts.move_into(&mut s.masked),
-            _ => counts.move_into(&mut Counts::default()),
+            // Nothing is answering: the counts belong to no statement.
+            _ => counts.0.values_mut().for_each(|v| *v = 0),
         }
     }
 
