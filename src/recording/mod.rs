@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub mod asciicast;
 pub mod detail;
 pub mod gcs;
+mod json;
 mod render;
 pub mod seal;
 pub mod sessions;
@@ -241,9 +242,20 @@ struct EventRef<'a> {
 }
 
 fn encode(buf: &mut Vec<u8>, seq: u64, ts: DateTime<Utc>, body: &EventBody) {
-    let ev = EventRef { seq, ts, body };
-    // Serializing our own enum into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, &ev);
+    match body {
+        // Most of a terminal session's bytes: written without serde.
+        EventBody::Output {
+            channel,
+            stream,
+            data,
+        } => json::output(buf, seq, ts, *channel, stream, data),
+        EventBody::Input { channel, data } => json::input(buf, seq, ts, *channel, data),
+        _ => {
+            let ev = EventRef { seq, ts, body };
+            // Serializing our own enum into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, &ev);
+        }
+    }
     buf.push(b'\n');
 }
 

@@ -19,13 +19,24 @@ impl StreamText {
     /// kept back (up to `MAX_HELD`) so a value split across chunks is seen
     /// whole; `flush` releases it.
     pub fn push(&mut self, bytes: &[u8], hold_lines: bool) -> String {
-        let mut buf = std::mem::take(&mut self.partial);
-        buf.extend_from_slice(bytes);
-        let cut = complete_utf8(&buf);
-        self.partial = buf.split_off(cut);
-        let text = String::from_utf8_lossy(&buf);
+        let joined;
+        let bytes = if self.partial.is_empty() {
+            bytes
+        } else {
+            let mut b = std::mem::take(&mut self.partial);
+            b.extend_from_slice(bytes);
+            joined = b;
+            &joined[..]
+        };
+        let (ready, cut) = bytes.split_at(complete_utf8(bytes));
+        self.partial = cut.to_vec();
         let mut out = std::mem::take(&mut self.held);
-        out.push_str(&text);
+        // Valid UTF-8 (nearly all output) is checked a word at a time;
+        // the lossy path walks byte by byte, 7 instructions each.
+        match std::str::from_utf8(ready) {
+            Ok(s) => out.push_str(s),
+            Err(_) => out.push_str(&String::from_utf8_lossy(ready)),
+        }
         if hold_lines {
             let keep_from = out.rfind('\n').map(|i| i + 1).unwrap_or(0);
             if out.len() - keep_from <= MAX_HELD {
