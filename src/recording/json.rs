@@ -14,14 +14,16 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// Whether any of 8 bytes needs escaping (SWAR: control bytes, `"`, `\`).
-fn word_needs_escape(w: u64) -> bool {
+/// The high bit of each of 8 bytes (little-endian) that may need escaping
+/// (SWAR: control bytes, `"`, `\\`). The lowest set bit is exact; bits
+/// above it may be false (a borrow), so only the first is used.
+fn escape_bits(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     // Below 0x20: the high bit of (b - 0x20) set while b's own is clear.
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-    below_space || zero_in(w ^ (ONES * u64::from(b'"'))) || zero_in(w ^ (ONES * u64::from(b'\\')))
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    below_space | zero_in(w ^ (ONES * u64::from(b'"'))) | zero_in(w ^ (ONES * u64::from(b'\\')))
 }
 
 /// Appends `s` as a quoted JSON string, byte for byte as serde_json would.
@@ -31,24 +33,25 @@ pub fn string(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
     let mut start = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        if let Some(chunk) = bytes.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            if !word_needs_escape(u64::from_le_bytes(w)) {
-                i += 8;
-                continue;
-            }
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let bits = escape_bits(u64::from_le_bytes(w));
+        if bits == 0 {
+            i += 8;
+            continue;
         }
-        let end = (i + 8).min(bytes.len());
-        while i < end {
-            let b = bytes[i];
-            if needs_escape(b) {
-                buf.extend_from_slice(&bytes[start..i]);
-                escape(buf, b);
-                start = i + 1;
-            }
-            i += 1;
+        let at = i + (bits.trailing_zeros() / 8) as usize;
+        buf.extend_from_slice(&bytes[start..at]);
+        escape(buf, bytes[at]);
+        start = at + 1;
+        i = at + 1;
+    }
+    for (at, b) in bytes.iter().enumerate().skip(i) {
+        if needs_escape(*b) {
+            buf.extend_from_slice(&bytes[start..at]);
+            escape(buf, *b);
+            start = at + 1;
         }
     }
     buf.extend_from_slice(&bytes[start..]);
@@ -153,16 +156,13 @@ mod tests {
     }
 
     #[test]
-    fn words_flag_exactly_the_bytes_serde_escapes() {
+    fn words_find_the_first_byte_serde_escapes() {
         for b in 0u8..=255 {
             for at in 0..8 {
                 let mut w = [b'a'; 8];
                 w[at] = b;
-                assert_eq!(
-                    word_needs_escape(u64::from_le_bytes(w)),
-                    needs_escape(b),
-                    "byte {b:#x} at {at}"
-                );
+                let bits = escape_bits(u64::from_le_bytes(w));
+                assert_eq!(bits != 0, needs_escape(b), "byte {b:#x} at {at}");
             }
         }
         // Mixed words: high bytes of UTF-8 next to the bytes that matter.
@@ -171,8 +171,10 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let any = x.to_le_bytes().iter().any(|b| needs_escape(*b));
-            assert_eq!(word_needs_escape(x), any, "{x:#x}");
+            let first = x.to_le_bytes().iter().position(|b| needs_escape(*b));
+            let bits = escape_bits(x);
+            let ours = (bits != 0).then(|| (bits.trailing_zeros() / 8) as usize);
+            assert_eq!(ours, first, "{x:#x}");
         }
     }
 

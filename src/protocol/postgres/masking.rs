@@ -255,7 +255,9 @@ fn json_string(v: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&s).unwrap_or_else(|_| b"null".to_vec())
 }
 
-/// Rewrites a DataRow body into `out` as a whole 'D' frame.
+/// Writes a DataRow body into `out` as a whole 'D' frame, masked. A row
+/// nothing changes (most rows, in practice) goes out as it came: the frame
+/// is copied whole, and rebuilt only from the first value that changes.
 pub fn data_row(
     body: &[u8],
     masks: Option<&[ColMask]>,
@@ -264,45 +266,53 @@ pub fn data_row(
     out: &mut BytesMut,
 ) -> Result<(), PgError> {
     let short = || PgError::Protocol("malformed DataRow from upstream".into());
-    let mut rest = body;
-    if rest.len() < 2 {
-        return Err(short());
-    }
-    let n = rest.get_i16();
-    out.reserve(body.len() + 16);
-    out.put_u8(b'D');
-    let at = out.len();
-    out.put_i32(0);
-    out.put_i16(n);
+    let n = match body {
+        [a, b, ..] => i16::from_be_bytes([*a, *b]),
+        _ => return Err(short()),
+    };
+    let frame = out.len();
+    super::codec::put_frame(out, b'D', body);
+    // Offsets into `body`; `out` holds body[..at] verbatim until rebuilt.
+    let mut at = 2;
+    let mut rebuilt = false;
     for i in 0..n.max(0) as usize {
-        if rest.len() < 4 {
-            return Err(short());
-        }
-        let len = rest.get_i32();
-        if len < 0 {
-            out.put_i32(-1);
+        let head = body.get(at..at + 4).ok_or_else(short)?;
+        let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let value_at = at;
+        at += 4;
+        let masked = if len < 0 {
+            None
+        } else {
+            let v = body.get(at..at + len as usize).ok_or_else(short)?;
+            at += v.len();
+            mask_one(v, masks.and_then(|m| m.get(i)), engine, counts).map(|m| (v, m))
+        };
+        if masked.is_some() && !rebuilt {
+            out.truncate(frame + 5 + value_at);
+            rebuilt = true;
+        } else if rebuilt && masked.is_none() {
+            out.put_slice(&body[value_at..at]);
             continue;
         }
-        let len = len as usize;
-        if rest.len() < len {
-            return Err(short());
-        }
-        let (v, tail) = rest.split_at(len);
-        rest = tail;
-        match mask_one(v, masks.and_then(|m| m.get(i)), engine, counts) {
-            None => {
-                out.put_i32(len as i32);
-                out.put_slice(v);
-            }
-            Some(None) => out.put_i32(-1),
-            Some(Some(m)) => {
+        match masked {
+            None => {}
+            Some((_, None)) => out.put_i32(-1),
+            Some((_, Some(m))) => {
                 out.put_i32(m.len() as i32);
                 out.put_slice(&m);
             }
         }
     }
-    let total = (out.len() - at) as i32;
-    out[at..at + 4].copy_from_slice(&total.to_be_bytes());
+    // Bytes after the last value are not the row's: they are dropped, as
+    // a rebuilt row always dropped them.
+    if at < body.len() && !rebuilt {
+        out.truncate(frame + 5 + at);
+        rebuilt = true;
+    }
+    if rebuilt {
+        let total = (out.len() - frame - 1) as i32;
+        out[frame + 1..frame + 5].copy_from_slice(&total.to_be_bytes());
+    }
     Ok(())
 }
 
