@@ -317,7 +317,7 @@ impl Engine {
             Some(rule) => counts.add(&rule.count_key, 1),
             None => counts.add(&format!("column:{pattern}"), 1),
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(value.len().max(16));
         match strategy {
             Strategy::Null => return None,
             Strategy::Redact => out.extend_from_slice(b"[REDACTED]"),
@@ -472,6 +472,17 @@ fn looks_like_email(value: &[u8]) -> bool {
 /// one `*` per character; values of 4 characters or less become all stars.
 /// Works on characters, not bytes, so multi-byte text stays valid UTF-8.
 fn push_partial(out: &mut Vec<u8>, value: &[u8], keep_domain: bool) {
+    // ASCII (nearly every card number, phone, email): one byte a character.
+    if value.is_ascii() {
+        let split = match value.iter().rposition(|b| *b == b'@') {
+            Some(at) if keep_domain => at,
+            _ if value.len() > 4 => value.len() - 4,
+            _ => value.len(),
+        };
+        out.resize(out.len() + split, b'*');
+        out.extend_from_slice(&value[split..]);
+        return;
+    }
     let value = String::from_utf8_lossy(value);
     let (hidden, kept) = match value.rfind('@') {
         Some(at) if keep_domain => value.split_at(at),

@@ -39,16 +39,22 @@ pub fn pattern_forms(text: &str, options: ParserOptions) -> Vec<String> {
 /// on connections with masking but no guardrails. Escapes (`U&`, `\`) could
 /// spell any name, so they count too.
 pub fn may_change_encoding(sql: &str) -> bool {
+    // One pass keyed on the first letter: this runs on every statement.
     let b = sql.as_bytes();
-    b.contains(&b'\\')
-        || ["encoding", "names", "set_config", "u&", "settings"]
-            .iter()
-            .any(|needle| contains_ignore_case(b, needle.as_bytes()))
-}
-
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    (0..b.len()).any(|i| {
+        let starts = |needle: &[u8]| {
+            b.get(i..i + needle.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+        };
+        match b[i].to_ascii_lowercase() {
+            b'\\' => true,
+            b'e' => starts(b"encoding"),
+            b'n' => starts(b"names"),
+            b's' => starts(b"set_config") || starts(b"settings"),
+            b'u' => starts(b"u&"),
+            _ => false,
+        }
+    })
 }
 
 struct Piece {
@@ -233,5 +239,19 @@ mod tests {
             r#"select U&"set\005fconfig"('a','b',false)"#
         ));
         assert!(!may_change_encoding("select * from t where id = $1"));
+    }
+
+    proptest::proptest! {
+        /// The one-pass prefilter flags exactly what a search for each
+        /// needle (the way it was written first) flags.
+        #[test]
+        fn encoding_prefilter_matches_a_search_per_needle(sql in "([a-zA-Z_&\\\\ ]|encoding|NAMES|Set_Config|u&|settings|é){0,40}") {
+            let b = sql.as_bytes();
+            let search = b.contains(&b'\\')
+                || ["encoding", "names", "set_config", "u&", "settings"].iter().any(|n| {
+                    b.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+                });
+            proptest::prop_assert_eq!(may_change_encoding(&sql), search);
+        }
     }
 }

@@ -180,7 +180,7 @@ pub fn mask_one(
         } else {
             masked
         };
-        return Some(Some([prefix, &masked].concat()));
+        return Some(Some(prefixed(prefix, masked)));
     }
     if !engine.has_detectors() {
         return None;
@@ -192,7 +192,17 @@ pub fn mask_one(
     if !still_valid(type_oid, &masked) {
         return Some(None);
     }
-    Some(Some([prefix, &masked].concat()))
+    Some(Some(prefixed(prefix, masked)))
+}
+
+/// `prefix` (jsonb's version byte, else empty) before `masked`, with no
+/// copy when there is none.
+fn prefixed(prefix: &[u8], masked: Vec<u8>) -> Vec<u8> {
+    if prefix.is_empty() {
+        masked
+    } else {
+        [prefix, &masked].concat()
+    }
 }
 
 /// Binary formats that cannot carry text, with their width: booleans,
