@@ -23,6 +23,7 @@
 #   BENCH_STORE    gcs (default): recordings stream to the GCS emulator (fake-gcs-server
 #                  on 127.0.0.3:80, from the PyPI wheel; started if not running);
 #                  file: recordings go to a local directory
+#   BENCH_SCRIPTS  which pg measures to run (default "select tpcb select-ext masked latency")
 #   BENCH_SESSIONS concurrent recorded sessions for the memory run (default 200)
 #   BENCH_MANY_SECONDS duration of the memory run, connections included (default 30)
 #   BENCH_TXNS     pgbench -S transactions per measured window for `instructions` (default 2000)
@@ -36,7 +37,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 MODE=${1:-}
@@ -499,7 +500,7 @@ sessions_before=$(grep -c 'opened' "$tmp/connect.log" || true)
 # Rounds interleave the three targets, so a slow spell of this shared
 # machine hits all of them; ratios are taken within a round.
 for round in $(seq 1 "$RUNS"); do
-  for script in select tpcb select-ext masked latency; do
+  for script in ${BENCH_SCRIPTS:-select tpcb select-ext masked latency}; do
     port=$lport clients=$CLIENTS threads=$THREADS
     case $script in
       select) args=(-S) ;;
