@@ -268,7 +268,23 @@ fn json_string(v: &[u8]) -> Vec<u8> {
 /// Writes a DataRow body into `out` as a whole 'D' frame, masked. A row
 /// nothing changes (most rows, in practice) goes out as it came: the frame
 /// is copied whole, and rebuilt only from the first value that changes.
+/// On an error `out` is left as it was: no unmasked copy stays behind.
 pub fn data_row(
+    body: &[u8],
+    masks: Option<&[ColMask]>,
+    engine: &Engine,
+    counts: &mut Counts,
+    out: &mut BytesMut,
+) -> Result<(), PgError> {
+    let frame = out.len();
+    let written = copy_masked_row(body, masks, engine, counts, out);
+    if written.is_err() {
+        out.truncate(frame);
+    }
+    written
+}
+
+fn copy_masked_row(
     body: &[u8],
     masks: Option<&[ColMask]>,
     engine: &Engine,
@@ -290,27 +306,30 @@ pub fn data_row(
         let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let value_at = at;
         at += 4;
-        let masked = if len < 0 {
-            None
-        } else {
-            let v = body.get(at..at + len as usize).ok_or_else(short)?;
-            at += v.len();
-            mask_one(v, masks.and_then(|m| m.get(i)), engine, counts).map(|m| (v, m))
-        };
-        if masked.is_some() && !rebuilt {
-            out.truncate(frame + 5 + value_at);
-            rebuilt = true;
-        } else if rebuilt && masked.is_none() {
-            out.put_slice(&body[value_at..at]);
-            continue;
-        }
-        match masked {
-            None => {}
-            Some((_, None)) => out.put_i32(-1),
-            Some((_, Some(m))) => {
-                out.put_i32(m.len() as i32);
-                out.put_slice(&m);
+        // None: passes as it came; Some(None): NULL; Some(Some(v)): v.
+        let masked = match len {
+            -1 => None,
+            // Only -1 is NULL on the wire; any other negative length is
+            // rewritten to it, so the client parses the row as we did.
+            ..-1 => Some(None),
+            _ => {
+                let v = body.get(at..at + len as usize).ok_or_else(short)?;
+                at += v.len();
+                mask_one(v, masks.and_then(|m| m.get(i)), engine, counts)
             }
+        };
+        match (masked, rebuilt) {
+            (None, false) => continue,
+            (None, true) => {
+                out.put_slice(&body[value_at..at]);
+                continue;
+            }
+            (Some(m), false) => {
+                out.truncate(frame + 5 + value_at);
+                rebuilt = true;
+                put_value(out, m);
+            }
+            (Some(m), true) => put_value(out, m),
         }
     }
     // Bytes after the last value are not the row's: they are dropped, as
@@ -324,6 +343,16 @@ pub fn data_row(
         out[frame + 1..frame + 5].copy_from_slice(&total.to_be_bytes());
     }
     Ok(())
+}
+
+fn put_value(out: &mut BytesMut, v: Option<Vec<u8>>) {
+    match v {
+        None => out.put_i32(-1),
+        Some(v) => {
+            out.put_i32(v.len() as i32);
+            out.put_slice(&v);
+        }
+    }
 }
 
 /// Rewrites one text-format COPY row ('d' body): column rules by position

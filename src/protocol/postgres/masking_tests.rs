@@ -159,10 +159,16 @@ proptest! {
     /// Copying a row whole and rebuilding from its first changed value
     /// gives the bytes that rebuilding every row gave (the old way).
     #[test]
-    fn rows_copied_whole_match_rows_rebuilt(vals in proptest::collection::vec(proptest::option::of("[a-z0-9@. ()-]{0,30}"), 0..6), tail in proptest::collection::vec(any::<u8>(), 0..3), ruled in any::<bool>()) {
+    fn rows_copied_whole_match_rows_rebuilt(vals in proptest::collection::vec(proptest::option::of("[a-z0-9@. ()-]{0,30}"), 0..6), tail in proptest::collection::vec(any::<u8>(), 0..3), ruled in any::<bool>(), odd_null in proptest::option::of(0usize..6)) {
         let e = engine();
         let refs: Vec<Option<&[u8]>> = vals.iter().map(|v| v.as_deref().map(str::as_bytes)).collect();
         let mut body = row(&refs);
+        // A NULL spelled with another negative length (-5): PostgreSQL never
+        // sends one; it must reach the client as -1, as a rebuilt row had it.
+        if let Some(k) = odd_null.filter(|k| *k < vals.len() && vals[*k].is_none()) {
+            let at = 2 + vals[..k].iter().map(|v| 4 + v.as_ref().map_or(0, |s| s.len())).sum::<usize>();
+            body[at..at + 4].copy_from_slice(&(-5i32).to_be_bytes());
+        }
         body.extend_from_slice(&tail);
         let col = |name: &str| Col { name: name.into(), table_oid: 0, attnum: 0, type_oid: 25, format: 0 };
         let cols: Vec<Col> = (0..vals.len()).map(|i| col(if ruled && i == 1 { "ssn" } else { "note" })).collect();
@@ -186,6 +192,18 @@ proptest! {
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         prop_assert_eq!(len + 1, out.len());
     }
+}
+
+/// A row cut short is an error that leaves nothing of it in `out`: the
+/// whole-frame copy is taken back, so no unmasked value can follow.
+#[test]
+fn a_malformed_row_leaves_out_as_it_was() {
+    let e = engine();
+    let mut body = row(&[Some(b"ada@example.com"), Some(b"x")]);
+    body.truncate(body.len() - 3);
+    let mut out = BytesMut::from(&b"before"[..]);
+    assert!(data_row(&body, None, &e, &mut Counts::default(), &mut out).is_err());
+    assert_eq!(&out[..], b"before");
 }
 
 /// Every value rewritten into a new frame: what `data_row` did before it
