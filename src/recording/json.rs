@@ -5,6 +5,8 @@
 //! writes for the same event (tests compare them), so readers, the hash
 //! chain and `verify` see no difference.
 
+use std::io::Write;
+
 use chrono::{DateTime, Utc};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -108,15 +110,14 @@ pub fn input(buf: &mut Vec<u8>, seq: u64, ts: DateTime<Utc>, channel: u32, data:
 }
 
 fn head(buf: &mut Vec<u8>, seq: u64, ts: DateTime<Utc>, kind: &str, channel: u32) {
-    buf.extend_from_slice(b"{\"seq\":");
-    buf.extend_from_slice(seq.to_string().as_bytes());
+    // Writing into a Vec cannot fail; `write!` formats without a String.
+    let _ = write!(buf, "{{\"seq\":{seq}");
     buf.extend_from_slice(b",\"ts\":");
     // A timestamp serializes infallibly; serde writes it exactly as before.
     let _ = serde_json::to_writer(&mut *buf, &ts);
     buf.extend_from_slice(b",\"type\":\"");
     buf.extend_from_slice(kind.as_bytes());
-    buf.extend_from_slice(b"\",\"channel\":");
-    buf.extend_from_slice(channel.to_string().as_bytes());
+    let _ = write!(buf, "\",\"channel\":{channel}");
 }
 
 #[cfg(test)]

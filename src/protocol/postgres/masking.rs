@@ -318,19 +318,17 @@ fn copy_masked_row(
                 mask_one(v, masks.and_then(|m| m.get(i)), engine, counts)
             }
         };
-        match (masked, rebuilt) {
-            (None, false) => continue,
-            (None, true) => {
+        let Some(m) = masked else {
+            if rebuilt {
                 out.put_slice(&body[value_at..at]);
-                continue;
             }
-            (Some(m), false) => {
-                out.truncate(frame + 5 + value_at);
-                rebuilt = true;
-                put_value(out, m);
-            }
-            (Some(m), true) => put_value(out, m),
+            continue;
+        };
+        if !rebuilt {
+            out.truncate(frame + 5 + value_at);
+            rebuilt = true;
         }
+        put_value(out, m);
     }
     // Bytes after the last value are not the row's: they are dropped, as
     // a rebuilt row always dropped them.
