@@ -3,7 +3,9 @@
 custody/socat-chain and custody/direct ratios taken within each round (then
 their median, with the spread), and the latency custody adds per query.
 
-Input: a TSV of round, script, target, tps, latency_ms, relay_cpu_s.
+Input: a TSV of round, script, target, tps, latency_ms, relay_cpu_s (and
+the machine's idle percent during the run, when measured), and
+optionally the seconds of each run, for the relays' CPU per transaction.
 """
 import statistics
 import sys
@@ -31,16 +33,17 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def main(path):
+def main(path, seconds=None):
     rows = {}  # (script, target) -> list of (round, tps, lat, cpu)
     for line in open(path):
         parts = line.rstrip("\n").split("\t")
-        if len(parts) != 6:
+        if len(parts) not in (6, 7):
             continue
-        rnd, script, target, tps, lat, cpu = parts
-        rows.setdefault((script, target), []).append((rnd, num(tps), num(lat), num(cpu)))
+        rnd, script, target, tps, lat, cpu = parts[:6]
+        idle = num(parts[6]) if len(parts) == 7 else None
+        rows.setdefault((script, target), []).append((rnd, num(tps), num(lat), num(cpu), idle))
 
-    print(f"{'script':<11} {'target':<12} {'tps':>10} {'latency_ms':>11} {'relay_cpu_s':>12}")
+    print(f"{'script':<11} {'target':<12} {'tps':>10} {'latency_ms':>11} {'relay_cpu_s':>12} {'idle_%':>7}")
     for s in SCRIPTS:
         for t in TARGETS:
             r = rows.get((s, t), [])
@@ -49,7 +52,8 @@ def main(path):
             tps = median([x[1] for x in r])
             lat = median([x[2] for x in r])
             cpu = median([x[3] for x in r])
-            print(f"{s:<11} {t:<12} {fmt(tps, '.0f'):>10} {fmt(lat, '.3f'):>11} {fmt(cpu, '.2f'):>12}")
+            idle = median([x[4] for x in r])
+            print(f"{s:<11} {t:<12} {fmt(tps, '.0f'):>10} {fmt(lat, '.3f'):>11} {fmt(cpu, '.2f'):>12} {fmt(idle, '.1f'):>7}")
     print()
 
     def per_round(script, target, base, field):
@@ -70,6 +74,9 @@ def main(path):
         want_s = f">={want:.2f}" if want else ""
         print(f"{s:<11} {fmt(median(ratios), '.2f'):>20} {spread:>12} {want_s:>7} {fmt(median(direct), '.2f'):>15} {mark}")
 
+    if seconds:
+        cpu_per_txn(rows, seconds)
+
     added = [(a - b) * 1000.0 for a, b in per_round("latency", "custody", "socat-chain", 2)]
     over_direct = [(a - b) * 1000.0 for a, b in per_round("latency", "custody", "direct", 2)]
     if added:
@@ -82,5 +89,24 @@ def main(path):
         )
 
 
+def cpu_per_txn(rows, seconds):
+    """The forwarders' CPU per transaction: what a relay costs whatever the
+    machine's noise does to throughput (a round's tps moves with the
+    scheduler; the CPU each transaction takes moves far less)."""
+
+    def us(script, target):
+        per = [c / (t * seconds) * 1e6 for _, t, _, c, _ in rows.get((script, target), []) if t and c is not None]
+        return median(per)
+
+    print()
+    print(f"{'script':<11} {'relay cpu us/txn: socat-chain':>30} {'custody':>9} {'custody/socat-chain':>20}")
+    for s in SCRIPTS:
+        a, b = us(s, "socat-chain"), us(s, "custody")
+        if a is None and b is None:
+            continue
+        ratio = b / a if a and b is not None else None
+        print(f"{s:<11} {fmt(a, '.1f'):>30} {fmt(b, '.1f'):>9} {fmt(ratio, '.2f'):>20}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -449,7 +449,7 @@ if [ "$MODE" = instructions ]; then
 fi
 
 # ---------------------------------------------------------------- runs
-results=$tmp/results.tsv # round script target tps latency_ms relay_cpu_s
+results=$tmp/results.tsv # round script target tps latency_ms relay_cpu_s idle_pct
 : >"$results"
 failures=0
 
@@ -469,6 +469,8 @@ run_one() {
   local out="$tmp/pgbench-$round-$label-$target.log" cpu0=0 cpu1=0 p
   [ "$label" = tpcb ] && reset_tpcb
   for p in $cpupids; do cpu0=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
+  local stat0 stat1
+  stat0=$(head -n 1 /proc/stat)
   log "round $round/$RUNS: $label via $target: pgbench -c $clients $* (${SECONDS_PER_RUN}s)"
   local rc=0
   # In the background plus wait, so a signal reaches our trap at once.
@@ -479,6 +481,12 @@ run_one() {
   bench_pid=""
   sleep 0.3 # let per-connection socat children exit and be reaped
   for p in $cpupids; do cpu1=$(awk -v a="$cpu1" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
+  stat1=$(head -n 1 /proc/stat)
+  # The machine's idle share during the run: a path that leaves cores idle
+  # while clients wait loses throughput to wake-ups, not to CPU.
+  local idle
+  idle=$(printf '%s\n%s\n' "$stat0" "$stat1" | awk '{ t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idl[NR] = $5 + $6 }
+    END { d = tot[2] - tot[1]; printf "%.1f", (d > 0 ? 100 * (idl[2] - idl[1]) / d : 0) }')
   local tps lat cpu="-"
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$out")
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$out")
@@ -490,7 +498,7 @@ run_one() {
     tps=${tps:-FAIL}
     lat=${lat:--}
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$target" "$tps" "${lat:--}" "$cpu" >>"$results"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$target" "$tps" "${lat:--}" "$cpu" "$idle" >>"$results"
 }
 
 chain_cpu="$socat_a_pid $socat_b_pid"
@@ -512,8 +520,14 @@ for round in $(seq 1 "$RUNS"); do
       latency) args=(-S) clients=1 threads=1 ;;
     esac
     run_one "$round" "$script" direct "$pg_port" direct_env "" "$clients" "$threads" -- "${args[@]}"
-    run_one "$round" "$script" socat-chain "$sock_a" direct_env "$chain_cpu" "$clients" "$threads" -- "${args[@]}"
-    run_one "$round" "$script" custody "$port" nopw_env "$custody_cpu $masked_pid" "$clients" "$threads" -- "${args[@]}"
+    # The two paths compared swap places every round: whichever runs
+    # second after direct would otherwise always meet the same state.
+    for target in $(if [ $((round % 2)) = 1 ]; then echo socat-chain custody; else echo custody socat-chain; fi); do
+      case $target in
+        socat-chain) run_one "$round" "$script" socat-chain "$sock_a" direct_env "$chain_cpu" "$clients" "$threads" -- "${args[@]}" ;;
+        custody) run_one "$round" "$script" custody "$port" nopw_env "$custody_cpu $masked_pid" "$clients" "$threads" -- "${args[@]}" ;;
+      esac
+    done
   done
 done
 
@@ -553,7 +567,7 @@ table=$tmp/table.txt
 {
   echo "custody bench pg: $(date -u +%Y-%m-%dT%H:%M:%SZ), HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?'), binary built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "pgbench -c $CLIENTS -j $THREADS -T $SECONDS_PER_RUN -n (latency: -c 1 -S), scale $SCALE, loopback, $RUNS round(s), medians; relay cpu = CPU seconds of the forwarders (socat a+b or custody connect+serve) during the run; recordings: ${BENCH_STORE:-gcs}"
-  python3 "$root/scripts/bench-report.py" "$results"
+  python3 "$root/scripts/bench-report.py" "$results" "$SECONDS_PER_RUN"
   echo "custody connect sessions opened during the runs: $((sessions_after - sessions_before))"
   awk -v idle="$rss_idle" -v peak="$rss_peak" -v n="$many" -v tps="${many_tps:-FAIL}" -v conn="${many_conn:--}" 'BEGIN {
     printf "memory, %d concurrent recorded sessions: custody serve %d MiB resident before, peak %d MiB, %.0f KiB per session (pgbench -S -c %d: %s tps, connecting took %s ms)\n",
