@@ -34,7 +34,7 @@ def fmt(v, spec):
 
 
 def main(path, seconds=None):
-    rows = {}  # (script, target) -> list of (round, tps, lat, cpu)
+    rows = {}  # (script, target) -> list of (round, tps, lat, cpu, idle)
     for line in open(path):
         parts = line.rstrip("\n").split("\t")
         if len(parts) not in (6, 7):

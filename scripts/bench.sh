@@ -522,7 +522,9 @@ for round in $(seq 1 "$RUNS"); do
     run_one "$round" "$script" direct "$pg_port" direct_env "" "$clients" "$threads" -- "${args[@]}"
     # The two paths compared swap places every round: whichever runs
     # second after direct would otherwise always meet the same state.
-    for target in $(if [ $((round % 2)) = 1 ]; then echo socat-chain custody; else echo custody socat-chain; fi); do
+    order="socat-chain custody"
+    [ $((round % 2)) = 1 ] || order="custody socat-chain"
+    for target in $order; do
       case $target in
         socat-chain) run_one "$round" "$script" socat-chain "$sock_a" direct_env "$chain_cpu" "$clients" "$threads" -- "${args[@]}" ;;
         custody) run_one "$round" "$script" custody "$port" nopw_env "$custody_cpu $masked_pid" "$clients" "$threads" -- "${args[@]}" ;;
