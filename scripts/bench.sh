@@ -479,9 +479,10 @@ run_one() {
   bench_pid=$!
   wait "$bench_pid" || rc=$?
   bench_pid=""
+  # Before the pause below: idle is the run's, not the reaping's.
+  stat1=$(head -n 1 /proc/stat)
   sleep 0.3 # let per-connection socat children exit and be reaped
   for p in $cpupids; do cpu1=$(awk -v a="$cpu1" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
-  stat1=$(head -n 1 /proc/stat)
   # The machine's idle share during the run: a path that leaves cores idle
   # while clients wait loses throughput to wake-ups, not to CPU.
   local idle
