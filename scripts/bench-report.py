@@ -3,9 +3,10 @@
 custody/socat-chain and custody/direct ratios taken within each round (then
 their median, with the spread), and the latency custody adds per query.
 
-Input: a TSV of round, script, target, tps, latency_ms, relay_cpu_s (and
-the machine's idle percent during the run, when measured), and
-optionally the seconds of each run, for the relays' CPU per transaction.
+Input: a TSV of round, script, target, tps, latency_ms, relay_cpu_s (and,
+when measured, the machine's idle percent and its context switches during
+the run), and optionally the seconds of each run, for the relays' CPU and
+the machine's context switches per transaction.
 """
 import statistics
 import sys
@@ -34,16 +35,23 @@ def fmt(v, spec):
 
 
 def main(path, seconds=None):
-    rows = {}  # (script, target) -> list of (round, tps, lat, cpu, idle)
+    rows = {}  # (script, target) -> list of (round, tps, lat, cpu, idle, switches)
     for line in open(path):
         parts = line.rstrip("\n").split("\t")
-        if len(parts) not in (6, 7):
+        if len(parts) not in (6, 7, 8):
             continue
         rnd, script, target, tps, lat, cpu = parts[:6]
-        idle = num(parts[6]) if len(parts) == 7 else None
-        rows.setdefault((script, target), []).append((rnd, num(tps), num(lat), num(cpu), idle))
+        idle = num(parts[6]) if len(parts) > 6 else None
+        switches = num(parts[7]) if len(parts) > 7 else None
+        rows.setdefault((script, target), []).append((rnd, num(tps), num(lat), num(cpu), idle, switches))
 
-    print(f"{'script':<11} {'target':<12} {'tps':>10} {'latency_ms':>11} {'relay_cpu_s':>12} {'idle_%':>7}")
+    def per_txn(x):
+        tps, switches = x[1], x[5]
+        return switches / (tps * seconds) if seconds and tps and switches is not None else None
+
+    print(
+        f"{'script':<11} {'target':<12} {'tps':>10} {'latency_ms':>11} {'relay_cpu_s':>12} {'idle_%':>7} {'switches/txn':>13}"
+    )
     for s in SCRIPTS:
         for t in TARGETS:
             r = rows.get((s, t), [])
@@ -53,7 +61,10 @@ def main(path, seconds=None):
             lat = median([x[2] for x in r])
             cpu = median([x[3] for x in r])
             idle = median([x[4] for x in r])
-            print(f"{s:<11} {t:<12} {fmt(tps, '.0f'):>10} {fmt(lat, '.3f'):>11} {fmt(cpu, '.2f'):>12} {fmt(idle, '.1f'):>7}")
+            sw = median([per_txn(x) for x in r])
+            print(
+                f"{s:<11} {t:<12} {fmt(tps, '.0f'):>10} {fmt(lat, '.3f'):>11} {fmt(cpu, '.2f'):>12} {fmt(idle, '.1f'):>7} {fmt(sw, '.2f'):>13}"
+            )
     print()
 
     def per_round(script, target, base, field):
@@ -95,7 +106,7 @@ def cpu_per_txn(rows, seconds):
     scheduler; the CPU each transaction takes moves far less)."""
 
     def us(script, target):
-        per = [c / (t * seconds) * 1e6 for _, t, _, c, _ in rows.get((script, target), []) if t and c is not None]
+        per = [x[3] / (x[1] * seconds) * 1e6 for x in rows.get((script, target), []) if x[1] and x[3] is not None]
         return median(per)
 
     print()

@@ -469,8 +469,9 @@ run_one() {
   local out="$tmp/pgbench-$round-$label-$target.log" cpu0=0 cpu1=0 p
   [ "$label" = tpcb ] && reset_tpcb
   for p in $cpupids; do cpu0=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
-  local stat0 stat1
+  local stat0 stat1 ctxt0 ctxt1
   stat0=$(head -n 1 /proc/stat)
+  ctxt0=$(awk '$1 == "ctxt" { print $2 }' /proc/stat)
   log "round $round/$RUNS: $label via $target: pgbench -c $clients $* (${SECONDS_PER_RUN}s)"
   local rc=0
   # In the background plus wait, so a signal reaches our trap at once.
@@ -481,6 +482,7 @@ run_one() {
   bench_pid=""
   # Before the pause below: idle is the run's, not the reaping's.
   stat1=$(head -n 1 /proc/stat)
+  ctxt1=$(awk '$1 == "ctxt" { print $2 }' /proc/stat)
   sleep 0.3 # let per-connection socat children exit and be reaped
   for p in $cpupids; do cpu1=$(awk -v a="$cpu1" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
   # The machine's idle share during the run: a path that leaves cores idle
@@ -499,7 +501,10 @@ run_one() {
     tps=${tps:-FAIL}
     lat=${lat:--}
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$target" "$tps" "${lat:--}" "$cpu" "$idle" >>"$results"
+  # Context switches on the whole machine (client, forwarders, server):
+  # every sleep and wake-up a transaction costs, wherever it happens.
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$target" "$tps" "${lat:--}" "$cpu" "$idle" \
+    "$((ctxt1 - ctxt0))" >>"$results"
 }
 
 chain_cpu="$socat_a_pid $socat_b_pid"
