@@ -8,6 +8,7 @@ when measured, the machine's idle percent and its context switches during
 the run), and optionally the seconds of each run, for the relays' CPU and
 the machine's context switches per transaction.
 """
+import collections
 import statistics
 import sys
 
@@ -34,8 +35,19 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+# One pgbench run; idle and switches are None in files from older benches.
+Run = collections.namedtuple("Run", "round tps lat cpu idle switches")
+
+
+def per_txn(value, run, seconds):
+    """A run's total (CPU seconds, context switches) per transaction."""
+    if not seconds or not run.tps or value is None:
+        return None
+    return value / (run.tps * seconds)
+
+
 def main(path, seconds=None):
-    rows = {}  # (script, target) -> list of (round, tps, lat, cpu, idle, switches)
+    rows = {}  # (script, target) -> list of Run
     for line in open(path):
         parts = line.rstrip("\n").split("\t")
         if len(parts) not in (6, 7, 8):
@@ -43,11 +55,7 @@ def main(path, seconds=None):
         rnd, script, target, tps, lat, cpu = parts[:6]
         idle = num(parts[6]) if len(parts) > 6 else None
         switches = num(parts[7]) if len(parts) > 7 else None
-        rows.setdefault((script, target), []).append((rnd, num(tps), num(lat), num(cpu), idle, switches))
-
-    def per_txn(x):
-        tps, switches = x[1], x[5]
-        return switches / (tps * seconds) if seconds and tps and switches is not None else None
+        rows.setdefault((script, target), []).append(Run(rnd, num(tps), num(lat), num(cpu), idle, switches))
 
     print(
         f"{'script':<11} {'target':<12} {'tps':>10} {'latency_ms':>11} {'relay_cpu_s':>12} {'idle_%':>7} {'switches/txn':>13}"
@@ -57,26 +65,26 @@ def main(path, seconds=None):
             r = rows.get((s, t), [])
             if not r:
                 continue
-            tps = median([x[1] for x in r])
-            lat = median([x[2] for x in r])
-            cpu = median([x[3] for x in r])
-            idle = median([x[4] for x in r])
-            sw = median([per_txn(x) for x in r])
+            tps = median([x.tps for x in r])
+            lat = median([x.lat for x in r])
+            cpu = median([x.cpu for x in r])
+            idle = median([x.idle for x in r])
+            sw = median([per_txn(x.switches, x, seconds) for x in r])
             print(
                 f"{s:<11} {t:<12} {fmt(tps, '.0f'):>10} {fmt(lat, '.3f'):>11} {fmt(cpu, '.2f'):>12} {fmt(idle, '.1f'):>7} {fmt(sw, '.2f'):>13}"
             )
     print()
 
     def per_round(script, target, base, field):
-        a = {x[0]: x[field] for x in rows.get((script, target), [])}
-        b = {x[0]: x[field] for x in rows.get((script, base), [])}
+        a = {x.round: getattr(x, field) for x in rows.get((script, target), [])}
+        b = {x.round: getattr(x, field) for x in rows.get((script, base), [])}
         return [(a[k], b[k]) for k in a if k in b and a[k] is not None and b[k] is not None]
 
     print(f"{'script':<11} {'custody/socat-chain':>20} {'(min-max)':>12} {'target':>7} {'custody/direct':>15}")
     for s in SCRIPTS:
-        pairs = per_round(s, "custody", "socat-chain", 1)
+        pairs = per_round(s, "custody", "socat-chain", "tps")
         ratios = [a / b for a, b in pairs if b > 0]
-        direct = [a / b for a, b in per_round(s, "custody", "direct", 1) if b > 0]
+        direct = [a / b for a, b in per_round(s, "custody", "direct", "tps") if b > 0]
         if not ratios and not direct:
             continue
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
@@ -88,8 +96,8 @@ def main(path, seconds=None):
     if seconds:
         cpu_per_txn(rows, seconds)
 
-    added = [(a - b) * 1000.0 for a, b in per_round("latency", "custody", "socat-chain", 2)]
-    over_direct = [(a - b) * 1000.0 for a, b in per_round("latency", "custody", "direct", 2)]
+    added = [(a - b) * 1000.0 for a, b in per_round("latency", "custody", "socat-chain", "lat")]
+    over_direct = [(a - b) * 1000.0 for a, b in per_round("latency", "custody", "direct", "lat")]
     if added:
         m = median(added)
         mark = "ok" if m <= TARGET_ADDED_US else "MISS"
@@ -106,7 +114,8 @@ def cpu_per_txn(rows, seconds):
     scheduler; the CPU each transaction takes moves far less)."""
 
     def us(script, target):
-        per = [x[3] / (x[1] * seconds) * 1e6 for x in rows.get((script, target), []) if x[1] and x[3] is not None]
+        per = [per_txn(x.cpu, x, seconds) for x in rows.get((script, target), [])]
+        per = [v * 1e6 for v in per if v is not None]
         return median(per)
 
     print()
