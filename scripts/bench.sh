@@ -469,9 +469,9 @@ run_one() {
   local out="$tmp/pgbench-$round-$label-$target.log" cpu0=0 cpu1=0 p
   [ "$label" = tpcb ] && reset_tpcb
   for p in $cpupids; do cpu0=$(awk -v a="$cpu0" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
-  local stat0 stat1 ctxt0 ctxt1
-  stat0=$(head -n 1 /proc/stat)
-  ctxt0=$(awk '$1 == "ctxt" { print $2 }' /proc/stat)
+  # One snapshot of the machine's CPU times and context switches each side.
+  local stat0 stat1
+  stat0=$(grep -E '^(cpu|ctxt) ' /proc/stat)
   log "round $round/$RUNS: $label via $target: pgbench -c $clients $* (${SECONDS_PER_RUN}s)"
   local rc=0
   # In the background plus wait, so a signal reaches our trap at once.
@@ -481,15 +481,18 @@ run_one() {
   wait "$bench_pid" || rc=$?
   bench_pid=""
   # Before the pause below: idle is the run's, not the reaping's.
-  stat1=$(head -n 1 /proc/stat)
-  ctxt1=$(awk '$1 == "ctxt" { print $2 }' /proc/stat)
+  stat1=$(grep -E '^(cpu|ctxt) ' /proc/stat)
   sleep 0.3 # let per-connection socat children exit and be reaped
   for p in $cpupids; do cpu1=$(awk -v a="$cpu1" -v b="$(cpu_seconds "$p")" 'BEGIN{print a+b}'); done
-  # The machine's idle share during the run: a path that leaves cores idle
-  # while clients wait loses throughput to wake-ups, not to CPU.
-  local idle
-  idle=$(printf '%s\n%s\n' "$stat0" "$stat1" | awk '{ t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idl[NR] = $5 + $6 }
-    END { d = tot[2] - tot[1]; printf "%.1f", (d > 0 ? 100 * (idl[2] - idl[1]) / d : 0) }')
+  # The machine's idle share during the run (a path that leaves cores idle
+  # while clients wait loses throughput to wake-ups, not to CPU) and its
+  # context switches (client, forwarders, server: every sleep and wake-up a
+  # transaction costs, wherever it happens).
+  local idle switches
+  read -r idle switches < <(printf '%s\n%s\n' "$stat0" "$stat1" | awk '
+    $1 == "cpu" { n++; t = 0; for (i = 2; i <= NF; i++) t += $i; tot[n] = t; idl[n] = $5 + $6 }
+    $1 == "ctxt" { ctxt[++m] = $2 }
+    END { d = tot[2] - tot[1]; printf "%.1f %d\n", (d > 0 ? 100 * (idl[2] - idl[1]) / d : 0), ctxt[2] - ctxt[1] }')
   local tps lat cpu="-"
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$out")
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$out")
@@ -501,10 +504,8 @@ run_one() {
     tps=${tps:-FAIL}
     lat=${lat:--}
   fi
-  # Context switches on the whole machine (client, forwarders, server):
-  # every sleep and wake-up a transaction costs, wherever it happens.
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$label" "$target" "$tps" "${lat:--}" "$cpu" "$idle" \
-    "$((ctxt1 - ctxt0))" >>"$results"
+    "$switches" >>"$results"
 }
 
 chain_cpu="$socat_a_pid $socat_b_pid"
