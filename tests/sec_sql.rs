@@ -340,3 +340,86 @@ async fn read_only_is_enforced_by_postgresql_too() {
         .await
         .unwrap();
 }
+
+/// Calls a function that switches the session to SJIS and, pipelined
+/// behind it, a COPY of a ruled column that only SJIS reads as one: in UTF8
+/// `\'` escapes the quote, in SJIS 0x81 0x5C is one character. The COPY
+/// is long enough to arrive over several reads, before the switch is
+/// reported at ReadyForQuery.
+fn hidden_copy_after_hidden_switch(addr: SocketAddr, extended: bool) -> Vec<(u8, Vec<u8>)> {
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    let switch = b"select sec_switch_to_sjis()";
+    let hidden_text = |before: &[u8], after: &[u8]| [before, &[0xC2, 0x81, 0x5C], after].concat();
+    let frames = if extended {
+        // In UTF8 the literal never ends: a statement that does not parse.
+        let copy = hidden_text(
+            b"copy (select ssn, E'",
+            b"' from sec_people, generate_series(1, 20000) g) to stdout",
+        );
+        let run = |sql: &[u8]| {
+            vec![
+                Raw::frame(b'P', &[&cstr(&[b"", sql])[..], &[0, 0]].concat()),
+                Raw::frame(
+                    b'B',
+                    &[&cstr(&[b"", b""])[..], &[0, 0, 0, 0, 0, 0]].concat(),
+                ),
+                Raw::frame(b'E', &[b"\0".as_slice(), &[0, 0, 0, 0]].concat()),
+            ]
+        };
+        [run(switch), run(&copy), vec![Raw::frame(b'S', b"")]].concat()
+    } else {
+        let copy = hidden_text(
+            b"select E'",
+            b"'; copy (select ssn from sec_people, generate_series(1, 20000) g) to stdout; --'",
+        );
+        vec![
+            Raw::frame(b'Q', &cstr(&[switch])),
+            Raw::frame(b'Q', &cstr(&[&copy])),
+        ]
+    };
+    raw.send(&frames);
+    let mut got = raw.until_ready();
+    got.extend(raw.until_ready());
+    got
+}
+
+#[test]
+fn a_hidden_encoding_switch_never_unmasks_a_copy() {
+    let guarded = setup();
+    // What guardrails cannot see: a function computes the setting's name.
+    pg().admin(
+        "create or replace function sec_switch_to_sjis() returns text language sql \
+         as $$ select set_config('client_' || 'encoding', 'SJIS', false) $$",
+    );
+    let masking_only = Gateway::start(
+        r#"
+[connections.masking]
+columns = { "sec_people.ssn" = "redact" }
+"#,
+    );
+    for (gw, extended) in [
+        (&masking_only, false),
+        (&masking_only, true),
+        (&guarded, false),
+        (&guarded, true),
+    ] {
+        let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+        let frames = hidden_copy_after_hidden_switch(addr, extended);
+        let all: Vec<u8> = frames.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert!(
+            !String::from_utf8_lossy(&all).contains("123-45-6789"),
+            "clear SSN through a hidden COPY (extended {extended}): {frames:?}"
+        );
+        // The session ends with an error that says why, never silently.
+        let e = errors(&frames);
+        assert!(
+            e.contains("client_encoding") || e.contains("COPY TO STDOUT") || e.contains("refused"),
+            "no error tells the client why (extended {extended}): {e} {frames:?}"
+        );
+        assert!(e.contains("0A000") || e.contains("42501"), "{e}");
+    }
+    // The recording says why each session ended.
+    let log = masking_only.wait_recordings("did not read as one");
+    assert!(log.contains("switched client_encoding to SJIS"), "{log}");
+    assert!(!log.contains("123-45-6789"), "clear SSN in the recording");
+}

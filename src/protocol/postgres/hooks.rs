@@ -478,7 +478,8 @@ impl Inspect for ServerHook<'_> {
     fn wants(&self, tag: u8) -> bool {
         matches!(tag, b'C' | b'E' | b'G' | b'I' | b's' | b'Z')
             || (self.guarded && tag == b'S')
-            || (self.mask.is_some() && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N' | b'A'))
+            || (self.mask.is_some()
+                && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N' | b'A' | b'H'))
     }
 
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
@@ -567,8 +568,8 @@ fn encoding_guard(body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
     let name = codec::cbytes(&mut rest)?;
     let value = codec::client_text(codec::cbytes(&mut rest)?);
     if name.eq_ignore_ascii_case(b"client_encoding") && guardrails::unsafe_encoding(&value) {
-        return Err(PgError::Protocol(format!(
-            "the upstream session switched client_encoding to {value}, which is refused while guardrails or masking inspect statements"
+        return Err(PgError::Refused(format!(
+            "the upstream session switched client_encoding to {value} (a function, a DO block or a role default did it), which is refused while guardrails or masking inspect statements: the session ends; use UTF8"
         )));
     }
     put_frame(out, b'S', body);
@@ -610,6 +611,15 @@ fn masked_frame(
             }
             masking::data_row(body, t.active.as_deref(), m.engine, counts, out)?;
             Masked::Written
+        }
+        // Column rules reach COPY rows only through the plan made from the
+        // statement's text; a COPY the gateway did not read as one (hidden
+        // by an encoding switch, or parsed differently than the server
+        // did) has none, and its rows would pass in clear.
+        b'H' if m.engine.has_column_rules() && t.copy_rules().is_none() => {
+            return Err(PgError::Refused(
+                "the upstream started a COPY TO STDOUT that the gateway did not read as one, so column rules cannot cover its rows: the session ends; send COPY as a simple query of its own".into(),
+            ))
         }
         b'd' => {
             masking::copy_row(body, t.copy_rules(), m.engine, counts, out);

@@ -85,6 +85,11 @@ pub enum PgError {
     Credential(String),
     #[error("{0}")]
     CloudSql(#[from] cloudsql::CloudSqlError),
+    /// The upstream answered with something masking or guardrails cannot
+    /// stand behind (an unseen encoding switch, an unplanned COPY): the
+    /// session ends rather than pass it on.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl PgError {
@@ -102,6 +107,7 @@ impl PgError {
             | PgError::Credential(_)
             | PgError::CloudSql(_) => "08001",
             PgError::Recording(_) => "58000",
+            PgError::Refused(_) => "0A000",
         }
     }
 }

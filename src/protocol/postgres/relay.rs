@@ -149,6 +149,12 @@ enum RelayEnd {
     ClientProtocol(PgError),
     Upstream(PgError),
     Recording(String),
+    /// The upstream's answer was refused; `clean` when the client had
+    /// received only whole frames, so the refusal can reach it.
+    Refused {
+        why: String,
+        clean: bool,
+    },
 }
 
 impl From<PgError> for RelayEnd {
@@ -190,6 +196,9 @@ impl RelayEnd {
             RelayEnd::Recording(why) => {
                 let i = Interrupt::Recording(why);
                 End::failed(i.close_code(), i.sqlstate(), i.reason())
+            }
+            RelayEnd::Refused { why, clean } => {
+                return End::failed(wire::CLOSE_POLICY, "0A000", why).only_if(clean)
             }
         };
         end.only_if(at_boundary)
@@ -411,9 +420,15 @@ async fn upstream_to_client(
             guarded: ctx.rules.inspects(),
             counts: &mut counts,
         };
+        // Nothing of this read reaches the client if a frame in it is
+        // refused: the client then stands where the last read left it.
+        let clean = server_scan.at_boundary();
         server_scan
             .feed(&buf, &mut hook, &mut out)
-            .map_err(RelayEnd::Upstream)?;
+            .map_err(|e| match e {
+                PgError::Refused(why) => RelayEnd::Refused { why, clean },
+                e => RelayEnd::Upstream(e),
+            })?;
         buf.clear();
         // A refusal that arrived mid-frame goes out once that frame has
         // streamed through (checked only then: no lock per read).
