@@ -423,3 +423,88 @@ columns = { "sec_people.ssn" = "redact" }
     assert!(log.contains("switched client_encoding to SJIS"), "{log}");
     assert!(!log.contains("123-45-6789"), "clear SSN in the recording");
 }
+
+/// The statements a recording holds, as (sql, rows, error message).
+fn statements(recording: &str) -> Vec<(String, u64, String)> {
+    recording
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "statement")
+        .map(|v| {
+            (
+                v["sql"].as_str().unwrap_or("").to_string(),
+                v["rows"].as_u64().unwrap_or(0),
+                v["error"]["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn messages_skipped_after_a_pipeline_error_are_not_answers() {
+    setup();
+    let gw = Gateway::start(
+        r#"
+[connections.masking]
+columns = { "sec_people.ssn" = "redact" }
+"#,
+    );
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    let run = |sql: &[u8]| {
+        vec![
+            Raw::frame(b'P', &[&cstr(&[b"", sql])[..], &[0, 0]].concat()),
+            Raw::frame(
+                b'B',
+                &[&cstr(&[b"", b""])[..], &[0, 0, 0, 0, 0, 0]].concat(),
+            ),
+            Raw::frame(b'E', &[b"\0".as_slice(), &[0, 0, 0, 0]].concat()),
+        ]
+    };
+    // An error, flushed before the client has sent its Sync (asyncpg's
+    // executemany does this): PostgreSQL now skips everything up to Sync.
+    raw.send(&[run(b"select 1/0"), vec![Raw::frame(b'H', b"")]].concat());
+    let mut head = [0u8; 5];
+    let mut got = Vec::new();
+    while got.last() != Some(&b'E') {
+        raw.0.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        raw.0.read_exact(&mut body).unwrap();
+        got.push(head[0]);
+    }
+    // Sent after the error: skipped by the server, answered only by Sync.
+    raw.send(&[run(b"select 'skipped'"), vec![Raw::frame(b'S', b"")]].concat());
+    let skipped = raw.until_ready();
+    let tags: Vec<u8> = skipped.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, vec![b'Z'], "{skipped:?}");
+    // What follows is answered and recorded as itself, and masked.
+    let rows = raw.query(b"select ssn from sec_people");
+    let tags: Vec<u8> = rows.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"TDCZ".to_vec(), "{rows:?}");
+    assert!(data_rows(&rows).contains("[REDACTED]"), "{rows:?}");
+    let answer = raw.query(b"select 42 as answer");
+    assert!(data_rows(&answer).contains("42"), "{answer:?}");
+    raw.send(&[Raw::frame(b'X', b"")]);
+    let log = gw.wait_recordings("\"type\":\"session_end\"");
+    let stmts = statements(&log);
+    let find = |sql: &str| stmts.iter().find(|s| s.0.starts_with(sql)).cloned();
+    assert!(
+        find("select 1/0").is_some_and(|s| s.2.contains("division by zero")),
+        "{stmts:?}"
+    );
+    assert!(
+        find("select 'skipped'").is_none(),
+        "a skipped statement was recorded as run: {stmts:?}"
+    );
+    assert_eq!(
+        find("select ssn").map(|s| (s.1, s.2)),
+        Some((1, String::new())),
+        "{stmts:?}"
+    );
+    assert_eq!(
+        find("select 42").map(|s| (s.1, s.2)),
+        Some((1, String::new())),
+        "{stmts:?}"
+    );
+}

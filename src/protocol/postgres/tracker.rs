@@ -128,6 +128,10 @@ pub struct Tracker {
     seq: u64,
     /// Sequence numbers of CopyDone/CopyFail seen outside copy-in mode.
     copy_ends: VecDeque<u64>,
+    /// After an extended-protocol error whose Sync the client has not sent
+    /// yet: PostgreSQL skips every message until that Sync, so none of
+    /// them is queued for an answer (or changes what names mean).
+    discarding: bool,
 }
 
 /// The client and the gateway's view of the protocol state disagree: the
@@ -153,6 +157,7 @@ impl Default for Tracker {
             segment_parses: Vec::new(),
             seq: 0,
             copy_ends: VecDeque::new(),
+            discarding: false,
         }
     }
 }
@@ -189,12 +194,18 @@ impl Tracker {
     }
 
     pub fn on_query(&mut self, sql: String) {
+        if self.discarding {
+            return;
+        }
         let mut stmt = Stmt::new(sql);
         stmt.seq = self.next_seq();
         self.pending.push_back(Pending::Simple(stmt));
     }
 
     pub fn on_parse(&mut self, name: &str, sql: &str) {
+        if self.discarding {
+            return;
+        }
         if self.segment_parses.len() < MAX_SEGMENT_PARSES {
             let kept = match sql.len() > 1024 {
                 true => super::hooks::head(sql),
@@ -211,6 +222,9 @@ impl Tracker {
 
     /// Bind; `formats` are its result-format codes (parsed only when masking).
     pub fn on_bind(&mut self, portal: &str, stmt: &str, formats: Option<Vec<i16>>) {
+        if self.discarding {
+            return;
+        }
         let sql = self.prepared.get(stmt).cloned().unwrap_or_default();
         if self.portals.len() < MAX_NAMED || portal.is_empty() {
             self.portals.insert(portal.to_string(), sql);
@@ -222,6 +236,9 @@ impl Tracker {
     }
 
     pub fn on_execute(&mut self, portal: &str) {
+        if self.discarding {
+            return;
+        }
         let sql = self.portals.get(portal).cloned().unwrap_or_default();
         let mut stmt = Stmt::new(sql);
         stmt.portal = portal.to_string();
@@ -230,6 +247,9 @@ impl Tracker {
     }
 
     pub fn on_describe(&mut self, kind: u8, name: &str) {
+        if self.discarding {
+            return;
+        }
         let d = match kind {
             b'S' => Described::Statement(name.to_string()),
             _ => Described::Portal(name.to_string()),
@@ -239,12 +259,18 @@ impl Tracker {
 
     /// The gateway describes `portal` itself before executing it.
     pub fn on_internal_describe(&mut self, portal: &str) {
+        if self.discarding {
+            return;
+        }
         self.internal = None;
         self.pending
             .push_back(Pending::Describe(Described::Internal(portal.to_string())));
     }
 
     pub fn on_close(&mut self, kind: u8, name: &str) {
+        if self.discarding {
+            return;
+        }
         if kind == b'S' {
             self.prepared.remove(name);
             self.stmt_desc.remove(name);
@@ -257,6 +283,9 @@ impl Tracker {
 
     /// The query just queued was replaced by the gateway's refusal.
     pub fn mark_refused(&mut self) {
+        if self.discarding {
+            return;
+        }
         if let Some(Pending::Simple(s)) = self.pending.back_mut() {
             s.refused = true;
         }
@@ -269,6 +298,9 @@ impl Tracker {
 
     /// Attaches COPY column rules to the query just queued.
     pub fn set_copy_rules(&mut self, rules: Vec<Rule>) {
+        if self.discarding {
+            return;
+        }
         if let Some(Pending::Simple(s)) = self.pending.back_mut() {
             s.copy_rules = Some(rules);
         }
@@ -362,6 +394,7 @@ impl Tracker {
 
     /// A Sync gets a ReadyForQuery, except during COPY FROM STDIN.
     pub fn on_sync(&mut self) {
+        self.discarding = false;
         if !self.copy_in {
             let parsed = std::mem::take(&mut self.segment_parses);
             let seq = self.next_seq();
@@ -399,6 +432,9 @@ impl Tracker {
     /// otherwise it is noted, for a COPY whose CopyInResponse is still on
     /// its way (or ignored, as PostgreSQL ignores a stray one).
     pub fn on_copy_end(&mut self) -> Result<(), Desync> {
+        if self.discarding {
+            return Ok(());
+        }
         if self.copy_in {
             self.copy_in = false;
             return Ok(());
@@ -538,7 +574,9 @@ impl Tracker {
         parsed.join("; ")
     }
 
-    /// After an error the server skips every message up to the next Sync.
+    /// After an error the server skips every message up to the next Sync:
+    /// those queued already are dropped, and while the client has not sent
+    /// that Sync, those still to come are not queued.
     fn skip_to_sync(&mut self) {
         while matches!(
             self.pending.front(),
@@ -546,6 +584,7 @@ impl Tracker {
         ) {
             self.pending.pop_front();
         }
+        self.discarding = !self.pending.iter().any(|p| matches!(p, Pending::Sync(..)));
     }
 
     fn finish(&mut self, s: Stmt, protocol: &str) -> EventBody {
@@ -670,6 +709,61 @@ mod tests {
         let (ev, _) = t.on_ready(b'I');
         assert_eq!(sql_of(&ev.unwrap()), ("select 1", 1, false));
         assert!(t.pending.is_empty());
+    }
+
+    /// asyncpg's executemany: an error flushed before the Sync, then more
+    /// Executes PostgreSQL skips; only the Sync is answered.
+    #[test]
+    fn messages_after_an_unsynced_error_are_not_queued() {
+        let mut t = Tracker::default();
+        t.on_parse("a", "insert into t values (1/0)");
+        t.on_bind("", "a", None);
+        t.on_execute("");
+        let ev = t
+            .on_error("22012".into(), "division by zero".into())
+            .unwrap();
+        assert_eq!(sql_of(&ev), ("insert into t values (1/0)", 0, true));
+        // Skipped by the server: no answer, and no new meaning for "a".
+        t.on_parse("a", "select 'skipped'");
+        t.on_bind("", "a", None);
+        t.on_internal_describe("");
+        t.on_execute("");
+        t.on_describe(b'S', "a");
+        t.on_close(b'S', "a");
+        t.on_copy_end().unwrap();
+        t.on_query("select 'skipped too'".into());
+        t.on_sync();
+        assert!(t.on_ready(b'I').0.is_none());
+        assert!(t.pending.is_empty());
+        assert_eq!(
+            t.prepared.get("a").map(String::as_str),
+            Some("insert into t values (1/0)")
+        );
+        // After the Sync, messages are answered again.
+        t.on_bind("", "a", None);
+        t.on_execute("");
+        t.on_sync();
+        let ev = t.on_complete("INSERT 0 1").unwrap().unwrap();
+        assert_eq!(sql_of(&ev), ("insert into t values (1/0)", 1, false));
+        assert!(t.on_ready(b'I').0.is_none());
+        assert!(t.pending.is_empty());
+    }
+
+    /// With the Sync already queued, what follows it is the next segment.
+    #[test]
+    fn an_error_with_its_sync_queued_skips_only_its_segment() {
+        let mut t = Tracker::default();
+        t.on_parse("", "select 1/0");
+        t.on_bind("", "", None);
+        t.on_execute("");
+        t.on_sync();
+        t.on_error("22012".into(), "division by zero".into())
+            .unwrap();
+        t.on_query("select 2".into());
+        assert!(t.on_ready(b'E').0.is_none());
+        assert!(t.on_complete("SELECT 1").unwrap().is_none());
+        let (ev, _) = t.on_ready(b'I');
+        assert_eq!(sql_of(&ev.unwrap()), ("select 2", 1, false));
     }
 
     #[test]
