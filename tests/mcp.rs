@@ -190,6 +190,25 @@ fn refusals_and_holds_are_tool_results_and_an_approved_hold_runs() {
     let refused = audit_of(&v);
     let rec = gw.recording(&refused);
     assert!(rec.contains("\"outcome\":\"denied\""), "{rec}");
+    // Bad arguments: a clear error result, and a record of the call.
+    let v = call(
+        &gw,
+        &alice,
+        "query",
+        json!({"connection": "pg", "sql": "select 1", "timeout": 5}),
+    );
+    assert_eq!(v["is_error"], true, "{v}");
+    assert_eq!(v["structured"]["error"], "bad_request", "{v}");
+    assert!(v["text"].as_str().unwrap().contains("timeout"), "{v}");
+    let rec = gw.recording(&audit_of(&v));
+    assert!(
+        rec.contains("bad arguments") && rec.contains("\"mode\":\"refused\""),
+        "{rec}"
+    );
+    assert!(
+        rec.contains("alice@example.com") && rec.contains("\"connection\":\"pg\""),
+        "{rec}"
+    );
 
     call(
         &gw,

@@ -230,6 +230,29 @@ fn spawn_refusal(
     tokio::spawn(async move { record_refusal(rec, id, principal, conn, from, reason).await });
 }
 
+/// A request refused for what it asked (bad arguments), after its caller
+/// was identified: logged and recorded like a policy refusal, before the
+/// caller hears of it.
+pub(crate) async fn record_bad_request(
+    gw: &Gateway,
+    req: &Request<'_>,
+    who: &Principal,
+    reason: &str,
+) {
+    let origin = req.origin(gw);
+    tracing::warn!(target: "custody::audit", audit_id = req.audit_id, client = %origin.client, principal = %who.member(), connection = req.connection, outcome = "bad_request", reason = %reason, "request refused");
+    let principal = (who.member(), who.id());
+    record_refusal(
+        gw.recorder.clone(),
+        req.audit_id.to_string(),
+        principal,
+        req.connection.to_string(),
+        origin,
+        reason.to_string(),
+    )
+    .await;
+}
+
 /// Policy refusals leave a record in the store too, replayable by audit id.
 pub(crate) async fn record_refusal(
     recorder: Arc<Recorder>,

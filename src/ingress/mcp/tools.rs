@@ -302,8 +302,13 @@ impl Call<'_> {
         args: JsonObject,
     ) -> Result<CallToolResult, ApiError> {
         let audit_id = new_audit_id();
-        let args = run_args(kind, args, &audit_id)?;
-        let name = args.connection.as_str();
+        // Named before the arguments are checked, so that a bad call is
+        // recorded against the connection it meant.
+        let named = match args.get("connection") {
+            Some(Value::String(c)) => c.clone(),
+            _ => String::new(),
+        };
+        let name = named.as_str();
         let span = telemetry::session_span(self.headers, &audit_id, name, "mcp", Some(kind));
         span.record("custody.mcp.tool", tool);
         let req = Request {
@@ -316,7 +321,14 @@ impl Call<'_> {
         };
         let done = async {
             let who = admit::identify(self.gw, &req).await?;
-            offered(self.gw, name, kind, tool, &audit_id)?;
+            let args = match run_args(kind, args, &audit_id) {
+                Ok(a) => a,
+                Err(e) => {
+                    admit::record_bad_request(self.gw, &req, &who.0, &e.reason).await;
+                    return Err(e);
+                }
+            };
+            offered(self.gw, &args.connection, kind, tool, &audit_id)?;
             let session = admit::session(self.gw, &req, who).await?;
             let client = self.agent.client.as_ref();
             let event = EventBody::Mcp {
