@@ -573,3 +573,43 @@ fn a_revoked_principal_is_refused_on_every_request() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}\n{body}");
     assert!(body.contains("is revoked"), "{body}");
 }
+
+fn session_id(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        l.to_lowercase()
+            .strip_prefix("mcp-session-id: ")
+            .map(|v| v.trim().to_string())
+    })
+}
+
+#[test]
+fn a_principal_holds_a_bounded_number_of_legacy_sessions() {
+    let gw = gateway();
+    let alice = token("alice@example.com");
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let (head, body) = raw(&gw, "POST", &alice, None, INITIALIZE);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+        open.push(session_id(&head).expect("a session id"));
+    }
+    // The 17th is refused with what to do, and no session is handed out.
+    let (head, body) = raw(&gw, "POST", &alice, None, INITIALIZE);
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}\n{body}");
+    assert!(session_id(&head).is_none(), "{head}");
+    assert!(
+        body.contains("too_many_sessions") && body.contains("DELETE /mcp"),
+        "{body}"
+    );
+    // Those open still serve; another principal is not affected.
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{}}"#;
+    let (head, _) = raw(&gw, "POST", &alice, Some(&open[0]), list);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let bob = token("bob@example.com");
+    let (head, _) = raw(&gw, "POST", &bob, None, INITIALIZE);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Ending one frees its seat.
+    let (head, _) = raw(&gw, "DELETE", &alice, Some(&open[1]), "");
+    assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+    let (head, body) = raw(&gw, "POST", &alice, None, INITIALIZE);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+}

@@ -8,10 +8,12 @@
 //! sessions, whose `initialize` is kept in the recording store so that any
 //! instance can serve the session's next request (`SessionsInStore`).
 
+mod live;
 mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -23,6 +25,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::session::store::{
     SessionState, SessionStore, SessionStoreError,
 };
+use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 
@@ -37,10 +40,17 @@ pub use tools::Tools;
 /// default body limit).
 const MAX_BODY: usize = 2 * 1024 * 1024;
 
+/// A legacy session unused this long has ended (rmcp's own default).
+const SESSION_IDLE: Duration = Duration::from_secs(300);
+/// Legacy sessions one principal may hold open on one instance.
+pub const SESSIONS_PER_PRINCIPAL: usize = 16;
+
 #[derive(Clone)]
 struct Guard {
     gw: Arc<Gateway>,
     owners: Arc<Owners>,
+    live: Arc<live::Live>,
+    sessions: Arc<LocalSessionManager>,
 }
 
 pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
@@ -61,14 +71,19 @@ pub fn routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     let store = gw.recorder.store.clone();
     config.session_store = Some(Arc::new(SessionsInStore(store.clone())));
     let factory_gw = gw.clone();
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE);
+    let sessions = Arc::new(sessions);
     let service = StreamableHttpService::new(
         move || Ok(Tools::new(factory_gw.clone())),
-        Arc::new(LocalSessionManager::default()),
+        sessions.clone(),
         config,
     );
     let guard = Guard {
         gw,
         owners: Arc::new(Owners::new(store)),
+        live: Arc::new(live::Live::new(SESSION_IDLE, SESSIONS_PER_PRINCIPAL)),
+        sessions,
     };
     Router::new()
         .route_service("/mcp", service)
@@ -120,19 +135,58 @@ async fn admitted(
             Err(e) => return refused(owners_unavailable(e, &audit_id)),
         }
     }
+    if !guard.seat(&who, session.as_deref()).await {
+        return refused(too_many(&who, &audit_id));
+    }
+    let closing = request.method() == axum::http::Method::DELETE;
     let resp = next.run(request).await;
     let opened = resp
         .headers()
         .get(SESSION_HEADER)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match (session, opened) {
-        (None, Some(id)) => match guard.owners.record(&id, &who).await {
-            Ok(()) => resp,
-            // A session no instance could tie to its owner is not handed out.
-            Err(e) => refused(owners_unavailable(e, &audit_id)),
-        },
+        (None, Some(id)) => {
+            if !guard.seat(&who, Some(&id)).await {
+                let _ = guard.sessions.close_session(&id.as_str().into()).await;
+                return refused(too_many(&who, &audit_id));
+            }
+            match guard.owners.record(&id, &who).await {
+                Ok(()) => resp,
+                // A session no instance could tie to its owner is not handed out.
+                Err(e) => refused(owners_unavailable(e, &audit_id)),
+            }
+        }
+        (Some(id), _) if closing => {
+            guard.live.closed(&who, &id);
+            resp
+        }
         _ => resp,
     }
+}
+
+impl Guard {
+    /// Whether `who` may use session `id` (or open one) here; closes the
+    /// handles of its sessions that idled out.
+    async fn seat(&self, who: &str, id: Option<&str>) -> bool {
+        let (stale, ok) = match self.live.seat(who, id, Instant::now()) {
+            live::Seat::Ok { stale } => (stale, true),
+            live::Seat::Full { stale } => (stale, false),
+        };
+        for s in stale {
+            let _ = self.sessions.close_session(&s.as_str().into()).await;
+        }
+        ok
+    }
+}
+
+fn too_many(who: &str, audit_id: &str) -> ApiError {
+    tracing::warn!(target: "custody::audit", audit_id, principal = who, outcome = "too_many_sessions", "request refused");
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sessions",
+        format!("{who} already holds {SESSIONS_PER_PRINCIPAL} MCP sessions on this instance; end one (DELETE /mcp with its Mcp-Session-Id) or let one go unused for {} s, or use protocol revision 2026-07-28, which needs no session", SESSION_IDLE.as_secs()),
+        audit_id,
+    )
 }
 
 fn owners_unavailable(e: RecordError, audit_id: &str) -> ApiError {
