@@ -112,6 +112,18 @@ async fn auditors_read_all_others_only_their_own() {
     assert_eq!(s, 200, "{list}");
     assert_eq!(ids(&list), vec![a.clone()], "only her own: {list}");
     assert_eq!(list["all"], false);
+    // Listing is audited: who listed, with what filter, how many came back.
+    let mut listed = gw.proc.log();
+    while let Some(i) = listed.find('\x1b') {
+        let end = listed[i..].find('m').map_or(listed.len(), |e| i + e + 1);
+        listed.replace_range(i..end, "");
+    }
+    assert!(
+        listed.lines().any(|l| l.contains("recordings listed")
+            && l.contains("principal=user:alice@example.com")
+            && l.contains("listed=1")),
+        "{listed}"
+    );
     let (s, denied) = get(&gw, &format!("/v1/sessions/{b}"), &alice).await;
     assert_eq!(s, 403, "{denied}");
     assert!(

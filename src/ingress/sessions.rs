@@ -153,12 +153,27 @@ pub async fn list(
 ) -> Response {
     let audit_id = new_audit_id();
     let done = async {
-        let (_, scope) = reader(&gw, &headers, &peer.to_string(), &audit_id).await?;
+        let (who, scope) = reader(&gw, &headers, &peer.to_string(), &audit_id).await?;
         let Query(q) = query.map_err(|e| bad(e.body_text(), &audit_id))?;
         let filter = filter(&q, &scope, chrono::Utc::now()).map_err(|e| bad(e, &audit_id))?;
         let found = listing::list(gw.recorder.store.as_ref(), &filter)
             .await
             .map_err(|e| store_error(e, &audit_id))?;
+        // Who looked for what: listing shows principals, connections and
+        // outcomes, so it is audited too (to the log; reads are recorded).
+        tracing::info!(
+            target: "custody::audit",
+            audit_id,
+            principal = %who.member(),
+            all = scope == Scope::All,
+            since = %filter.since,
+            of_principal = ?filter.principal,
+            connection = ?filter.connection,
+            mode = ?filter.mode,
+            outcome = ?filter.outcome,
+            listed = found.sessions.len(),
+            "recordings listed"
+        );
         let total = match found.cut {
             Some(Cut::Of(n)) => Some(n),
             _ => None,
