@@ -131,6 +131,10 @@ impl Gateway {
                 None
             }
         };
+        // Every instance holds the signing key, so it can seal what they share.
+        let seal = signer
+            .as_ref()
+            .map(|k| protocol::postgres::cancel_seal::Seal::derive(&k.to_bytes()));
         let recorder = Arc::new(Recorder::new(store, signer, rc));
         let delegation = match &config.identity.signing_key {
             Some(k) => {
@@ -172,7 +176,10 @@ impl Gateway {
             trusted_proxies,
             rails: compile_rails(&config)?,
             masks,
-            postgres: Default::default(),
+            postgres: protocol::postgres::Services {
+                cancels: Arc::new(protocol::postgres::cancel::CancelRegistry::sealed(seal)),
+                catalogs: Default::default(),
+            },
             ssh: protocol::ssh::Services { host_key },
             shutdown: tokio::sync::watch::channel(false).0,
             live: Arc::default(),

@@ -8,7 +8,9 @@
 //! (`_cancels/PID-KEY`, in the background, so session start does not wait
 //! for it), and an `.ended` marker beside it when the session ends (the
 //! store is create-only). This instance's own sessions are found without
-//! a store round trip.
+//! a store round trip. When the gateway signs recordings, the stored
+//! mappings are sealed with a key derived from that signing key
+//! (`cancel_seal`); without one they are stored in clear, as the README says.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::cancel_seal::Seal;
 use crate::config::ConnectionConfig;
 use crate::recording::{ObjectStore, RecordError};
 
@@ -55,6 +58,7 @@ pub enum Found {
 #[derive(Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    seal: Option<Seal>,
 }
 
 /// What the client is handed in BackendKeyData; when the session ends it
@@ -71,10 +75,11 @@ impl Drop for CancelKey {
         if let Ok(mut m) = self.registry.map.lock() {
             m.remove(&(self.pid, self.key));
         }
-        let (store, name) = (self.store.clone(), ended_key(self.pid, self.key));
+        let (name, mark) = self.registry.ended(self.pid, self.key);
+        let store = self.store.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = store.create(&name, Bytes::new()).await {
+                if let Err(e) = store.create(&name, Bytes::from(mark)).await {
                     tracing::warn!(error = %e, "could not mark a cancel key ended in the store");
                 }
             });
@@ -82,15 +87,29 @@ impl Drop for CancelKey {
     }
 }
 
-fn object_key(pid: i32, key: i32) -> String {
-    format!("{DIR}{pid}-{}", key as u32)
-}
-
-fn ended_key(pid: i32, key: i32) -> String {
-    format!("{}.ended", object_key(pid, key))
-}
-
 impl CancelRegistry {
+    /// A registry whose stored mappings are sealed with `seal`.
+    pub fn sealed(seal: Option<Seal>) -> CancelRegistry {
+        CancelRegistry {
+            map: Mutex::default(),
+            seal,
+        }
+    }
+
+    fn object_key(&self, pid: i32, key: i32) -> String {
+        match &self.seal {
+            Some(s) => format!("{DIR}{}", s.name(pid, key)),
+            None => format!("{DIR}{pid}-{}", key as u32),
+        }
+    }
+
+    /// The `.ended` marker's name and what it holds.
+    fn ended(&self, pid: i32, key: i32) -> (String, Vec<u8>) {
+        let name = format!("{}.ended", self.object_key(pid, key));
+        let mark = self.seal.as_ref().map(|s| s.ended_mark(&name));
+        (name, mark.unwrap_or_default())
+    }
+
     /// Registers `target` under its real pid and a fresh gateway key (two
     /// upstreams can share a pid; the key tells them apart), and writes it
     /// to `store` in the background. The key is never the upstream's own.
@@ -118,8 +137,14 @@ impl CancelRegistry {
             principal: target.principal,
             audit_id: target.audit_id,
         };
-        let (writer, name) = (store.clone(), object_key(pid, key));
-        if let Ok(json) = serde_json::to_vec(&stored) {
+        let (writer, name) = (store.clone(), self.object_key(pid, key));
+        let bytes = serde_json::to_vec(&stored)
+            .ok()
+            .and_then(|json| match &self.seal {
+                Some(s) => s.seal(&name, &json),
+                None => Some(json),
+            });
+        if let Some(json) = bytes {
             tokio::spawn(async move {
                 if let Err(e) = writer.create(&name, Bytes::from(json)).await {
                     tracing::warn!(error = %e, "could not store a cancel key; cancels for this session work only on this instance");
@@ -154,17 +179,33 @@ impl CancelRegistry {
                 false => Found::OtherConnection,
             });
         }
-        let stored = match store.get(&object_key(pid, key)).await {
+        let name = self.object_key(pid, key);
+        let stored = match store.get(&name).await {
             Ok(bytes) => bytes,
             Err(RecordError::NotFound(_)) => return Ok(Found::Unknown),
             Err(e) => return Err(e),
         };
-        match store.get(&ended_key(pid, key)).await {
-            Ok(_) => return Ok(Found::Unknown),
+        let plain = match &self.seal {
+            Some(seal) => match seal.open(&name, &stored) {
+                Some(p) => p,
+                None => {
+                    tracing::warn!(target: "custody::audit", object = %name, "a stored cancel mapping is not sealed with this gateway's key: ignored");
+                    return Ok(Found::Unknown);
+                }
+            },
+            None => stored,
+        };
+        let (ended, mark) = self.ended(pid, key);
+        match store.get(&ended).await {
+            Ok(found) if found[..] == mark[..] => return Ok(Found::Unknown),
+            // A marker planted without the key ends nothing.
+            Ok(_) => {
+                tracing::warn!(target: "custody::audit", object = %ended, "a cancel key's end marker is not this gateway's: ignored")
+            }
             Err(RecordError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let Ok(s) = serde_json::from_slice::<Stored>(&stored) else {
+        let Ok(s) = serde_json::from_slice::<Stored>(&plain) else {
             return Ok(Found::Unknown);
         };
         if s.connection != connection.name() {
@@ -250,5 +291,70 @@ mod tests {
                 Ok(Found::Unknown)
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn sealed_mappings_show_nothing_and_open_only_with_the_shared_key() {
+        let mem = Arc::new(crate::recording::store::MemStore::new(Default::default()));
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let sealed = |k: &[u8]| Arc::new(CancelRegistry::sealed(Some(Seal::derive(k))));
+        let (a, b, stranger) = (sealed(b"shared"), sealed(b"shared"), sealed(b"other"));
+        let k = a.register(target(4242, 777), store.clone());
+        settle().await;
+        let objects = mem.snapshot();
+        let (name, data) = objects.iter().next().expect("stored");
+        assert!(
+            !name.contains("4242") && !name.contains(&(k.key as u32).to_string()),
+            "{name}"
+        );
+        let text = String::from_utf8_lossy(data);
+        assert!(
+            !text.contains("user:a@example.com") && !text.contains("777"),
+            "{text}"
+        );
+        let pg = conn("pg");
+        assert!(matches!(
+            b.lookup(store.as_ref(), &pg, 4242, k.key).await,
+            Ok(Found::Target(t)) if (t.pid, t.key) == (4242, 777)
+        ));
+        assert!(matches!(
+            stranger.lookup(store.as_ref(), &pg, 4242, k.key).await,
+            Ok(Found::Unknown)
+        ));
+        // A mapping planted in clear under a sealed name is not believed,
+        // and neither is an end marker planted without the key.
+        let planted = a.object_key(1, 2);
+        let clear = br#"{"connection":"pg","pid":1,"key":3,"principal":"x","audit_id":"y"}"#;
+        store
+            .create(&planted, Bytes::from_static(clear))
+            .await
+            .unwrap();
+        assert!(matches!(
+            b.lookup(store.as_ref(), &pg, 1, 2).await,
+            Ok(Found::Unknown)
+        ));
+        let (ended, _) = a.ended(4242, k.key);
+        store.create(&ended, Bytes::from_static(b"")).await.unwrap();
+        assert!(matches!(
+            b.lookup(store.as_ref(), &pg, 4242, k.key).await,
+            Ok(Found::Target(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_sealed_key_ends_with_its_session() {
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(crate::recording::store::MemStore::new(Default::default()));
+        let seal = |k: &[u8]| Arc::new(CancelRegistry::sealed(Some(Seal::derive(k))));
+        let (a, b) = (seal(b"shared"), seal(b"shared"));
+        let k = a.register(target(9, 10), store.clone());
+        let key = k.key;
+        settle().await;
+        drop(k);
+        settle().await;
+        assert!(matches!(
+            b.lookup(store.as_ref(), &conn("pg"), 9, key).await,
+            Ok(Found::Unknown)
+        ));
     }
 }

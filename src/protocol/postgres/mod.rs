@@ -3,6 +3,7 @@
 
 mod binview;
 pub mod cancel;
+pub mod cancel_seal;
 pub mod catalog;
 pub mod cloudsql;
 pub mod codec;
