@@ -508,3 +508,54 @@ columns = { "sec_people.ssn" = "redact" }
         "{stmts:?}"
     );
 }
+
+#[test]
+fn a_portal_rebound_before_its_rows_arrive_never_unmasks_them() {
+    setup();
+    let gw = Gateway::start(
+        r#"
+[connections.masking]
+detectors = ["email"]
+"#,
+    );
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    let parse =
+        |name: &[u8], sql: &[u8]| Raw::frame(b'P', &[&cstr(&[name, sql])[..], &[0, 0]].concat());
+    let describe = |name: &[u8]| Raw::frame(b'D', &[b"S".as_slice(), name, b"\0"].concat());
+    // Results in binary (one format code, 1).
+    let bind = |stmt: &[u8]| {
+        Raw::frame(
+            b'B',
+            &[&cstr(&[b"", stmt])[..], &[0, 0, 0, 0, 0, 1, 0, 1]].concat(),
+        )
+    };
+    let execute = Raw::frame(b'E', &[b"\0".as_slice(), &[0, 0, 0, 0]].concat());
+    // An email exactly as wide as a binary timestamp (8 bytes).
+    raw.send(&[
+        parse(b"ts", b"select localtimestamp(0)"),
+        parse(b"txt", b"select 'b@cd.efg'::text"),
+        describe(b"ts"),
+        describe(b"txt"),
+        Raw::frame(b'S', b""),
+    ]);
+    let described = raw.until_ready();
+    assert!(errors(&described).is_empty(), "{}", errors(&described));
+    // The email's rows come back after the portal was bound to ts again.
+    raw.send(&[
+        bind(b"txt"),
+        execute.clone(),
+        bind(b"ts"),
+        execute,
+        Raw::frame(b'S', b""),
+    ]);
+    let rows = raw.until_ready();
+    assert!(errors(&rows).is_empty(), "{}", errors(&rows));
+    let shown = data_rows(&rows);
+    assert!(!shown.contains("b@cd.efg"), "clear email: {rows:?}");
+    assert_eq!(
+        rows.iter().filter(|(t, _)| *t == b'D').count(),
+        2,
+        "{rows:?}"
+    );
+}

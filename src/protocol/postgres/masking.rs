@@ -226,13 +226,27 @@ fn fixed_width(type_oid: u32) -> Option<usize> {
 /// the bytes it carries. bytea passes (text format shows it as hex, where
 /// detectors see no text either). A match makes the value NULL: a
 /// rewritten binary value would not parse.
+///
+/// Under detectors alone the type comes from a description the gateway
+/// cached, which a pipeline can make stale (a portal re-bound before its
+/// rows arrive, a statement swapped at SQL level): then a text value of
+/// exactly 4, 8 or 16 bytes would be read as a number, a date or a uuid.
+/// So bytes that could be text (UTF-8 without NUL, which a real binary
+/// number, date or uuid almost never is) are also scanned as themselves.
 fn binary_detected(
     v: &[u8],
     type_oid: u32,
     engine: &Engine,
     counts: &mut Counts,
 ) -> Option<Option<Vec<u8>>> {
-    if type_oid == BYTEA || fixed_width(type_oid) == Some(v.len()) {
+    if type_oid == BYTEA {
+        return None;
+    }
+    let maybe_text = !v.is_empty() && !v.contains(&0) && std::str::from_utf8(v).is_ok();
+    if maybe_text && engine.mask_text(v, counts).is_some() {
+        return Some(None);
+    }
+    if fixed_width(type_oid) == Some(v.len()) {
         return None;
     }
     let view = super::binview::text_view(v, type_oid);

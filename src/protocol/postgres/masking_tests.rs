@@ -354,6 +354,20 @@ fn binary_arrays_records_and_inet_are_seen_by_detectors() {
         mask_one(b"a@example.com", Some(&binary(16)), &e, &mut c),
         Some(None)
     );
+    // Text under a stale or re-bound description, exactly as wide as the
+    // type it is said to be: still seen by the detectors.
+    for (oid, v) in [
+        (2950u32, &b"alice@example.co"[..]),
+        (20, b"b@cd.efg"),
+        (1114, b"b@cd.efg"),
+        (1186, b"alice@example.co"),
+    ] {
+        assert_eq!(
+            mask_one(v, Some(&binary(oid)), &e, &mut c),
+            Some(None),
+            "oid {oid}"
+        );
+    }
     // An array without a match, and fixed-format scalars, pass untouched.
     let mut clean = arr[..20].to_vec();
     clean.extend_from_slice(&13i32.to_be_bytes());
