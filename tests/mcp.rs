@@ -387,14 +387,20 @@ fn missing_and_bad_tokens_get_401_with_a_challenge() {
             "{out}"
         );
     }
-    // The SDK sees the refusal too.
-    let (ok, v, _) = agent(&[], &["http", &url, "tools"]);
-    assert!(!ok, "an agent without a token is refused");
-    let why = v["error"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("unauthenticated: "),
-        "the agent is told why: {v}"
-    );
+    // The SDK sees the refusal too. Under load the SDK (mcp 2.3.0) can tear
+    // down its other request first and report only that one's ReadError,
+    // so it gets three tries to show the reason; every try is refused.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (ok, v, _) = agent(&[], &["http", &url, "tools"]);
+        assert!(!ok, "an agent without a token is refused: {v}");
+        let why = v["error"].as_str().unwrap_or_default().to_string();
+        if why.contains("unauthenticated: ") {
+            break;
+        }
+        seen.push(why);
+    }
+    assert!(seen.len() < 3, "the agent is never told why: {seen:?}");
 }
 
 #[test]

@@ -113,7 +113,13 @@ async fn admitted(
     };
     let who = match admit::identify(&guard.gw, &req).await {
         Ok((principal, _)) => principal.id(),
-        Err(e) => return refused(e),
+        Err(e) => {
+            // Read what the client is still sending before answering: a
+            // connection closed on an unread body reaches a client that is
+            // still writing as a reset, not as this refusal.
+            let _ = axum::body::to_bytes(request.into_body(), MAX_BODY).await;
+            return refused(e);
+        }
     };
     let session = request
         .headers()
