@@ -418,10 +418,61 @@ columns = { "sec_people.ssn" = "redact" }
         );
         assert!(e.contains("0A000") || e.contains("42501"), "{e}");
     }
-    // The recording says why each session ended.
+    // The recording says why each session ended, and keeps the statements
+    // answered in the same read as the refused frame.
     let log = masking_only.wait_recordings("did not read as one");
     assert!(log.contains("switched client_encoding to SJIS"), "{log}");
     assert!(!log.contains("123-45-6789"), "clear SSN in the recording");
+    let switched = statements(&log)
+        .into_iter()
+        .filter(|s| s.0.starts_with("select sec_switch_to_sjis()"))
+        .count();
+    assert_eq!(switched, 2, "{log}");
+}
+
+#[test]
+fn a_query_inside_an_unsynced_extended_segment_ends_the_session() {
+    let gw = setup();
+    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    // A Bind that fails makes PostgreSQL skip both Queries up to the Sync;
+    // the gateway could not tell which message the error answered.
+    raw.send(&[
+        Raw::frame(
+            b'B',
+            &[&cstr(&[b"", b"nope"])[..], &[0, 0, 0, 0, 0, 0]].concat(),
+        ),
+        Raw::frame(b'Q', &cstr(&[b"select 1"])),
+        Raw::frame(b'Q', &cstr(&[b"select 2"])),
+        Raw::frame(b'S', b""),
+    ]);
+    let got = raw.until_ready();
+    let e = errors(&got);
+    assert!(e.contains("send Sync first"), "{e} {got:?}");
+    // The session is over: the connection is closed.
+    assert!(raw.query(b"select ssn from sec_people").is_empty());
+    // A Query once everything before it is answered is unambiguous, and
+    // runs (asyncpg prepares with Flush, then sends COPY as a Query).
+    let (mut raw, _) = Raw::connect(addr, &[]);
+    raw.send(&[
+        Raw::frame(b'P', &[&cstr(&[b"s1", b"select 1"])[..], &[0, 0]].concat()),
+        Raw::frame(b'D', b"Ss1\0"),
+        Raw::frame(b'H', b""),
+    ]);
+    let mut head = [0u8; 5];
+    let mut tags = Vec::new();
+    while !matches!(tags.last(), Some(b'T') | Some(b'n') | Some(b'E')) {
+        raw.0.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        raw.0.read_exact(&mut body).unwrap();
+        tags.push(head[0]);
+    }
+    assert_eq!(tags, b"1tT".to_vec());
+    let rows = raw.query(b"select ssn from sec_people");
+    assert!(data_rows(&rows).contains("[REDACTED]"), "{rows:?}");
+    raw.send(&[Raw::frame(b'S', b"")]);
+    assert_eq!(raw.until_ready().len(), 1);
 }
 
 /// The statements a recording holds, as (sql, rows, error message).

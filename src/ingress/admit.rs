@@ -240,7 +240,7 @@ pub(crate) async fn record_bad_request(
     reason: &str,
 ) {
     let origin = req.origin(gw);
-    tracing::warn!(target: "custody::audit", audit_id = req.audit_id, client = %origin.client, principal = %who.member(), connection = req.connection, outcome = "bad_request", reason = %reason, "request refused");
+    tracing::warn!(target: "custody::audit", audit_id = req.audit_id, client = %origin.client, principal = %who.member(), connection = req.connection, outcome = "bad_request", reason = ?reason, "request refused");
     let principal = (who.member(), who.id());
     record_refusal(
         gw.recorder.clone(),

@@ -305,7 +305,7 @@ impl Call<'_> {
         // Named before the arguments are checked, so that a bad call is
         // recorded against the connection it meant.
         let named = match args.get("connection") {
-            Some(Value::String(c)) => c.clone(),
+            Some(Value::String(c)) => clip(c),
             _ => String::new(),
         };
         let name = named.as_str();

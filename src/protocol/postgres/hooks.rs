@@ -78,6 +78,11 @@ impl<'a> ClientHook<'a> {
         }
     }
 
+    /// Guardrails or masking read this session's statements.
+    fn inspecting(&self) -> bool {
+        self.rules.inspects() || self.mask.is_some()
+    }
+
     /// The refusal message for a statement, or None when it may run.
     fn refuse(&mut self, sql: &str, raw: &[u8], protocol: &str) -> Option<String> {
         if !self.rules.inspects() && self.mask.is_none() {
@@ -300,7 +305,11 @@ impl Inspect for ClientHook<'_> {
                     Some(_) => Some(codec::bind_result_formats(body)?),
                     None => None,
                 };
-                lock(self.tracker)?.on_bind(portal, stmt, formats);
+                let mut t = lock(self.tracker)?;
+                t.on_bind(portal, stmt, formats);
+                if self.inspecting() {
+                    t.on_ack_expected();
+                }
                 false
             }
             b'E' => self.execute(body, out)?,
@@ -311,7 +320,11 @@ impl Inspect for ClientHook<'_> {
             }
             b'C' => {
                 let (kind, name) = codec::close_msg(body)?;
-                lock(self.tracker)?.on_close(kind, name);
+                let mut t = lock(self.tracker)?;
+                t.on_close(kind, name);
+                if self.inspecting() {
+                    t.on_ack_expected();
+                }
                 false
             }
             b'S' => {
@@ -380,6 +393,19 @@ impl ClientHook<'_> {
     /// A simple Query: checked, tracked, and forwarded (with the
     /// sqlcommenter comment), or replaced by the refusal.
     fn query(&mut self, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
+        // After an error PostgreSQL skips a Query sent inside an unsynced
+        // extended segment, and an error that arrives while messages before
+        // the Query are unanswered cannot be told apart from the Query's
+        // own: the tracker would pair later answers (and COPY plans) with
+        // the wrong statements. A Query after their answers (asyncpg's
+        // prepare, then COPY) is unambiguous.
+        let pipelined = {
+            let t = lock(self.tracker)?;
+            t.extended_open() && t.extended_unanswered()
+        };
+        if self.inspecting() && pipelined {
+            return Err(PgError::Protocol("a simple Query pipelined inside an extended-protocol segment (behind a Parse, Bind or Execute not yet answered, and before Sync) is refused while guardrails or masking inspect statements; send Sync first".into()));
+        }
         let text = codec::query_sql(body)?;
         let sql = text.as_ref();
         let raw = body.strip_suffix(&[0]).unwrap_or(body);
@@ -431,7 +457,13 @@ impl ClientHook<'_> {
             });
             return Ok(true);
         }
-        lock(self.tracker)?.on_parse(name, sql);
+        {
+            let mut t = lock(self.tracker)?;
+            t.on_parse(name, sql);
+            if self.inspecting() {
+                t.on_ack_expected();
+            }
+        }
         let utf8 = matches!(text, std::borrow::Cow::Borrowed(_));
         if let Some(c) = self
             .comment
@@ -478,6 +510,7 @@ impl Inspect for ServerHook<'_> {
     fn wants(&self, tag: u8) -> bool {
         matches!(tag, b'C' | b'E' | b'G' | b'I' | b's' | b'Z')
             || (self.guarded && tag == b'S')
+            || ((self.guarded || self.mask.is_some()) && matches!(tag, b'1' | b'2' | b'3'))
             || (self.mask.is_some()
                 && matches!(tag, b'T' | b'n' | b'D' | b'd' | b'N' | b'A' | b'H'))
     }
@@ -485,6 +518,11 @@ impl Inspect for ServerHook<'_> {
     fn frame(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<(), PgError> {
         if tag == b'S' {
             return encoding_guard(body, out);
+        }
+        if matches!(tag, b'1' | b'2' | b'3') {
+            lock(self.tracker)?.on_ack();
+            put_frame(out, tag, body);
+            return Ok(());
         }
         let mut t = lock(self.tracker)?;
         // The refusal reads as the gateway's, not as the DO block's.

@@ -423,12 +423,15 @@ async fn upstream_to_client(
         // Nothing of this read reaches the client if a frame in it is
         // refused: the client then stands where the last read left it.
         let clean = server_scan.at_boundary();
-        server_scan
-            .feed(&buf, &mut hook, &mut out)
-            .map_err(|e| match e {
+        let fed = server_scan.feed(&buf, &mut hook, &mut out);
+        if let Err(e) = fed {
+            // Statements this read finished before the refused frame ran.
+            relay.record(done.drain(..)).await?;
+            return Err(match e {
                 PgError::Refused(why) => RelayEnd::Refused { why, clean },
                 e => RelayEnd::Upstream(e),
-            })?;
+            });
+        }
         buf.clear();
         // A refusal that arrived mid-frame goes out once that frame has
         // streamed through (checked only then: no lock per read).

@@ -35,6 +35,10 @@ enum Pending {
     Blocked(Bytes, bool),
     /// A Describe awaiting its RowDescription or NoData (tracked only when masking).
     Describe(Described),
+    /// A Parse, Bind or Close awaiting its ParseComplete, BindComplete or
+    /// CloseComplete (tracked only under guardrails or masking), so that an
+    /// error is known to answer it and not a later message.
+    Ack,
 }
 
 enum Described {
@@ -132,6 +136,8 @@ pub struct Tracker {
     /// yet: PostgreSQL skips every message until that Sync, so none of
     /// them is queued for an answer (or changes what names mean).
     discarding: bool,
+    /// The client has sent an extended-protocol message since its last Sync.
+    extended_open: bool,
 }
 
 /// The client and the gateway's view of the protocol state disagree: the
@@ -158,6 +164,7 @@ impl Default for Tracker {
             seq: 0,
             copy_ends: VecDeque::new(),
             discarding: false,
+            extended_open: false,
         }
     }
 }
@@ -187,6 +194,8 @@ impl Tracker {
 
     /// A Sync that also carries a refusal for its pipeline segment.
     pub fn on_sync_with(&mut self, inject: Bytes) {
+        self.discarding = false;
+        self.extended_open = false;
         let parsed = std::mem::take(&mut self.segment_parses);
         let seq = self.next_seq();
         self.pending
@@ -203,6 +212,7 @@ impl Tracker {
     }
 
     pub fn on_parse(&mut self, name: &str, sql: &str) {
+        self.extended_open = true;
         if self.discarding {
             return;
         }
@@ -222,6 +232,7 @@ impl Tracker {
 
     /// Bind; `formats` are its result-format codes (parsed only when masking).
     pub fn on_bind(&mut self, portal: &str, stmt: &str, formats: Option<Vec<i16>>) {
+        self.extended_open = true;
         if self.discarding {
             return;
         }
@@ -236,6 +247,7 @@ impl Tracker {
     }
 
     pub fn on_execute(&mut self, portal: &str) {
+        self.extended_open = true;
         if self.discarding {
             return;
         }
@@ -247,6 +259,7 @@ impl Tracker {
     }
 
     pub fn on_describe(&mut self, kind: u8, name: &str) {
+        self.extended_open = true;
         if self.discarding {
             return;
         }
@@ -268,6 +281,7 @@ impl Tracker {
     }
 
     pub fn on_close(&mut self, kind: u8, name: &str) {
+        self.extended_open = true;
         if self.discarding {
             return;
         }
@@ -289,6 +303,33 @@ impl Tracker {
         if let Some(Pending::Simple(s)) = self.pending.back_mut() {
             s.refused = true;
         }
+    }
+
+    /// A Parse, Bind or Close went upstream and will be acknowledged.
+    pub fn on_ack_expected(&mut self) {
+        if !self.discarding {
+            self.pending.push_back(Pending::Ack);
+        }
+    }
+
+    /// ParseComplete, BindComplete or CloseComplete.
+    pub fn on_ack(&mut self) {
+        if matches!(self.pending.front(), Some(Pending::Ack)) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// Whether extended-protocol messages sent upstream are still unanswered.
+    pub fn extended_unanswered(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|p| matches!(p, Pending::Ack | Pending::Exec(_) | Pending::Describe(_)))
+    }
+
+    /// Whether an extended-protocol segment is open (no Sync since its
+    /// last Parse, Bind, Describe, Execute or Close).
+    pub fn extended_open(&self) -> bool {
+        self.extended_open
     }
 
     /// Whether the answer now arriving is the gateway's own refusal.
@@ -395,6 +436,7 @@ impl Tracker {
     /// A Sync gets a ReadyForQuery, except during COPY FROM STDIN.
     pub fn on_sync(&mut self) {
         self.discarding = false;
+        self.extended_open = false;
         if !self.copy_in {
             let parsed = std::mem::take(&mut self.segment_parses);
             let seq = self.next_seq();
@@ -511,7 +553,10 @@ impl Tracker {
             }
             // An error before any Execute (Parse, Bind or Describe failed):
             // recorded on its own, with the SQL its segment parsed.
-            Some(Pending::Describe(_) | Pending::Sync(..) | Pending::Blocked(..)) | None => {
+            Some(
+                Pending::Describe(_) | Pending::Ack | Pending::Sync(..) | Pending::Blocked(..),
+            )
+            | None => {
                 self.skip_to_sync();
                 let mut s = Stmt::new(self.segment_sql());
                 s.error = error;
@@ -536,7 +581,7 @@ impl Tracker {
                 (None, None)
             }
             // A Describe left unanswered cannot outlive its Sync.
-            Some(Pending::Describe(_)) => self.on_ready(status),
+            Some(Pending::Describe(_) | Pending::Ack) => self.on_ready(status),
             None => (None, None),
         }
     }
@@ -580,11 +625,14 @@ impl Tracker {
     fn skip_to_sync(&mut self) {
         while matches!(
             self.pending.front(),
-            Some(Pending::Exec(_) | Pending::Describe(_))
+            Some(Pending::Exec(_) | Pending::Describe(_) | Pending::Ack)
         ) {
             self.pending.pop_front();
         }
-        self.discarding = !self.pending.iter().any(|p| matches!(p, Pending::Sync(..)));
+        // Only an extended message's error makes PostgreSQL skip (not a
+        // FunctionCall's, nor one with nothing of the client's pending).
+        self.discarding =
+            self.extended_open && !self.pending.iter().any(|p| matches!(p, Pending::Sync(..)));
     }
 
     fn finish(&mut self, s: Stmt, protocol: &str) -> EventBody {
@@ -747,6 +795,31 @@ mod tests {
         assert_eq!(sql_of(&ev), ("insert into t values (1/0)", 1, false));
         assert!(t.on_ready(b'I').0.is_none());
         assert!(t.pending.is_empty());
+    }
+
+    /// An error answering no extended message (a FunctionCall's, or one
+    /// with nothing pending) makes PostgreSQL skip nothing; a Sync that
+    /// carries a gateway refusal ends the skipping like any other.
+    #[test]
+    fn only_extended_errors_start_discarding_and_every_sync_ends_it() {
+        let mut t = Tracker::default();
+        assert!(t.on_error("42883".into(), "no function".into()).is_some());
+        t.on_query("select 1".into());
+        assert!(t.on_complete("SELECT 1").unwrap().is_none());
+        assert_eq!(sql_of(&t.on_ready(b'I').0.unwrap()), ("select 1", 1, false));
+        t.on_parse("", "select 1/0");
+        t.on_bind("", "", None);
+        t.on_execute("");
+        t.on_error("22012".into(), "division by zero".into())
+            .unwrap();
+        assert!(t.extended_open());
+        t.on_sync_with(Bytes::from_static(b"refusal"));
+        assert!(!t.extended_open());
+        let (_, inject) = t.on_ready(b'I');
+        assert!(inject.is_some());
+        t.on_query("select 2".into());
+        assert!(t.on_complete("SELECT 1").unwrap().is_none());
+        assert_eq!(sql_of(&t.on_ready(b'I').0.unwrap()), ("select 2", 1, false));
     }
 
     /// With the Sync already queued, what follows it is the next segment.
