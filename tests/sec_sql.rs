@@ -104,6 +104,21 @@ impl Raw {
         }
     }
 
+    /// The tags of frames read up to one of `stop` (for a client that has
+    /// sent Flush, not Sync).
+    fn tags_until(&mut self, stop: &[u8]) -> Vec<u8> {
+        let mut tags = Vec::new();
+        while !tags.last().is_some_and(|t| stop.contains(t)) {
+            let mut head = [0u8; 5];
+            self.0.read_exact(&mut head).unwrap();
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+            let mut body = vec![0u8; len];
+            self.0.read_exact(&mut body).unwrap();
+            tags.push(head[0]);
+        }
+        tags
+    }
+
     fn query(&mut self, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
         let mut b = sql.to_vec();
         b.push(0);
@@ -459,16 +474,7 @@ fn a_query_inside_an_unsynced_extended_segment_ends_the_session() {
         Raw::frame(b'D', b"Ss1\0"),
         Raw::frame(b'H', b""),
     ]);
-    let mut head = [0u8; 5];
-    let mut tags = Vec::new();
-    while !matches!(tags.last(), Some(b'T') | Some(b'n') | Some(b'E')) {
-        raw.0.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-        let mut body = vec![0u8; len];
-        raw.0.read_exact(&mut body).unwrap();
-        tags.push(head[0]);
-    }
-    assert_eq!(tags, b"1tT".to_vec());
+    assert_eq!(raw.tags_until(b"TnE"), b"1tT".to_vec());
     let rows = raw.query(b"select ssn from sec_people");
     assert!(data_rows(&rows).contains("[REDACTED]"), "{rows:?}");
     raw.send(&[Raw::frame(b'S', b"")]);
@@ -515,15 +521,7 @@ columns = { "sec_people.ssn" = "redact" }
     // An error, flushed before the client has sent its Sync (asyncpg's
     // executemany does this): PostgreSQL now skips everything up to Sync.
     raw.send(&[run(b"select 1/0"), vec![Raw::frame(b'H', b"")]].concat());
-    let mut head = [0u8; 5];
-    let mut got = Vec::new();
-    while got.last() != Some(&b'E') {
-        raw.0.read_exact(&mut head).unwrap();
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-        let mut body = vec![0u8; len];
-        raw.0.read_exact(&mut body).unwrap();
-        got.push(head[0]);
-    }
+    raw.tags_until(b"E");
     // Sent after the error: skipped by the server, answered only by Sync.
     raw.send(&[run(b"select 'skipped'"), vec![Raw::frame(b'S', b"")]].concat());
     let skipped = raw.until_ready();
