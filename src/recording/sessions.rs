@@ -143,7 +143,13 @@ async fn summary(store: &dyn ObjectStore, audit_id: &str) -> Result<SessionSumma
         Err(RecordError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    let first = store.get(&store::segment_key(audit_id, 1)).await?;
+    let first = match store.get(&store::segment_key(audit_id, 1)).await {
+        Ok(first) => first,
+        // Being written right now (its folder exists before its first
+        // segment does): listed as not sealed, not an error.
+        Err(RecordError::NotFound(_)) => return Ok(summarise(audit_id, None, None, false)),
+        Err(e) => return Err(e),
+    };
     let start: Option<Event> = first
         .split(|b| *b == b'\n')
         .nth(1)
@@ -351,5 +357,24 @@ mod tests {
         assert_eq!(day.to_rfc3339(), "2026-11-30T00:00:00+00:00");
         assert!(parse_since("2026-11-30T10:00:00+01:00", now).is_some());
         assert_eq!(parse_since("yesterday", now), None);
+    }
+
+    /// A file store makes a recording's folder before its first segment:
+    /// a lister that looks in between sees a session starting, not an error.
+    #[tokio::test]
+    async fn a_recording_being_written_is_listed_unsealed() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut objects = std::collections::BTreeMap::new();
+        objects.insert(format!("{}partial.tmp", store::record_dir(&id)), Vec::new());
+        let mem = store::MemStore::new(objects);
+        let filter = Filter {
+            since: Utc::now() - chrono::Duration::hours(1),
+            limit: 10,
+            ..Default::default()
+        };
+        let found = list(&mem, &filter).await.expect("listed");
+        assert_eq!(found.sessions.len(), 1);
+        assert_eq!(found.sessions[0].audit_id, id);
+        assert!(!found.sessions[0].sealed);
     }
 }
