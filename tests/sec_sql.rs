@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
+use support::raw::*;
 use support::*;
 
 const RULES: &str = r#"
@@ -46,112 +45,6 @@ fn count(sql: &str) -> String {
 
 fn victims() -> String {
     count("select count(*) from victim")
-}
-
-/// A raw PostgreSQL wire client: what psql and drivers never send.
-struct Raw(TcpStream);
-
-impl Raw {
-    fn connect(addr: SocketAddr, params: &[(&str, &str)]) -> (Raw, Vec<(u8, Vec<u8>)>) {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", "app"), ("database", "app")].iter().chain(params) {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut pkt = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-        pkt.extend(body);
-        s.write_all(&pkt).unwrap();
-        let mut raw = Raw(s);
-        let hello = raw.until_ready();
-        (raw, hello)
-    }
-
-    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = vec![tag];
-        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        f.extend_from_slice(body);
-        f
-    }
-
-    fn send(&mut self, frames: &[Vec<u8>]) {
-        let all: Vec<u8> = frames.concat();
-        self.0.write_all(&all).unwrap();
-    }
-
-    /// Frames up to and including ReadyForQuery (or the end of the stream).
-    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        loop {
-            let mut head = [0u8; 5];
-            if self.0.read_exact(&mut head).is_err() {
-                return out;
-            }
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-            let mut body = vec![0u8; len];
-            if self.0.read_exact(&mut body).is_err() {
-                return out;
-            }
-            let done = head[0] == b'Z';
-            out.push((head[0], body));
-            if done {
-                return out;
-            }
-        }
-    }
-
-    /// The tags of frames read up to one of `stop` (for a client that has
-    /// sent Flush, not Sync).
-    fn tags_until(&mut self, stop: &[u8]) -> Vec<u8> {
-        let mut tags = Vec::new();
-        while !tags.last().is_some_and(|t| stop.contains(t)) {
-            let mut head = [0u8; 5];
-            self.0.read_exact(&mut head).unwrap();
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
-            let mut body = vec![0u8; len];
-            self.0.read_exact(&mut body).unwrap();
-            tags.push(head[0]);
-        }
-        tags
-    }
-
-    fn query(&mut self, sql: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        let mut b = sql.to_vec();
-        b.push(0);
-        self.send(&[Raw::frame(b'Q', &b)]);
-        self.until_ready()
-    }
-}
-
-fn cstr(parts: &[&[u8]]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for p in parts {
-        b.extend_from_slice(p);
-        b.push(0);
-    }
-    b
-}
-
-fn errors(frames: &[(u8, Vec<u8>)]) -> String {
-    frames
-        .iter()
-        .filter(|(t, _)| *t == b'E')
-        .map(|(_, b)| String::from_utf8_lossy(b).replace('\0', " "))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn data_rows(frames: &[(u8, Vec<u8>)]) -> String {
-    frames
-        .iter()
-        .filter(|(t, _)| *t == b'D')
-        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]
@@ -481,22 +374,6 @@ fn a_query_inside_an_unsynced_extended_segment_ends_the_session() {
     assert_eq!(raw.until_ready().len(), 1);
 }
 
-/// The statements a recording holds, as (sql, rows, error message).
-fn statements(recording: &str) -> Vec<(String, u64, String)> {
-    recording
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "statement")
-        .map(|v| {
-            (
-                v["sql"].as_str().unwrap_or("").to_string(),
-                v["rows"].as_u64().unwrap_or(0),
-                v["error"]["message"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn messages_skipped_after_a_pipeline_error_are_not_answers() {
     setup();
@@ -564,11 +441,59 @@ fn a_portal_rebound_before_its_rows_arrive_never_unmasks_them() {
     let gw = Gateway::start(
         r#"
 [connections.masking]
-detectors = ["email"]
+detectors = ["email", "credit_card"]
 "#,
     );
-    let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
-    let (mut raw, _) = Raw::connect(addr, &[]);
+    // (statement the portal is re-bound to, statement whose rows leak):
+    // an email exactly as wide as a binary timestamp (8 bytes); an email
+    // read as a binary bytea (which detectors skip); a card number in a
+    // binary numeric read as text (its base-10000 digits are not text).
+    let cases: [(&[u8], &[u8], &[u8]); 3] = [
+        (
+            b"select localtimestamp(0)",
+            b"select 'b@cd.efg'::text",
+            b"[EMAIL]",
+        ),
+        (
+            b"select '\\x01'::bytea",
+            b"select 'someone@example.org'::text",
+            b"[EMAIL]",
+        ),
+        (
+            b"select 'x'::text",
+            b"select 4111111111111111::numeric",
+            b"",
+        ),
+    ];
+    for (stale, leak, masked) in cases {
+        let (_cli, addr) = gw.connect("pg", &token("alice@example.com"));
+        let (mut raw, _) = Raw::connect(addr, &[]);
+        let rows = rebound_rows(&mut raw, stale, leak);
+        let bodies: Vec<&Vec<u8>> = rows
+            .iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(bodies.len(), 2, "{rows:?}");
+        // The leaking row's one value: a text value's replacement, or NULL
+        // (a binary value a detector matched).
+        let want = match masked.len() {
+            0 => vec![0, 1, 0xff, 0xff, 0xff, 0xff],
+            n => [&[0, 1][..], &(n as u32).to_be_bytes(), masked].concat(),
+        };
+        assert_eq!(
+            bodies[0],
+            &want,
+            "{}: not masked: {rows:?}",
+            String::from_utf8_lossy(leak)
+        );
+    }
+}
+
+/// Describes `stale` and `leak`, then binds the unnamed portal to `leak`,
+/// executes it, re-binds it to `stale` and executes again before any
+/// answer, all with binary results: the rows of both Executes.
+fn rebound_rows(raw: &mut Raw, stale: &[u8], leak: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let parse =
         |name: &[u8], sql: &[u8]| Raw::frame(b'P', &[&cstr(&[name, sql])[..], &[0, 0]].concat());
     let describe = |name: &[u8]| Raw::frame(b'D', &[b"S".as_slice(), name, b"\0"].concat());
@@ -580,31 +505,23 @@ detectors = ["email"]
         )
     };
     let execute = Raw::frame(b'E', &[b"\0".as_slice(), &[0, 0, 0, 0]].concat());
-    // An email exactly as wide as a binary timestamp (8 bytes).
     raw.send(&[
-        parse(b"ts", b"select localtimestamp(0)"),
-        parse(b"txt", b"select 'b@cd.efg'::text"),
-        describe(b"ts"),
-        describe(b"txt"),
+        parse(b"stale", stale),
+        parse(b"leak", leak),
+        describe(b"stale"),
+        describe(b"leak"),
         Raw::frame(b'S', b""),
     ]);
     let described = raw.until_ready();
     assert!(errors(&described).is_empty(), "{}", errors(&described));
-    // The email's rows come back after the portal was bound to ts again.
     raw.send(&[
-        bind(b"txt"),
+        bind(b"leak"),
         execute.clone(),
-        bind(b"ts"),
+        bind(b"stale"),
         execute,
         Raw::frame(b'S', b""),
     ]);
     let rows = raw.until_ready();
     assert!(errors(&rows).is_empty(), "{}", errors(&rows));
-    let shown = data_rows(&rows);
-    assert!(!shown.contains("b@cd.efg"), "clear email: {rows:?}");
-    assert_eq!(
-        rows.iter().filter(|(t, _)| *t == b'D').count(),
-        2,
-        "{rows:?}"
-    );
+    rows
 }

@@ -13,6 +13,7 @@ use custody::identity::devissuer::DevIssuer;
 
 pub mod cloudidentity;
 pub mod cloudsql;
+pub mod raw;
 pub mod sshd;
 
 pub const AUDIENCE: &str = "https://custody.test";

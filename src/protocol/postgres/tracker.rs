@@ -41,9 +41,13 @@ enum Pending {
     Ack,
 }
 
+/// What a Describe asked about. A statement's or portal's description is
+/// kept with the generation of the Parse or Bind it was asked after, and
+/// an Execute uses it only for that same generation: a name parsed or
+/// bound again before the rows arrive never lends them its columns.
 enum Described {
-    Statement(String),
-    Portal(String),
+    Statement(String, Option<u64>),
+    Portal(String, Option<u64>),
     /// The gateway's own Describe of the portal about to execute: its answer
     /// is consumed, never forwarded.
     Internal(String),
@@ -73,6 +77,18 @@ struct Stmt {
     refused: bool,
     /// Its place among the client's messages (see `Tracker::seq`).
     seq: u64,
+    /// The Bind its portal had when the Execute was sent (when masking).
+    bound: Option<Arc<Bound>>,
+}
+
+/// A Bind as masking needs it.
+struct Bound {
+    stmt: String,
+    /// Generation of the statement's Parse (None: not tracked).
+    stmt_gen: Option<u64>,
+    /// Result-format codes.
+    formats: Vec<i16>,
+    gen: u64,
 }
 
 impl Stmt {
@@ -88,6 +104,7 @@ impl Stmt {
             copy_rules: None,
             refused: false,
             seq: 0,
+            bound: None,
         }
     }
 
@@ -105,14 +122,18 @@ impl Stmt {
 }
 
 pub struct Tracker {
-    prepared: HashMap<String, String>,
+    /// Statement name → (SQL, generation of its Parse).
+    prepared: HashMap<String, (String, u64)>,
     portals: HashMap<String, String>,
     pending: VecDeque<Pending>,
     /// Result columns of prepared statements and portals, from Describe.
-    stmt_desc: HashMap<String, Arc<Vec<Col>>>,
-    portal_desc: HashMap<String, Arc<Vec<Col>>>,
-    /// Portal → (statement, result formats) from Bind.
-    binds: HashMap<String, (String, Vec<i16>)>,
+    /// Each with the generation it describes (see `Described`).
+    stmt_desc: HashMap<String, (u64, Arc<Vec<Col>>)>,
+    portal_desc: HashMap<String, (u64, Arc<Vec<Col>>)>,
+    /// Portal → its Bind, when masking.
+    binds: HashMap<String, Arc<Bound>>,
+    /// Numbers Parses and Binds.
+    gen: u64,
     /// Columns of the portal about to execute, from the gateway's own
     /// Describe (None: NoData). Under column rules this is the only source:
     /// cached descriptions can be stale (SQL-level PREPARE, DEALLOCATE, a
@@ -154,6 +175,7 @@ impl Default for Tracker {
             stmt_desc: HashMap::new(),
             portal_desc: HashMap::new(),
             binds: HashMap::new(),
+            gen: 0,
             internal: None,
             active: None,
             statements: 0,
@@ -223,10 +245,12 @@ impl Tracker {
             };
             self.segment_parses.push(kept);
         }
-        // A re-parsed name must not keep the old statement's columns.
-        self.stmt_desc.remove(name);
+        // A re-parsed name keeps the old statement's columns (rows of an
+        // Execute bound to it may still arrive), under the old generation.
         if self.prepared.len() < MAX_NAMED || name.is_empty() || self.prepared.contains_key(name) {
-            self.prepared.insert(name.to_string(), sql.to_string());
+            self.gen += 1;
+            self.prepared
+                .insert(name.to_string(), (sql.to_string(), self.gen));
         }
     }
 
@@ -236,13 +260,23 @@ impl Tracker {
         if self.discarding {
             return;
         }
-        let sql = self.prepared.get(stmt).cloned().unwrap_or_default();
+        let prepared = self.prepared.get(stmt);
+        let sql = prepared.map(|p| p.0.clone()).unwrap_or_default();
+        let stmt_gen = prepared.map(|p| p.1);
         if self.portals.len() < MAX_NAMED || portal.is_empty() {
             self.portals.insert(portal.to_string(), sql);
-            if let Some(f) = formats {
-                self.portal_desc.remove(portal);
-                self.binds.insert(portal.to_string(), (stmt.to_string(), f));
+            if let Some(formats) = formats {
+                self.gen += 1;
+                let bound = Bound {
+                    stmt: stmt.to_string(),
+                    stmt_gen,
+                    formats,
+                    gen: self.gen,
+                };
+                self.binds.insert(portal.to_string(), Arc::new(bound));
             }
+        } else {
+            self.binds.remove(portal);
         }
     }
 
@@ -254,6 +288,7 @@ impl Tracker {
         let sql = self.portals.get(portal).cloned().unwrap_or_default();
         let mut stmt = Stmt::new(sql);
         stmt.portal = portal.to_string();
+        stmt.bound = self.binds.get(portal).cloned();
         stmt.seq = self.next_seq();
         self.pending.push_back(Pending::Exec(stmt));
     }
@@ -264,8 +299,8 @@ impl Tracker {
             return;
         }
         let d = match kind {
-            b'S' => Described::Statement(name.to_string()),
-            _ => Described::Portal(name.to_string()),
+            b'S' => Described::Statement(name.to_string(), self.prepared.get(name).map(|p| p.1)),
+            _ => Described::Portal(name.to_string(), self.binds.get(name).map(|b| b.gen)),
         };
         self.pending.push_back(Pending::Describe(d));
     }
@@ -360,15 +395,15 @@ impl Tracker {
             Some(Pending::Describe(_)) => {
                 if let Some(Pending::Describe(d)) = self.pending.pop_front() {
                     match d {
-                        Described::Statement(n)
+                        Described::Statement(n, Some(g))
                             if self.stmt_desc.len() < MAX_NAMED || n.is_empty() =>
                         {
-                            self.stmt_desc.insert(n, Arc::new(cols));
+                            self.stmt_desc.insert(n, (g, Arc::new(cols)));
                         }
-                        Described::Portal(n)
+                        Described::Portal(n, Some(g))
                             if self.portal_desc.len() < MAX_NAMED || n.is_empty() =>
                         {
-                            self.portal_desc.insert(n, Arc::new(cols));
+                            self.portal_desc.insert(n, (g, Arc::new(cols)));
                         }
                         _ => {}
                     }
@@ -396,8 +431,9 @@ impl Tracker {
         }
     }
 
-    /// Columns of the Execute now returning rows, from its Describe or its
-    /// statement's Describe and Bind's formats. None when never described.
+    /// Columns of the Execute now returning rows, from its portal's Describe
+    /// or its statement's Describe and Bind's formats, each only if it
+    /// describes the Bind the Execute ran. None when never described.
     pub fn exec_columns(&self) -> Option<Vec<Col>> {
         let Some(Pending::Exec(s)) = self.pending.front() else {
             return None;
@@ -408,13 +444,17 @@ impl Tracker {
                 _ => None,
             };
         }
-        if let Some(cols) = self.portal_desc.get(&s.portal) {
-            return Some(cols.as_ref().clone());
+        let bound = s.bound.as_ref()?;
+        match self.portal_desc.get(&s.portal) {
+            Some((g, cols)) if *g == bound.gen => return Some(cols.as_ref().clone()),
+            _ => {}
         }
-        let (stmt, formats) = self.binds.get(&s.portal)?;
-        self.stmt_desc
-            .get(stmt)
-            .map(|cols| with_formats(cols, formats))
+        match self.stmt_desc.get(&bound.stmt) {
+            Some((g, cols)) if Some(*g) == bound.stmt_gen => {
+                Some(with_formats(cols, &bound.formats))
+            }
+            _ => None,
+        }
     }
 
     pub fn copy_rules(&self) -> Option<&[Rule]> {

@@ -141,7 +141,7 @@ fn messages_after_an_unsynced_error_are_not_queued() {
     assert!(t.on_ready(b'I').0.is_none());
     assert!(t.pending.is_empty());
     assert_eq!(
-        t.prepared.get("a").map(String::as_str),
+        t.prepared.get("a").map(|p| p.0.as_str()),
         Some("insert into t values (1/0)")
     );
     // After the Sync, messages are answered again.
@@ -231,4 +231,68 @@ fn extended_error_skips_to_sync() {
     assert_eq!(sql_of(&e), ("select 1/0", 0, true));
     assert!(t.on_ready(b'I').0.is_none());
     assert!(t.pending.is_empty());
+}
+
+fn col(type_oid: u32) -> Vec<Col> {
+    vec![Col {
+        name: "v".into(),
+        table_oid: 0,
+        attnum: 0,
+        type_oid,
+        format: 0,
+    }]
+}
+
+fn exec_types(t: &Tracker) -> Option<Vec<(u32, i16)>> {
+    t.exec_columns()
+        .map(|c| c.iter().map(|c| (c.type_oid, c.format)).collect())
+}
+
+/// A statement parsed again, or a portal bound again, before the rows of
+/// an Execute arrive never lends those rows its columns.
+#[test]
+fn rows_are_read_by_the_bind_their_execute_ran() {
+    let mut t = Tracker::default();
+    t.on_parse("", "select 'a@b.co'::text");
+    t.on_describe(b'S', "");
+    t.on_sync();
+    assert!(matches!(t.on_row_description(col(25)), RowDesc::Described));
+    t.on_ready(b'I');
+    // Bind/Execute the text statement, then parse, describe, bind and
+    // execute a numeric one on the same names, all before any answer.
+    t.on_bind("", "", Some(vec![1]));
+    t.on_execute("");
+    t.on_parse("", "select 4111111111111111::numeric");
+    t.on_describe(b'S', "");
+    t.on_bind("", "", Some(vec![1]));
+    t.on_describe(b'P', "");
+    t.on_execute("");
+    t.on_bind("", "", Some(vec![0]));
+    t.on_execute("");
+    t.on_sync();
+    assert_eq!(exec_types(&t), Some(vec![(25, 1)]));
+    t.on_complete("SELECT 1").unwrap();
+    assert!(matches!(
+        t.on_row_description(col(1700)),
+        RowDesc::Described
+    ));
+    let mut portal = col(1700);
+    portal[0].format = 1;
+    assert!(matches!(t.on_row_description(portal), RowDesc::Described));
+    assert_eq!(
+        exec_types(&t),
+        Some(vec![(1700, 1)]),
+        "the portal's Describe"
+    );
+    t.on_complete("SELECT 1").unwrap();
+    // Bound again (text results): its statement's Describe with its formats.
+    assert_eq!(exec_types(&t), Some(vec![(1700, 0)]));
+    t.on_complete("SELECT 1").unwrap();
+    t.on_ready(b'I');
+    assert!(t.pending.is_empty());
+    // A statement parsed again but not described yet: never described.
+    t.on_parse("", "select 'again'");
+    t.on_bind("", "", Some(vec![1]));
+    t.on_execute("");
+    assert_eq!(exec_types(&t), None);
 }
