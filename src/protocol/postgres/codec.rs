@@ -314,6 +314,19 @@ pub fn close_msg(body: &[u8]) -> Result<(u8, &str), PgError> {
     Ok((kind, cstr(&mut rest)?))
 }
 
+/// FunctionCall ('F') body → (function OID, number of arguments). The
+/// argument values are payload: never read here.
+pub fn function_call(body: &[u8]) -> Result<(u32, u16), PgError> {
+    let bad = || PgError::Protocol("malformed FunctionCall message".into());
+    let oid = body.get(..4).ok_or_else(bad)?;
+    let oid = u32::from_be_bytes([oid[0], oid[1], oid[2], oid[3]]);
+    let nfmt = body.get(4..6).ok_or_else(bad)?;
+    let nfmt = usize::from(u16::from_be_bytes([nfmt[0], nfmt[1]]));
+    let at = 6 + 2 * nfmt;
+    let nargs = body.get(at..at + 2).ok_or_else(bad)?;
+    Ok((oid, u16::from_be_bytes([nargs[0], nargs[1]])))
+}
+
 /// Fields of an ErrorResponse/NoticeResponse that are safe to record:
 /// severity, SQLSTATE and primary message (DETAIL may echo row values).
 pub fn error_fields(body: &[u8]) -> (String, String) {
@@ -401,6 +414,17 @@ pub fn tag_rows(tag: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn function_calls_read_their_oid_and_argument_count_only() {
+        let call = [0, 0, 3, 103, 0, 2, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1, b'x', 0, 0];
+        assert_eq!(function_call(&call).ok(), Some((871, 1)));
+        for cut in [0, 3, 5, 9, 11] {
+            assert!(function_call(&call[..cut]).is_err(), "cut at {cut}");
+        }
+        // A format count past the body is an error, not an allocation.
+        assert!(function_call(&[0, 0, 0, 1, 0xff, 0xff]).is_err());
+    }
 
     #[test]
     fn refusal_errors_lose_the_mechanisms_fields() {

@@ -293,9 +293,22 @@ impl Inspect for ClientHook<'_> {
             b'Q' => return self.query(body, out),
             b'P' => self.parse(body, out)?,
             // A function call by OID cannot be checked or masked: refused under either.
-            b'F' if self.rules.inspects() || self.mask.is_some() => {
+            b'F' => {
+                let (oid, nargs) = codec::function_call(body)?;
+                let mut t = lock(self.tracker)?;
+                if !self.inspecting() {
+                    t.on_function_call(oid, nargs);
+                    put_frame(out, tag, body);
+                    return Ok(());
+                }
                 let msg = format!("custody: function calls by OID are refused when guardrails or masking are on (audit id {})", self.audit_id);
-                lock(self.tracker)?.push_blocked(error_bytes(&msg), true);
+                self.events.push(EventBody::Guardrail {
+                    sql: super::tracker::function_call_sql(oid, nargs),
+                    protocol: "function_call".into(),
+                    rule: "function_call".into(),
+                    outcome: "denied".into(),
+                });
+                t.push_blocked(error_bytes(&msg), true);
                 self.blocked = true;
                 true
             }

@@ -79,6 +79,8 @@ struct Stmt {
     seq: u64,
     /// The Bind its portal had when the Execute was sent (when masking).
     bound: Option<Arc<Bound>>,
+    /// A FunctionCall, answered as a Query is (its result, ReadyForQuery).
+    function_call: bool,
 }
 
 /// A Bind as masking needs it.
@@ -105,6 +107,7 @@ impl Stmt {
             refused: false,
             seq: 0,
             bound: None,
+            function_call: false,
         }
     }
 
@@ -159,6 +162,13 @@ pub struct Tracker {
     discarding: bool,
     /// The client has sent an extended-protocol message since its last Sync.
     extended_open: bool,
+}
+
+/// How a FunctionCall reads in the recording: `select OID::regprocedure`
+/// names the function.
+pub fn function_call_sql(oid: u32, nargs: u16) -> String {
+    let plural = if nargs == 1 { "" } else { "s" };
+    format!("function call by OID {oid} ({nargs} argument{plural}; values not recorded)")
 }
 
 /// The client and the gateway's view of the protocol state disagree: the
@@ -229,6 +239,18 @@ impl Tracker {
             return;
         }
         let mut stmt = Stmt::new(sql);
+        stmt.seq = self.next_seq();
+        self.pending.push_back(Pending::Simple(stmt));
+    }
+
+    /// A FunctionCall (by OID, fastpath): recorded by its OID and the
+    /// number of its arguments, whose values are never recorded.
+    pub fn on_function_call(&mut self, oid: u32, nargs: u16) {
+        if self.discarding {
+            return;
+        }
+        let mut stmt = Stmt::new(function_call_sql(oid, nargs));
+        stmt.function_call = true;
         stmt.seq = self.next_seq();
         self.pending.push_back(Pending::Simple(stmt));
     }
@@ -611,7 +633,14 @@ impl Tracker {
         self.status = status;
         self.active = None;
         match self.pending.pop_front() {
-            Some(Pending::Simple(s)) => (Some(self.finish(s, "simple")), None),
+            Some(Pending::Simple(s)) => {
+                let protocol = if s.function_call {
+                    "function_call"
+                } else {
+                    "simple"
+                };
+                (Some(self.finish(s, protocol)), None)
+            }
             Some(Pending::Sync(inject, ..)) => (None, inject.filter(|b| !b.is_empty())),
             // Unreachable in a well-formed exchange; keep the record rather than drop it.
             Some(Pending::Exec(s)) => (Some(self.finish(s, "extended")), None),
